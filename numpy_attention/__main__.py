@@ -1,0 +1,7 @@
+"""``python -m numpy_attention``: the same as the ``numpy-attention`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

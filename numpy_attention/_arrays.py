@@ -1,0 +1,50 @@
+"""Array plumbing shared by every module: dtype checks and gradient un-broadcasting.
+
+The bottom of the package; it imports nothing from it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+__all__ = ["as_float_array", "sum_to_shape", "compute_dtype"]
+
+
+def as_float_array(x: ArrayLike, name: str) -> NDArray[np.floating]:
+    """Return ``x`` as a real floating array; integers and booleans become float64.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is complex, object, string or any other non-real dtype.
+    """
+    a = np.asarray(x)
+    if a.dtype.kind in "biu":
+        return a.astype(np.float64)
+    if a.dtype.kind == "f":
+        return a
+    kind = "complex" if a.dtype.kind == "c" else "non-numeric"
+    raise TypeError(f"{name} must be a real floating or integer array, got {kind} dtype {a.dtype}")
+
+
+def compute_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype the arithmetic runs in: float16 is computed in float32, others as given."""
+    return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
+
+
+def sum_to_shape(g: NDArray[np.floating], shape: tuple[int, ...]) -> NDArray[np.floating]:
+    """Sum a broadcast gradient ``g`` back to ``shape`` (the adjoint of broadcasting).
+
+    Examples
+    --------
+    >>> sum_to_shape(np.ones((2, 3, 4)), (3, 1)).ravel().tolist()
+    [8.0, 8.0, 8.0]
+    """
+    extra = g.ndim - len(shape)
+    if extra:
+        g = g.sum(axis=tuple(range(extra)))
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+    if axes:
+        g = g.sum(axis=axes, keepdims=True)
+    return g.reshape(shape)

@@ -1,0 +1,251 @@
+r"""Softmax, log-softmax, log-sum-exp and their vector-Jacobian products.
+
+The bottom of the package: everything else is built on these five functions.
+Equations are numbered as in ``docs/softmax.md``.
+
+Shapes: any array ``x``; ``axis`` is the axis being normalised (the keys,
+``S``, when used by attention).
+
+Convention for ``-inf`` (a masked entry): it gets probability exactly 0, and
+a row whose entries are *all* ``-inf`` (nothing left to attend to) gives a
+softmax of zeros, a log-sum-exp of ``-inf`` and a log-softmax of ``-inf``,
+never NaN.  Gradients through such entries are exactly 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from ._arrays import as_float_array as _as_float
+
+__all__ = [
+    "softmax",
+    "log_softmax",
+    "logsumexp",
+    "softmax_backward",
+    "log_softmax_backward",
+]
+
+
+def _safe_max(x: NDArray[np.floating], axis: int) -> NDArray[np.floating]:
+    """Row maximum used as the shift ``m`` of Eq. (1.1); ``-inf`` rows shift by 0."""
+    m = np.max(x, axis=axis, keepdims=True)
+    return np.where(m == -np.inf, np.zeros_like(m), m)
+
+
+def softmax(x: ArrayLike, axis: int = -1) -> NDArray[np.floating]:
+    r"""Softmax along ``axis``, max-shifted for stability.
+
+    Parameters
+    ----------
+    x : array_like
+        Scores (logits). ``-inf`` marks an entry that must get probability 0.
+    axis : int, optional
+        The axis that is normalised. Default ``-1``.
+
+    Returns
+    -------
+    y : ndarray
+        Same shape and floating dtype as ``x`` (integers become float64).
+        Each slice along ``axis`` sums to 1, or is all zeros when every entry
+        of ``x`` in that slice is ``-inf``.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is complex, object or string.
+
+    Notes
+    -----
+    Eq. (1.1) of ``docs/softmax.md``:
+
+    .. math:: \mathrm{softmax}(x)_i = \frac{e^{x_i - m}}{\sum_j e^{x_j - m}},
+              \qquad m = \max_j x_j .
+
+    Subtracting the maximum changes nothing mathematically and keeps every
+    exponent ``<= 0``, so ``exp`` cannot overflow [1]_.
+
+    References
+    ----------
+    .. [1] P. Blanchard, D. J. Higham, N. J. Higham, "Accurately computing the
+       log-sum-exp and softmax functions", IMA J. Numer. Anal. 41(4), 2021.
+
+    Examples
+    --------
+    >>> softmax([1.0, 1.0, -np.inf])
+    array([0.5, 0.5, 0. ])
+    >>> softmax([-np.inf, -np.inf])
+    array([0., 0.])
+    """
+    x = _as_float(x, "x")
+    e = np.exp(x - _safe_max(x, axis))
+    total = np.sum(e, axis=axis, keepdims=True)
+    return np.divide(e, total, out=np.zeros_like(e), where=total > 0)
+
+
+def logsumexp(x: ArrayLike, axis: int = -1, keepdims: bool = False) -> NDArray[np.floating]:
+    r"""Natural-log log-sum-exp along ``axis``, max-shifted for stability.
+
+    Parameters
+    ----------
+    x : array_like
+        Scores.
+    axis : int, optional
+        The reduced axis. Default ``-1``.
+    keepdims : bool, optional
+        Keep the reduced axis with length 1. Default ``False``.
+
+    Returns
+    -------
+    lse : ndarray
+        ``log(sum(exp(x)))`` along ``axis``; ``-inf`` for an all ``-inf`` slice.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is complex, object or string.
+
+    Notes
+    -----
+    Eq. (1.2) of ``docs/softmax.md``:
+
+    .. math:: \mathrm{lse}(x) = m + \log \sum_j e^{x_j - m}, \qquad m = \max_j x_j .
+
+    Examples
+    --------
+    >>> float(logsumexp([1000.0, 1000.0]))  # no overflow
+    1000.6931471805599
+    >>> float(logsumexp([-np.inf, -np.inf]))
+    -inf
+    """
+    x = _as_float(x, "x")
+    m = _safe_max(x, axis)
+    with np.errstate(divide="ignore"):
+        lse = m + np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True))
+    return lse if keepdims else np.squeeze(lse, axis=axis)
+
+
+def log_softmax(x: ArrayLike, axis: int = -1) -> NDArray[np.floating]:
+    r"""Log of the softmax along ``axis``, computed without forming the softmax.
+
+    Parameters
+    ----------
+    x : array_like
+        Scores.
+    axis : int, optional
+        The normalised axis. Default ``-1``.
+
+    Returns
+    -------
+    y : ndarray
+        ``x - logsumexp(x)``; ``-inf`` where ``x`` is ``-inf`` (including
+        every entry of an all ``-inf`` slice).
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is complex, object or string.
+
+    Notes
+    -----
+    Eq. (1.3) of ``docs/softmax.md``:
+
+    .. math:: \log\mathrm{softmax}(x)_i = x_i - \mathrm{lse}(x).
+
+    Examples
+    --------
+    >>> np.allclose(np.exp(log_softmax([0.0, np.log(3.0)])), [0.25, 0.75])
+    True
+    """
+    x = _as_float(x, "x")
+    lse = logsumexp(x, axis=axis, keepdims=True)
+    safe_lse = np.where(lse == -np.inf, np.zeros_like(lse), lse)
+    return x - safe_lse
+
+
+def softmax_backward(d_y: ArrayLike, y: ArrayLike, axis: int = -1) -> NDArray[np.floating]:
+    r"""Vector-Jacobian product of :func:`softmax`, from its output ``y``.
+
+    Parameters
+    ----------
+    d_y : array_like
+        Upstream gradient ``dL/dy``, same shape as ``y``.
+    y : array_like
+        The output of ``softmax(x, axis)``.
+    axis : int, optional
+        The axis that ``softmax`` normalised. Default ``-1``.
+
+    Returns
+    -------
+    d_x : ndarray
+        ``dL/dx``, same shape as ``y``. Each slice along ``axis`` sums to 0;
+        entries with ``y == 0`` (masked) get exactly 0.
+
+    Raises
+    ------
+    ValueError
+        If ``d_y`` and ``y`` have different shapes.
+
+    Notes
+    -----
+    Eq. (1.4) of ``docs/softmax.md``; the Jacobian
+    :math:`\partial y_i/\partial x_j = y_i(\delta_{ij} - y_j)` is never formed:
+
+    .. math:: dx = y \odot \Big(dy - \sum_j dy_j\, y_j\Big).
+
+    Examples
+    --------
+    >>> y = softmax([0.0, 1.0, 2.0])
+    >>> abs(float(softmax_backward([1.0, 0.0, 0.0], y).sum())) < 1e-15
+    True
+    """
+    d_y, y = _as_float(d_y, "d_y"), _as_float(y, "y")
+    if d_y.shape != y.shape:
+        raise ValueError(f"d_y has shape {d_y.shape}, expected the shape of y {y.shape}")
+    return y * (d_y - np.sum(d_y * y, axis=axis, keepdims=True))
+
+
+def log_softmax_backward(d_y: ArrayLike, y: ArrayLike, axis: int = -1) -> NDArray[np.floating]:
+    r"""Vector-Jacobian product of :func:`log_softmax`, from its output ``y``.
+
+    Parameters
+    ----------
+    d_y : array_like
+        Upstream gradient ``dL/dy``, same shape as ``y``.
+    y : array_like
+        The output of ``log_softmax(x, axis)``.
+    axis : int, optional
+        The normalised axis. Default ``-1``.
+
+    Returns
+    -------
+    d_x : ndarray
+        ``dL/dx``; exactly 0 where ``y == -inf`` (a masked entry is a
+        constant, not a variable).
+
+    Raises
+    ------
+    ValueError
+        If ``d_y`` and ``y`` have different shapes.
+
+    Notes
+    -----
+    Eq. (1.5) of ``docs/softmax.md``, with :math:`p = e^{y}`:
+
+    .. math:: dx = dy - p \sum_j dy_j .
+
+    Examples
+    --------
+    >>> y = log_softmax([0.0, 1.0])
+    >>> d_x = log_softmax_backward([1.0, 0.0], y)  # d(log p_0)/dx = e_0 - p
+    >>> np.allclose(d_x, [1.0, 0.0] - np.exp(y))
+    True
+    """
+    d_y, y = _as_float(d_y, "d_y"), _as_float(y, "y")
+    if d_y.shape != y.shape:
+        raise ValueError(f"d_y has shape {d_y.shape}, expected the shape of y {y.shape}")
+    masked = y == -np.inf  # constants: they take no gradient and give none
+    d_y = np.where(masked, np.zeros_like(d_y), d_y)
+    d_x = d_y - np.exp(y) * np.sum(d_y, axis=axis, keepdims=True)
+    return np.where(masked, np.zeros_like(d_x), d_x)
