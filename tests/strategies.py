@@ -1,0 +1,200 @@
+"""Hypothesis strategies shared by the test suite.
+
+Arrays are drawn from a hypothesis-chosen seed (fast, reproducible, and the
+seed is printed on failure); shapes, masks and flags are drawn directly so
+hypothesis can shrink them. Other test modules may APPEND strategies at the end.
+
+Legend: B... batch dims, Hq/Hkv heads, L queries, S keys, E q/k width, Ev v width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from hypothesis import strategies as st
+
+__all__ = [
+    "AttnCase",
+    "attention_cases",
+    "bool_masks",
+    "broadcastable_to",
+    "dims",
+    "dropout_cases",
+    "float_biases",
+    "gqa_groups",
+    "keep_masks",
+    "normal_arrays",
+    "scales",
+    "score_rows",
+    "seeds",
+]
+
+seeds = st.integers(min_value=0, max_value=2**32 - 1)
+
+
+def dims(min_value: int = 1, max_value: int = 5) -> st.SearchStrategy[int]:
+    """A small dimension size (L, S, E, Ev, a head or batch count)."""
+    return st.integers(min_value=min_value, max_value=max_value)
+
+
+def gqa_groups(max_groups: int = 3) -> st.SearchStrategy[int]:
+    """The GQA group size G = Hq // Hkv (1 is plain multi-head attention)."""
+    return st.integers(min_value=1, max_value=max_groups)
+
+
+def scales() -> st.SearchStrategy[float | None]:
+    """``scale`` argument: None (the default 1/sqrt(E)) or an explicit positive/negative float."""
+    return st.one_of(
+        st.none(),
+        st.floats(min_value=0.05, max_value=2.0),
+        st.sampled_from([1.0, -0.5]),
+    )
+
+
+@st.composite
+def broadcastable_to(draw: Any, shape: tuple[int, ...], min_ndim: int = 0) -> tuple[int, ...]:
+    """A shape that broadcasts to ``shape`` (and to nothing larger).
+
+    Some axes become 1 and some leading axes are dropped, never fewer than
+    ``min_ndim`` axes remain.
+    """
+    kept = tuple(n if draw(st.booleans()) else 1 for n in shape)
+    drop = draw(st.integers(min_value=0, max_value=max(0, len(shape) - min_ndim)))
+    return kept[drop:]
+
+
+@st.composite
+def normal_arrays(
+    draw: Any, shape: tuple[int, ...], magnitude: float | None = None
+) -> np.ndarray:
+    """Float64 normal array of ``shape``; magnitude drawn from {0.1, 1, 3} unless given."""
+    mag = magnitude if magnitude is not None else draw(st.sampled_from([0.1, 1.0, 3.0]))
+    return np.random.default_rng(draw(seeds)).normal(scale=mag, size=shape)
+
+
+@st.composite
+def bool_masks(
+    draw: Any, scores_shape: tuple[int, ...], density: float | None = None
+) -> np.ndarray:
+    """Boolean keep-mask (True = attend) of a shape that broadcasts to ``scores_shape``.
+
+    The density of True is drawn from {0.3, 0.7, 1.0} unless given, so some rows
+    are fully masked.
+    """
+    shape = draw(broadcastable_to(scores_shape))
+    p = density if density is not None else draw(st.sampled_from([0.3, 0.7, 1.0]))
+    return np.random.default_rng(draw(seeds)).random(shape) < p
+
+
+@st.composite
+def float_biases(
+    draw: Any, scores_shape: tuple[int, ...], neg_inf: bool = True
+) -> np.ndarray:
+    """Float additive bias broadcastable to ``scores_shape``; with ``neg_inf``, some ``-inf``."""
+    shape = draw(broadcastable_to(scores_shape))
+    rng = np.random.default_rng(draw(seeds))
+    b = rng.normal(size=shape)
+    if neg_inf and draw(st.booleans()):
+        b[rng.random(shape) < draw(st.sampled_from([0.2, 0.6]))] = -np.inf
+    return b
+
+
+@st.composite
+def keep_masks(draw: Any, shape: tuple[int, ...], p: float) -> np.ndarray:
+    """Dropout keep-mask (True = kept) of exactly ``shape``, each entry kept w.p. ``1 - p``."""
+    return np.random.default_rng(draw(seeds)).random(shape) >= p
+
+
+@st.composite
+def score_rows(draw: Any, max_rows: int = 4, max_len: int = 6) -> np.ndarray:
+    """A 2-D array of scores, some entries ``-inf`` and possibly an all ``-inf`` row."""
+    shape = (draw(dims(1, max_rows)), draw(dims(1, max_len)))
+    rng = np.random.default_rng(draw(seeds))
+    x = rng.normal(scale=draw(st.sampled_from([1.0, 10.0, 300.0])), size=shape)
+    if draw(st.booleans()):
+        x[rng.random(shape) < 0.3] = -np.inf
+    if draw(st.booleans()):
+        x[draw(st.integers(0, shape[0] - 1))] = -np.inf
+    return x
+
+
+@dataclass
+class AttnCase:
+    """One set of arguments for ``attention_forward`` (float64 arrays)."""
+
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    attn_mask: np.ndarray | None = None
+    is_causal: bool = False
+    causal_align: str = "top_left"
+    scale: float | None = None
+    enable_gqa: bool = False
+    dropout_p: float = 0.0
+    dropout_mask: np.ndarray | None = None
+    scores_shape: tuple[int, ...] = field(default=())
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``attention_forward`` / ``scaled_dot_product_attention``."""
+        return dict(
+            q=self.q, k=self.k, v=self.v, attn_mask=self.attn_mask, is_causal=self.is_causal,
+            causal_align=self.causal_align, scale=self.scale, enable_gqa=self.enable_gqa,
+            dropout_p=self.dropout_p, dropout_mask=self.dropout_mask,
+        )  # fmt: skip
+
+
+@st.composite
+def attention_cases(
+    draw: Any,
+    masks: tuple[str, ...] = ("none", "bool", "float"),
+    causal: bool = True,
+    gqa: bool = True,
+    dropout: bool = False,
+    max_batch_dims: int = 2,
+    max_len: int = 5,
+) -> AttnCase:
+    """Arguments for attention: shapes (L != S, E != Ev), broadcast batch and heads, masks.
+
+    ``masks`` lists the mask kinds to draw from (``"none"``, ``"bool"``, ``"float"``).
+    Without GQA the head axis broadcasts like a batch axis (Hq or Hkv may be 1);
+    with GQA ``Hq = G * Hkv``. With ``dropout``, an explicit keep-mask of the
+    scores' shape and ``dropout_p`` in {0.2, 0.5}.
+    """
+    n_batch = draw(st.integers(0, max_batch_dims))
+    batch = tuple(draw(dims(1, 3)) for _ in range(n_batch))
+    L, S, E, Ev = (draw(dims(1, max_len)) for _ in range(4))
+    use_gqa = gqa and draw(st.booleans())
+    if use_gqa:
+        hkv, G = draw(dims(1, 2)), draw(gqa_groups())
+        qb = draw(broadcastable_to(batch))
+        kb = draw(broadcastable_to(batch))
+        vb = draw(broadcastable_to(batch))
+        q_lead, k_lead, v_lead = qb + (hkv * G,), kb + (hkv,), vb + (hkv,)
+        head_axes = np.broadcast_shapes(qb, kb, vb) + (hkv * G,)
+    else:
+        full = batch + (draw(dims(1, 3)),)  # the head axis is one more batch axis
+        q_lead, k_lead, v_lead = (draw(broadcastable_to(full)) for _ in range(3))
+        head_axes = np.broadcast_shapes(q_lead, k_lead, v_lead)
+    scores_shape = tuple(head_axes) + (L, S)
+    case = AttnCase(
+        q=draw(normal_arrays(q_lead + (L, E))),
+        k=draw(normal_arrays(k_lead + (S, E))),
+        v=draw(normal_arrays(v_lead + (S, Ev), magnitude=1.0)),
+        enable_gqa=use_gqa,
+        scale=draw(scales()),
+        scores_shape=scores_shape,
+    )
+    kind = draw(st.sampled_from(masks))
+    if kind == "bool":
+        case.attn_mask = draw(bool_masks(scores_shape))
+    elif kind == "float":
+        case.attn_mask = draw(float_biases(scores_shape))
+    if causal and draw(st.booleans()):
+        case.is_causal = True
+        case.causal_align = draw(st.sampled_from(["top_left", "bottom_right"]))
+    if dropout:
+        case.dropout_p = draw(st.sampled_from([0.2, 0.5]))
+        case.dropout_mask = draw(keep_masks(scores_shape, case.dropout_p))
+    return case
