@@ -322,7 +322,7 @@ def _masked_scores(x: AttentionInputs) -> Array:
 
 def _softmax_lse_inplace(s: Array) -> tuple[Array, Array]:
     """Eq. (2.3): turn masked scores into weights ``P`` in place; also return ``lse``."""
-    m = np.max(s, axis=-1, keepdims=True)
+    m = np.max(s, axis=-1, keepdims=True, initial=-np.inf)  # S = 0: no key, a masked row
     if np.any(m == np.inf):
         raise ValueError(
             f"attention scores overflow {s.dtype} (a score is +inf); "

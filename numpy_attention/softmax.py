@@ -9,7 +9,11 @@ Shapes: any array ``x``; ``axis`` is the axis being normalised (the keys,
 Convention for ``-inf`` (a masked entry): it gets probability exactly 0, and
 a row whose entries are *all* ``-inf`` (nothing left to attend to) gives a
 softmax of zeros, a log-sum-exp of ``-inf`` and a log-softmax of ``-inf``,
-never NaN.  Gradients through such entries are exactly 0.
+never NaN.  Gradients through such entries are exactly 0.  An empty slice
+(length 0) behaves like an all ``-inf`` one.
+
+NaN propagates: a slice containing NaN gives NaN in that whole slice (and
+only there), never a silent 0.  ``+inf`` is not a valid score (NaN results).
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ __all__ = [
 
 
 def _safe_max(x: NDArray[np.floating], axis: int) -> NDArray[np.floating]:
-    """Row maximum used as the shift ``m`` of Eq. (1.1); ``-inf`` rows shift by 0."""
-    m = np.max(x, axis=axis, keepdims=True)
+    """Row maximum used as the shift ``m`` of Eq. (1.1); ``-inf`` and empty rows shift by 0."""
+    m = np.max(x, axis=axis, keepdims=True, initial=-np.inf)
     return np.where(m == -np.inf, np.zeros_like(m), m)
 
 
@@ -81,7 +85,8 @@ def softmax(x: ArrayLike, axis: int = -1) -> NDArray[np.floating]:
     x = _as_float(x, "x")
     e = np.exp(x - _safe_max(x, axis))
     total = np.sum(e, axis=axis, keepdims=True)
-    return np.divide(e, total, out=np.zeros_like(e), where=total > 0)
+    # an all -inf row has e = 0 and total = 0: divide by 1 to give zeros; NaN stays NaN
+    return e / np.where(total == 0, np.ones_like(total), total)
 
 
 def logsumexp(x: ArrayLike, axis: int = -1, keepdims: bool = False) -> NDArray[np.floating]:
