@@ -72,12 +72,15 @@ class AttentionInputs:
         return self.scores_shape[:-1] + (self.v.shape[-1],)
 
 
-def _broadcast(shapes: dict[str, tuple[int, ...]], what: str) -> tuple[int, ...]:
+def _broadcast(arrays: dict[str, Array], tail: int, what: str) -> tuple[int, ...]:
+    """Broadcast the leading axes of ``arrays`` (all but the last ``tail``), or say which clash."""
     try:
-        return np.broadcast_shapes(*shapes.values())
+        return np.broadcast_shapes(*(a.shape[:-tail] for a in arrays.values()))
     except ValueError:
-        seen = ", ".join(f"{n} {s}" for n, s in shapes.items())
-        raise ValueError(f"{what} do not broadcast: {seen}") from None
+        seen = ", ".join(f"{n} {a.shape[:-tail]} (shape {a.shape})" for n, a in arrays.items())
+        raise ValueError(
+            f"{what} do not broadcast: {seen}; each axis must be equal or 1"
+        ) from None
 
 
 def _check_scale(scale: object, E: int) -> float:
@@ -178,15 +181,13 @@ def check_inputs(
                 f"a multiple of the key/value heads Hkv={hk} (k shape {ka.shape})"
             )
         groups = hq // hk
-        batch = _broadcast(
-            {n: a.shape[:-3] for n, a in arrays.items()}, "the batch dimensions of q, k, v"
-        )
+        batch = _broadcast(arrays, 3, "the batch dimensions of q, k, v")
         head_axes = batch + (hq,)
     else:
         head_axes = _broadcast(
-            {n: a.shape[:-2] for n, a in arrays.items()},
-            "the batch and head dimensions of q, k, v",
-        )
+            arrays, 2, "the batch and head dimensions of q, k, v (without enable_gqa=True, "
+            "heads broadcast like batch axes)"
+        )  # fmt: skip
     scores_shape = head_axes + (qa.shape[-2], ka.shape[-2])
     dtype = np.result_type(qa, ka, va)
     cdtype = compute_dtype(dtype)
