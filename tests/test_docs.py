@@ -1,0 +1,608 @@
+"""The docs and the code must agree: equation numbers, links, the tour's numbers, runnable blocks.
+
+- Cross-references: every ``\\tag{c.n}`` in ``docs/*.md`` is a numbered equation; the code cites
+  equations as ``Eq. (c.n)`` or ``Eqs. (c.a)-(c.b)`` (inclusive ranges; ``Eq. c.n`` and lists
+  ``Eqs. (c.a), (c.b)`` are read too) in docstrings and comments of ``numpy_attention/``. Every
+  citation must name a defined equation, every equation must be cited by code, no number may be
+  defined twice, and the ``Code:`` line after an equation must link functions that exist in the
+  linked file and whose source cites that equation.
+- Links: every relative link in ``docs/*.md`` and ``README.md`` reaches an existing file (and an
+  existing heading or line when it has an anchor).
+- The tour (``docs/tour.md``): its table of hand-computed numbers matches ``attention_forward`` and
+  its copy of the demo's output matches ``numpy_attention.cli._worked_example``.
+- Runnable blocks: a fenced ``python`` block directly after the line ``<!-- runnable -->`` is
+  executed (``<!-- runnable: requires torch -->`` when it needs an optional module). The blocks of
+  one file run in order in one namespace; a block starting with ``>>>`` is a doctest whose printed
+  output is compared.
+"""
+
+from __future__ import annotations
+
+import ast
+import doctest
+import io
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+PKG = ROOT / "numpy_attention"
+
+#: Each chapter owns one equation number prefix (docs/README.md, "Writing a chapter").
+CHAPTERS = {
+    "softmax.md": 1,
+    "attention.md": 2,
+    "layers.md": 3,
+    "fusion.md": 4,
+    "flash.md": 5,
+    "model.md": 6,
+    "verify.md": 7,
+}
+
+Eq = tuple[int, int]
+
+
+def _fmt(eq: Eq) -> str:
+    return f"({eq[0]}.{eq[1]})"
+
+
+def _doc_files() -> list[Path]:
+    return sorted(DOCS.glob("*.md"))
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+# ---------------------------------------------------------------------------
+# Markdown: hide code, find display math, headings, links
+# ---------------------------------------------------------------------------
+
+_FENCE_RE = re.compile(r"^\s*(`{3,}|~{3,})\s*([\w+-]*)")
+_INLINE_CODE_RE = re.compile(r"(`+)(.+?)\1")
+
+
+def _mask_code(text: str) -> list[str]:
+    """Lines of ``text`` with code blanked out; a ```` ```math ```` fence becomes ``$$``.
+
+    Line numbers are kept, so every finding can name its line.
+    """
+    out: list[str] = []
+    fence: str | None = None
+    is_math = False
+    for line in text.splitlines():
+        if fence is None:
+            m = _FENCE_RE.match(line)
+            if m:
+                fence, is_math = m.group(1), m.group(2) == "math"
+                out.append("$$" if is_math else "")
+            else:
+                out.append(_INLINE_CODE_RE.sub(lambda mm: " " * len(mm.group(0)), line))
+        else:
+            stripped = line.strip()
+            if stripped.startswith(fence) and stripped.strip(fence[0]) == "":
+                out.append("$$" if is_math else "")
+                fence = None
+            else:
+                out.append(line if is_math else "")
+    return out
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    s = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading.strip().lower())
+    s = re.sub(r"[^\w\- ]", "", s)
+    return s.replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    seen: dict[str, int] = defaultdict(int)
+    anchors = set()
+    fence: str | None = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        m = _FENCE_RE.match(line)
+        if fence is None and m:
+            fence = m.group(1)
+            continue
+        if fence is not None:
+            if line.strip().startswith(fence) and line.strip().strip(fence[0]) == "":
+                fence = None
+            continue
+        h = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if h:
+            base = _slug(h.group(1))
+            anchors.add(base if seen[base] == 0 else f"{base}-{seen[base]}")
+            seen[base] += 1
+    return anchors
+
+
+# ---------------------------------------------------------------------------
+# Equations defined in docs/
+# ---------------------------------------------------------------------------
+
+_TAG_RE = re.compile(r"\\tag\*?\{([^}]*)\}")
+_CODE_LINK_RE = re.compile(r"\[`?([^`\]]+?)`?\]\(([^)\s]+)\)")
+
+
+@dataclass(frozen=True)
+class Definition:
+    eq: Eq | None  # None when the tag is not of the form c.n
+    raw: str
+    file: Path
+    line: int  # 1-based
+    code_line: str | None  # the first non-blank line after the display block
+
+
+def _definitions(path: Path) -> list[Definition]:
+    text = path.read_text(encoding="utf-8")
+    raw_lines = text.splitlines()
+    lines = _mask_code(text)
+    # display blocks: pairs of $$ delimiters, as (line, column) positions in order
+    marks = [(i, m.start()) for i, ln in enumerate(lines) for m in re.finditer(r"\$\$", ln)]
+    blocks = list(zip(marks[0::2], marks[1::2]))
+    found = []
+    for i, ln in enumerate(lines):
+        for m in _TAG_RE.finditer(ln):
+            end_line = i
+            for start, end in blocks:
+                if start <= (i, m.start()) <= end:
+                    end_line = end[0]
+                    break
+            code_line = next((raw_lines[j] for j in range(end_line + 1, len(raw_lines))
+                              if raw_lines[j].strip()), None)  # fmt: skip
+            num = re.fullmatch(r"\s*(\d+)\.(\d+)\s*", m.group(1))
+            eq = (int(num.group(1)), int(num.group(2))) if num else None
+            found.append(Definition(eq, m.group(1), path, i + 1, code_line))
+    return found
+
+
+def _all_definitions() -> list[Definition]:
+    return [d for path in _doc_files() for d in _definitions(path)]
+
+
+# ---------------------------------------------------------------------------
+# Equations cited in numpy_attention/ (and in docs/ prose)
+# ---------------------------------------------------------------------------
+
+_NUM = r"\(?\d+\.\d+\)?"
+_CITE_RE = re.compile(rf"\bEqs?\.\s*({_NUM}(?:\s*(?:-|–|—|,|and|to)\s*{_NUM})*)")
+_TOKEN_RE = re.compile(r"(\d+)\.(\d+)|(-|–|—|to)|(,|and)")
+
+
+def _parse_citation(group: str) -> tuple[list[Eq], str | None]:
+    """Equations named by one citation; a range ``a-b`` is inclusive and stays in one chapter."""
+    eqs: list[Eq] = []
+    pending_range = False
+    for m in _TOKEN_RE.finditer(group):
+        if m.group(1):
+            eq = (int(m.group(1)), int(m.group(2)))
+            if pending_range:
+                first = eqs[-1]
+                if first[0] != eq[0] or eq[1] < first[1]:
+                    return eqs, f"bad range {_fmt(first)}-{_fmt(eq)}"
+                eqs.extend((eq[0], n) for n in range(first[1] + 1, eq[1] + 1))
+            else:
+                eqs.append(eq)
+            pending_range = False
+        elif m.group(3):
+            pending_range = True
+    return eqs, None
+
+
+@dataclass(frozen=True)
+class Citation:
+    eq: Eq
+    file: Path
+    line: int
+
+
+def _citations_in(text: str, path: Path, first_line: int = 1) -> tuple[list[Citation], list[str]]:
+    cites, errors = [], []
+    for m in _CITE_RE.finditer(text):
+        line = first_line + text.count("\n", 0, m.start())
+        eqs, err = _parse_citation(m.group(1))
+        if err:
+            errors.append(f"{_rel(path)}:{line}: {err} in {m.group(0)!r}")
+        cites.extend(Citation(eq, path, line) for eq in eqs)
+    return cites, errors
+
+
+def _code_files() -> list[Path]:
+    return sorted(PKG.rglob("*.py"))
+
+
+def _code_citations() -> tuple[list[Citation], list[str]]:
+    cites, errors = [], []
+    for path in _code_files():
+        c, e = _citations_in(path.read_text(encoding="utf-8"), path)
+        cites += c
+        errors += e
+    return cites, errors
+
+
+def _find_node(tree: ast.Module, dotted: str) -> ast.AST | None:
+    """The function or class ``name`` (or ``Class.method``) defined at the top of a module."""
+    body: list[ast.stmt] = tree.body
+    node: ast.AST | None = None
+    for part in dotted.split("."):
+        node = next(
+            (n for n in body
+             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+             and n.name == part),
+            None,
+        )  # fmt: skip
+        if node is None:
+            return None
+        body = node.body  # type: ignore[attr-defined]
+    return node
+
+
+def _source_of(path: Path, dotted: str) -> str | None:
+    text = path.read_text(encoding="utf-8")
+    node = _find_node(ast.parse(text), dotted)
+    if node is None:
+        return None
+    lines = text.splitlines()
+    start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+    return "\n".join(lines[start - 1 : node.end_lineno])
+
+
+# ---------------------------------------------------------------------------
+# (a) Cross-references
+# ---------------------------------------------------------------------------
+
+
+def _fail(problems: list[str], what: str) -> None:
+    if problems:
+        pytest.fail(f"{len(problems)} {what}:\n  " + "\n  ".join(problems), pytrace=False)
+
+
+def test_equation_tags_are_numbered_by_their_own_chapter():
+    r"""Every ``\tag{c.n}`` has the form c.n and sits in the chapter that owns prefix c."""
+    problems = []
+    for d in _all_definitions():
+        where = f"{_rel(d.file)}:{d.line}"
+        chapter = CHAPTERS.get(d.file.name)
+        if d.eq is None:
+            problems.append(f"{where}: tag {{{d.raw}}} is not of the form chapter.number")
+        elif chapter is None:
+            problems.append(f"{where}: {d.file.name} is not a numbered chapter, yet tags {_fmt(d.eq)}")
+        elif d.eq[0] != chapter:
+            problems.append(f"{where}: {_fmt(d.eq)} in {d.file.name}, whose equations are ({chapter}.n)")
+    _fail(problems, "misnumbered equation tags")
+
+
+def test_no_equation_number_is_defined_twice():
+    """An equation number names exactly one equation in docs/."""
+    where: dict[Eq, list[str]] = defaultdict(list)
+    for d in _all_definitions():
+        if d.eq is not None:
+            where[d.eq].append(f"{_rel(d.file)}:{d.line}")
+    problems = [f"{_fmt(eq)} defined at {', '.join(w)}" for eq, w in sorted(where.items())
+                if len(w) > 1]  # fmt: skip
+    _fail(problems, "equation numbers defined more than once")
+
+
+def test_code_cites_only_equations_that_docs_define():
+    """Every ``Eq. (c.n)`` in numpy_attention/ (ranges expanded) is a tag in docs/."""
+    defined = {d.eq for d in _all_definitions()}
+    cites, errors = _code_citations()
+    bad = sorted({(_rel(c.file), c.line, c.eq) for c in cites if c.eq not in defined})
+    problems = errors + [f"{f}:{n}: cites Eq. {_fmt(eq)}, which docs/ does not define"
+                         for f, n, eq in bad]  # fmt: skip
+    _fail(problems, "citations of undefined equations in the code")
+
+
+def test_docs_cite_only_equations_that_docs_define():
+    """Every ``Eq. (c.n)`` in the prose of docs/ (outside code) is a tag somewhere in docs/."""
+    defined = {d.eq for d in _all_definitions()}
+    problems = []
+    for path in _doc_files():
+        cites, errors = _citations_in("\n".join(_mask_code(path.read_text(encoding="utf-8"))), path)
+        problems += errors
+        problems += [f"{_rel(c.file)}:{c.line}: cites Eq. {_fmt(c.eq)}, which docs/ does not define"
+                     for c in cites if c.eq not in defined]  # fmt: skip
+    _fail(problems, "citations of undefined equations in docs/")
+
+
+def test_every_defined_equation_is_cited_by_the_code():
+    """Each numbered equation of docs/ is cited in numpy_attention/ (a formula nobody computes
+    should not carry a number)."""
+    cited = {c.eq for c in _code_citations()[0]}
+    problems = [f"{_rel(d.file)}:{d.line}: Eq. {_fmt(d.eq)} is cited nowhere in numpy_attention/"
+                for d in _all_definitions() if d.eq is not None and d.eq not in cited]  # fmt: skip
+    _fail(problems, "equations that no code cites")
+
+
+def test_code_lines_link_functions_that_cite_their_equation():
+    """The line after each numbered equation is ``Code: [`f`](../numpy_attention/m.py)``; ``f``
+    exists in ``m.py`` and its source (docstring or comments) cites that equation."""
+    problems = []
+    for d in _all_definitions():
+        where = f"{_rel(d.file)}:{d.line}"
+        label = _fmt(d.eq) if d.eq else d.raw
+        line = (d.code_line or "").strip()
+        if not line.startswith("Code:"):
+            problems.append(f"{where}: Eq. {label} is not followed by a 'Code:' line (got {line!r})")
+            continue
+        links = _CODE_LINK_RE.findall(line)
+        if not links:
+            problems.append(f"{where}: the Code: line of Eq. {label} links no [`function`](file)")
+        for name, target in links:
+            name = name.strip().removesuffix("()")
+            path = (d.file.parent / target.split("#")[0]).resolve()
+            if path.suffix != ".py" or not path.is_file():
+                problems.append(f"{where}: Eq. {label}: {target} is not an existing Python file")
+                continue
+            source = _source_of(path, name)
+            if source is None:
+                problems.append(f"{where}: Eq. {label}: `{name}` is not defined in {target}")
+                continue
+            cites, _ = _citations_in(source, path)
+            if d.eq is not None and d.eq not in {c.eq for c in cites}:
+                problems.append(f"{where}: Eq. {label}: the source of `{name}` ({target}) "
+                                "does not cite it")  # fmt: skip
+    _fail(problems, "broken Code: lines")
+
+
+def test_citation_parser_reads_ranges_lists_and_both_styles():
+    """The parser behind the cross-reference tests: inclusive ranges, lists, with or without
+    parentheses; a backwards or cross-chapter range is an error."""
+    assert _parse_citation("(2.1)-(2.3)") == ([(2, 1), (2, 2), (2, 3)], None)
+    assert _parse_citation("2.12-2.13") == ([(2, 12), (2, 13)], None)
+    assert _parse_citation("(3.6), (3.10)") == ([(3, 6), (3, 10)], None)
+    assert _parse_citation("(2.5)")[0] == [(2, 5)]
+    assert _parse_citation("(2.5)-(2.3)")[1] is not None
+    assert _parse_citation("(2.5)-(3.1)")[1] is not None
+    text = "see Eqs. (2.1)-(2.2) and Eq. 1.4; Eq (9.9) and Eq. (2) are not citations"
+    found = [c.eq for c in _citations_in(text, ROOT / "x.py")[0]]
+    assert found == [(2, 1), (2, 2), (1, 4)]
+
+
+def test_tag_finder_pairs_each_equation_with_the_line_after_its_block(tmp_path):
+    r"""A tag inside a multi-line ``$$`` block gets the first non-blank line after the block;
+    tags inside code are not definitions."""
+    md = tmp_path / "softmax.md"
+    md.write_text(
+        "Text `\\tag{9.9}` and\n\n```latex\n$$ x \\tag{8.8} $$\n```\n"
+        "$$\ny = 1 \\tag{1.1}\n$$\n\nCode: [`softmax`](../numpy_attention/softmax.py)\n"
+        "$$ z \\tag{1.2} $$\nnext\n",
+        encoding="utf-8",
+    )
+    defs = _definitions(md)
+    assert [(d.eq, d.line, d.code_line) for d in defs] == [
+        ((1, 1), 7, "Code: [`softmax`](../numpy_attention/softmax.py)"),
+        ((1, 2), 11, "next"),
+    ]
+
+
+# ---------------------------------------------------------------------------
+# (b) Links
+# ---------------------------------------------------------------------------
+
+_LINK_RE = re.compile(r"\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+_REF_DEF_RE = re.compile(r"^\s{0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s|$)")
+
+
+def _links(path: Path) -> list[tuple[int, str]]:
+    found = []
+    for i, line in enumerate(_mask_code(path.read_text(encoding="utf-8"))):
+        found += [(i + 1, m.group(1)) for m in _LINK_RE.finditer(line)]
+        found += [(i + 1, m.group(1)) for m in _REF_DEF_RE.finditer(line)]
+    return found
+
+
+def _link_problem(source: Path, target: str) -> str | None:
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", target):  # http:, https:, mailto:
+        return None
+    file_part, _, anchor = target.partition("#")
+    dest = (source.parent / file_part).resolve() if file_part else source
+    if not dest.exists():
+        return f"{target}: no such file"
+    if not anchor:
+        return None
+    if dest.suffix == ".md":
+        return None if anchor in _anchors(dest) else f"{target}: no heading with anchor #{anchor}"
+    lines = re.fullmatch(r"L(\d+)(?:-L(\d+))?", anchor)
+    if lines and dest.is_file():
+        n = len(dest.read_text(encoding="utf-8").splitlines())
+        last = int(lines.group(2) or lines.group(1))
+        if not 1 <= int(lines.group(1)) <= last <= n:
+            return f"{target}: lines out of range (the file has {n})"
+    return None
+
+
+def _linked_files() -> list[Path]:
+    return _doc_files() + [ROOT / "README.md"]
+
+
+@pytest.mark.parametrize("path", _linked_files(), ids=lambda p: _rel(p))
+def test_relative_links_reach_existing_files(path):
+    """Each relative link (and its #heading or #Lnn anchor) points at something that exists."""
+    problems = []
+    for line, target in _links(path):
+        why = _link_problem(path, target)
+        if why:
+            problems.append(f"{_rel(path)}:{line}: {why}")
+    _fail(problems, "broken links")
+
+
+def test_link_checker_sees_a_broken_link(tmp_path):
+    """The link check fails on a missing file and a missing heading, and ignores code and URLs."""
+    (tmp_path / "a.md").write_text("# Top Part\n", encoding="utf-8")
+    md = tmp_path / "b.md"
+    md.write_text(
+        "[ok](a.md#top-part) [gone](nope.md) [head](a.md#nothing) [web](https://x.org/y)\n"
+        "`[code](missing.md)`\n```\n[block](missing.md)\n```\n",
+        encoding="utf-8",
+    )
+    problems = [_link_problem(md, t) for _, t in _links(md)]
+    assert [p is None for p in problems] == [True, False, False, True]
+
+
+def test_docs_index_links_every_page():
+    """docs/README.md, the reading order, links every page in docs/."""
+    linked = {(DOCS / t.split("#")[0]).resolve() for _, t in _links(DOCS / "README.md")}
+    missing = [p.name for p in _doc_files() if p.name != "README.md" and p.resolve() not in linked]
+    _fail(missing, "pages of docs/ missing from docs/README.md")
+
+
+# ---------------------------------------------------------------------------
+# (c) The tour's numbers
+# ---------------------------------------------------------------------------
+
+TOUR = DOCS / "tour.md"
+
+
+def _block_after(marker: str, text: str) -> str:
+    """The body of the first fenced block after the line ``<!-- marker -->``."""
+    m = re.search(rf"<!--\s*{re.escape(marker)}\s*-->\s*\n\s*(`{{3,}})[^\n]*\n(.*?)\n\s*\1", text,
+                  re.S)  # fmt: skip
+    assert m, f"docs/tour.md has no fenced block after <!-- {marker} -->"
+    return m.group(2)
+
+
+def _worked_example_arrays():
+    from numpy_attention.attention import attention_forward
+
+    x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    out, cache = attention_forward(x, x, x, is_causal=True)
+    return cache.P, cache.lse, out
+
+
+def test_tour_hand_computed_table_matches_attention_forward():
+    """Each row of the tour's table (query i: P_i0, P_i1, P_i2, lse_i, O_i0, O_i1), computed by
+    hand to 4 decimals, equals causal self-attention of X = [[1,0],[0,1],[1,1]]."""
+    text = TOUR.read_text(encoding="utf-8")
+    m = re.search(r"<!--\s*tour-table\s*-->\s*\n((?:\s*\|.*\n?)+)", text)
+    assert m, "docs/tour.md has no table after <!-- tour-table -->"
+    rows = [r for r in m.group(1).strip().splitlines()[2:]]  # skip header and separator
+    P, lse, O = _worked_example_arrays()
+    assert len(rows) == 3
+    for i, row in enumerate(rows):
+        cells = [c.strip().strip("$*") for c in row.strip().strip("|").split("|")]
+        numbers = [float(c.replace("−", "-").replace("\\infty", "inf")) for c in cells[1:]]
+        expected = np.concatenate([P[i], [lse[i]], O[i]])
+        assert np.allclose(numbers, expected, rtol=0, atol=5e-5), (i, numbers, expected)
+
+
+def test_tour_shows_what_the_demo_prints():
+    """The tour's copy of the demo's worked example is what ``_worked_example()`` prints."""
+    cli = pytest.importorskip("numpy_attention.cli")
+    if not hasattr(cli, "_worked_example"):
+        pytest.skip("numpy_attention.cli no longer has _worked_example")
+    shown = _block_after("demo-output", TOUR.read_text(encoding="utf-8"))
+    printed = cli._worked_example()
+    assert [ln.rstrip() for ln in shown.strip().splitlines()] == [
+        ln.rstrip() for ln in printed.strip().splitlines()
+    ]
+
+
+# ---------------------------------------------------------------------------
+# (d) Runnable blocks
+# ---------------------------------------------------------------------------
+
+_RUNNABLE_RE = re.compile(r"^\s*<!--\s*runnable(?::\s*requires\s+([\w ,]+?))?\s*-->\s*$")
+
+
+@dataclass(frozen=True)
+class Block:
+    file: Path
+    line: int  # 1-based line of the first code line
+    code: str
+    requires: tuple[str, ...]
+
+
+def _runnable_blocks(path: Path) -> list[Block]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    blocks = []
+    for i, line in enumerate(lines):
+        m = _RUNNABLE_RE.match(line)
+        if not m:
+            continue
+        j = i + 1
+        while j < len(lines) and not lines[j].strip():
+            j += 1
+        fence = _FENCE_RE.match(lines[j]) if j < len(lines) else None
+        assert fence and fence.group(2) in ("python", "py", "pycon"), (
+            f"{_rel(path)}:{i + 1}: <!-- runnable --> must be followed by a ```python block"
+        )
+        end = next(n for n in range(j + 1, len(lines)) if lines[n].strip().startswith(fence.group(1)))
+        requires = tuple(r for r in re.split(r"[\s,]+", m.group(1) or "") if r)
+        blocks.append(Block(path, j + 2, "\n".join(lines[j + 1 : end]), requires))
+    return blocks
+
+
+def _run_block(block: Block, namespace: dict) -> None:
+    where = f"{_rel(block.file)}:{block.line}"
+    if block.code.lstrip().startswith(">>>"):
+        parser = doctest.DocTestParser()
+        test = parser.get_doctest(block.code, namespace, where, str(block.file), block.line - 1)
+        flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+        runner = doctest.DocTestRunner(optionflags=flags)
+        report = io.StringIO()
+        runner.run(test, out=report.write, clear_globs=False)
+        if runner.failures:
+            pytest.fail(f"doctest block at {where} failed:\n{report.getvalue()}", pytrace=False)
+    else:
+        code = compile("\n" * (block.line - 1) + block.code, str(block.file), "exec")
+        exec(code, namespace)
+
+
+def _block_runs() -> list:
+    runs = []
+    for path in _doc_files():
+        blocks = _runnable_blocks(path)
+        needs = sorted({r for b in blocks for r in b.requires})
+        if any(not b.requires for b in blocks):
+            runs.append(pytest.param(path, (), id=path.name))
+        for extra in needs:
+            runs.append(pytest.param(path, (extra,), id=f"{path.name}+{extra}"))
+    return runs
+
+
+@pytest.mark.parametrize(("path", "extras"), _block_runs())
+def test_runnable_blocks_run(path, extras, monkeypatch):
+    """The file's runnable blocks execute in order without error and print what they show.
+
+    With ``extras`` (e.g. torch) every block runs, including those that need the extra; without,
+    the blocks that need an optional module are left out."""
+    for module in extras:
+        pytest.importorskip(module)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.chdir(ROOT)
+    namespace: dict = {"__name__": "__docs__"}
+    ran = 0
+    for block in _runnable_blocks(path):
+        if set(block.requires) <= set(extras):
+            _run_block(block, namespace)
+            ran += 1
+    assert ran > 0
+
+
+def test_block_runner_fails_on_a_wrong_printed_number(tmp_path):
+    """A doctest block whose shown output differs from what it prints fails the run."""
+    md = tmp_path / "x.md"
+    md.write_text("<!-- runnable -->\n```python\n>>> print(1 + 1)\n3\n```\n", encoding="utf-8")
+    (block,) = _runnable_blocks(md)
+    with pytest.raises(pytest.fail.Exception):
+        _run_block(block, {})
+    md.write_text("<!-- runnable: requires torch -->\n```python\nx = 1\n```\n", encoding="utf-8")
+    assert _runnable_blocks(md)[0].requires == ("torch",)
+
+
+def test_torch_is_optional_for_the_doc_blocks():
+    """A block that imports torch must be marked ``requires torch`` (so the docs run without it)."""
+    problems = [f"{_rel(b.file)}:{b.line}: imports torch but is not marked 'requires torch'"
+                for p in _doc_files() for b in _runnable_blocks(p)
+                if re.search(r"^\s*(import|from)\s+torch", b.code, re.M)
+                and "torch" not in b.requires]  # fmt: skip
+    _fail(problems, "unmarked torch blocks")
