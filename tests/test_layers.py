@@ -1,0 +1,532 @@
+"""Multi-head cross-attention and self-attention layers (numpy_attention/layers.py, docs/layers.md).
+
+Oracles: the seed's formula (section 3.1) written as loops over heads, queries and keys
+(tests/oracles.py) with per-head column slices of the weights; the core attention function;
+float64 finite differences; torch.nn.MultiheadAttention when torch is installed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from numpy_attention.attention import attention_backward, attention_forward
+from numpy_attention.layers import (
+    CrossAttentionParams,
+    cross_attention_backward,
+    cross_attention_forward,
+    init_cross_attention,
+    seed_cross_attention_example,
+    self_attention_backward,
+    self_attention_forward,
+)
+from numpy_attention.testing import gradcheck
+
+from oracles import attention_oracle, softmax_oracle
+
+NAMES = ("w_q", "w_k", "w_v", "w_o", "b_q", "b_k", "b_v", "b_o")
+
+
+def random_params(rng, e_q, e_kv, H, *, D=2, Dv=3, Hkv=None, e_out=4, bias=True):
+    """Parameters with every entry random (biases too), so that no gradient is trivially zero."""
+    Hkv = H if Hkv is None else Hkv
+
+    def n(*shape):
+        return rng.normal(size=shape) * 0.6
+
+    return CrossAttentionParams(
+        w_q=n(e_q, H * D),
+        w_k=n(e_kv, Hkv * D),
+        w_v=n(e_kv, Hkv * Dv),
+        w_o=n(H * Dv, e_out),
+        b_q=n(H * D) if bias else None,
+        b_k=n(Hkv * D) if bias else None,
+        b_v=n(Hkv * Dv) if bias else None,
+        b_o=n(e_out) if bias else None,
+        num_heads=H,
+        num_kv_heads=None if Hkv == H else Hkv,
+    )
+
+
+def check_layer_gradients(params, x_q, x_kv, **kwargs):
+    """gradcheck of cross_attention_backward for x_q, x_kv and every weight and bias."""
+    present = [n for n in NAMES if getattr(params, n) is not None]
+
+    def fn(x_q, x_kv, **w):
+        return cross_attention_forward(replace(params, **w), x_q, x_kv, **kwargs)
+
+    def bw(d, cache):
+        d_x_q, d_x_kv, g = cross_attention_backward(d, cache)
+        return {"x_q": d_x_q, "x_kv": d_x_kv, **{n: getattr(g, n) for n in present}}
+
+    inputs = {"x_q": x_q, "x_kv": x_kv, **{n: getattr(params, n) for n in present}}
+    report = gradcheck(fn, inputs, bw, wrt=tuple(inputs))
+    assert set(report.checked) == set(inputs)
+    return report
+
+
+# ---------------------------------------------------------------------------
+# Gradients: finite differences for every input, weight and bias
+# ---------------------------------------------------------------------------
+
+GRAD_CASES = {
+    "plain": dict(),
+    "key_lengths": dict(key_lengths=np.array([5, 2])),
+    "bool_mask+key_lengths": dict(
+        key_lengths=np.array([4, 3]),
+        attn_mask=np.array([[1, 1, 0, 1, 1], [0, 1, 1, 1, 1], [1, 0, 1, 0, 1]], bool),
+    ),
+    "float_mask": dict(attn_mask=np.linspace(-1.0, 1.0, 2 * 3 * 5).reshape(2, 1, 3, 5)),
+    "causal": dict(is_causal=True),
+    "causal_bottom_right": dict(is_causal=True, causal_align="bottom_right"),
+    "scale": dict(scale=0.3),
+    "dropout": dict(
+        dropout_p=0.25, dropout_mask=np.random.default_rng(9).random((2, 4, 3, 5)) > 0.25
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(GRAD_CASES), ids=list(GRAD_CASES))
+def test_cross_attention_gradients_match_finite_differences(case):
+    """d_x_q, d_x_kv and the gradient of every weight and bias equal float64 central differences
+    of sum(out * G), with padding, bool/float masks, causal masks, scale and dropout."""
+    rng = np.random.default_rng(1)
+    p = random_params(rng, e_q=3, e_kv=4, H=4, D=2, Dv=2, e_out=3)
+    check_layer_gradients(p, rng.normal(size=(2, 3, 3)), rng.normal(size=(2, 5, 4)), **GRAD_CASES[case])
+
+
+@pytest.mark.parametrize("Hkv", [1, 2])
+def test_gqa_layer_gradients_match_finite_differences(Hkv):
+    """With grouped-query attention (w_k, w_v with Hkv*D columns) every gradient, including the
+    shared key/value heads' (summed over their query group), equals finite differences."""
+    rng = np.random.default_rng(2)
+    p = random_params(rng, e_q=4, e_kv=3, H=4, D=2, Dv=3, Hkv=Hkv, e_out=2)
+    check_layer_gradients(
+        p,
+        rng.normal(size=(2, 3, 4)),
+        rng.normal(size=(2, 4, 3)),
+        key_lengths=np.array([3, 4]),
+        is_causal=True,
+    )
+
+
+def test_layer_without_biases_has_none_bias_gradients():
+    """Biases set to None stay None in d_params; the weight gradients still pass gradcheck."""
+    rng = np.random.default_rng(3)
+    p = random_params(rng, e_q=2, e_kv=3, H=2, bias=False)
+    check_layer_gradients(p, rng.normal(size=(1, 2, 2)), rng.normal(size=(1, 3, 3)))
+    out, cache = cross_attention_forward(p, rng.normal(size=(1, 2, 2)), rng.normal(size=(1, 3, 3)))
+    _, _, g = cross_attention_backward(np.ones_like(out), cache)
+    assert (g.b_q, g.b_k, g.b_v, g.b_o) == (None, None, None, None)
+    assert g.num_heads == 2
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"key_lengths": np.array([2, 3])}, {"is_causal": True}])
+def test_self_attention_gradients_match_finite_differences(kwargs):
+    """d_x of self-attention (x used as queries, keys and values) and every parameter gradient
+    equal finite differences of the one-input function."""
+    rng = np.random.default_rng(4)
+    p = random_params(rng, e_q=3, e_kv=3, H=2, e_out=3)
+
+    def fn(x, **w):
+        return self_attention_forward(replace(p, **w), x, **kwargs)
+
+    def bw(d, cache):
+        d_x, g = self_attention_backward(d, cache)
+        return {"x": d_x, **{n: getattr(g, n) for n in NAMES}}
+
+    inputs = {"x": rng.normal(size=(2, 3, 3)), **{n: getattr(p, n) for n in NAMES}}
+    gradcheck(fn, inputs, bw, wrt=tuple(inputs))
+
+
+def test_self_attention_d_x_is_the_sum_of_the_query_and_key_value_paths():
+    """self_attention_backward's d_x equals d_x_q + d_x_kv of cross_attention_backward on the
+    same x (Eq. (3.11)); neither path alone is the gradient."""
+    rng = np.random.default_rng(5)
+    p = random_params(rng, e_q=4, e_kv=4, H=2, e_out=4)
+    x = rng.normal(size=(2, 5, 4))
+    G = rng.normal(size=(2, 5, 4))
+    out_s, cache_s = self_attention_forward(p, x, key_lengths=np.array([5, 3]))
+    out_c, cache_c = cross_attention_forward(p, x, x, key_lengths=np.array([5, 3]))
+    np.testing.assert_array_equal(out_s, out_c)
+    d_x, g_s = self_attention_backward(G, cache_s)
+    d_x_q, d_x_kv, g_c = cross_attention_backward(G, cache_c)
+    np.testing.assert_allclose(d_x, d_x_q + d_x_kv, rtol=0, atol=1e-14)
+    assert not np.allclose(d_x, d_x_q) and not np.allclose(d_x, d_x_kv)
+    for n in NAMES:
+        np.testing.assert_array_equal(getattr(g_s, n), getattr(g_c, n))
+
+
+def test_self_attention_backward_rejects_a_cross_attention_cache():
+    """A cross-attention cache has two different inputs; self_attention_backward refuses it."""
+    rng = np.random.default_rng(6)
+    p = random_params(rng, 2, 2, 1, e_out=2)
+    out, cache = cross_attention_forward(p, rng.normal(size=(1, 2, 2)), rng.normal(size=(1, 3, 2)))
+    with pytest.raises(ValueError, match="self_attention_forward"):
+        self_attention_backward(out, cache)
+
+
+# ---------------------------------------------------------------------------
+# Oracles: core attention, the seed's formula as loops per head
+# ---------------------------------------------------------------------------
+
+
+def test_one_head_identity_projections_equal_core_attention():
+    """With H = 1, W_q = W_k = W_v = W_o = I and no biases the layer is the core scaled
+    dot-product attention (the seed's Cross-Attention(Q, K, V)), forward and backward."""
+    rng = np.random.default_rng(7)
+    E = 3
+    eye = np.eye(E)
+    p = CrossAttentionParams(w_q=eye, w_k=eye, w_v=eye, w_o=eye, num_heads=1)
+    xq, xkv = rng.normal(size=(2, 4, E)), rng.normal(size=(2, 6, E))
+    mask = rng.random((2, 1, 4, 6)) > 0.3
+    out, cache = cross_attention_forward(p, xq, xkv, attn_mask=mask, is_causal=True)
+    ref, ref_cache = attention_forward(
+        xq[:, None], xkv[:, None], xkv[:, None], mask, is_causal=True
+    )
+    np.testing.assert_allclose(out, ref[:, 0], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(cache.weights, ref_cache.P, rtol=0, atol=1e-15)
+    G = rng.normal(size=out.shape)
+    d_x_q, d_x_kv, _ = cross_attention_backward(G, cache)
+    g = attention_backward(G[:, None], ref_cache)
+    np.testing.assert_allclose(d_x_q, g.dq[:, 0], rtol=0, atol=1e-14)
+    np.testing.assert_allclose(d_x_kv, g.dk[:, 0] + g.dv[:, 0], rtol=0, atol=1e-14)
+
+
+def per_head_loop_oracle(p, x_q, x_kv, Hkv, key_lengths=None, is_causal=False):
+    """The layer written head by head: column slices of the weights, the seed's formula as loops
+    (tests/oracles.py, math.exp), output = b_o + sum_h O_h W_o[rows of head h]."""
+    H, D = p.num_heads, p.w_q.shape[1] // p.num_heads
+    Dv, G = p.w_v.shape[1] // Hkv, H // Hkv
+    B, L, S = x_q.shape[0], x_q.shape[1], x_kv.shape[1]
+    out = np.zeros((B, L, p.w_o.shape[1])) + p.b_o
+    weights = np.zeros((B, H, L, S))
+    for b in range(B):
+        n = S if key_lengths is None else key_lengths[b]
+        mask = np.arange(S)[None, :] < n
+        for h in range(H):
+            g = h // G
+            q = x_q[b] @ p.w_q[:, h * D : (h + 1) * D] + p.b_q[h * D : (h + 1) * D]
+            k = x_kv[b] @ p.w_k[:, g * D : (g + 1) * D] + p.b_k[g * D : (g + 1) * D]
+            v = x_kv[b] @ p.w_v[:, g * Dv : (g + 1) * Dv] + p.b_v[g * Dv : (g + 1) * Dv]
+            o, P, _ = attention_oracle(q, k, v, np.broadcast_to(mask, (L, S)), is_causal)
+            out[b] += o @ p.w_o[h * Dv : (h + 1) * Dv]
+            weights[b, h] = P
+    return out, weights
+
+
+@pytest.mark.parametrize(
+    ("H", "Hkv", "kwargs"),
+    [
+        (1, 1, {}),
+        (3, 3, {}),
+        (2, 2, {"key_lengths": np.array([4, 1])}),
+        (4, 2, {"is_causal": True}),
+        (4, 1, {"key_lengths": np.array([2, 4]), "is_causal": True}),
+    ],
+)
+def test_multi_head_layer_equals_per_head_loop_of_the_seed_formula(H, Hkv, kwargs):
+    """The vectorized layer (reshape/transpose heads, GQA by grouping) equals an independent
+    per-head loop of softmax(Q_h K_g^T / sqrt(D)) V_g with sliced projections."""
+    rng = np.random.default_rng(8 + H + Hkv)
+    p = random_params(rng, e_q=5, e_kv=3, H=H, D=2, Dv=3, Hkv=Hkv, e_out=4)
+    xq, xkv = rng.normal(size=(2, 3, 5)), rng.normal(size=(2, 4, 3))
+    out, cache = cross_attention_forward(p, xq, xkv, **kwargs)
+    ref, ref_w = per_head_loop_oracle(p, xq, xkv, Hkv, **kwargs)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(cache.weights, ref_w, rtol=0, atol=1e-14)
+
+
+def test_seed_formula_literal_loops_give_the_layer_weights():
+    """A fully literal oracle: Q1 K2^T / sqrt(d_k) entry by entry with math.exp for the seed's
+    section 4.1 example (one head, identity projections) gives the layer's weights and R1."""
+    ex = seed_cross_attention_example()
+    from numpy_attention.layers import _SEED_VECTORS
+
+    q1, k2 = _SEED_VECTORS[:3].tolist(), _SEED_VECTORS[3:].tolist()
+    d_k = len(q1[0])
+    for i, qi in enumerate(q1):
+        scores = [math.fsum(a * b for a, b in zip(qi, kj, strict=True)) / math.sqrt(d_k) for kj in k2]
+        p = softmax_oracle(scores)
+        assert ex.weights[i].tolist() == pytest.approx(p, abs=1e-15)
+        r = [math.fsum(p[j] * k2[j][c] for j in range(len(k2))) for c in range(d_k)]
+        assert ex.r1[i].tolist() == pytest.approx(r, abs=1e-15)
+    assert ex.r1.shape[0] == len(ex.s1)
+    assert ex.weights.shape == (len(ex.s1), len(ex.s2))
+
+
+# ---------------------------------------------------------------------------
+# Properties
+# ---------------------------------------------------------------------------
+
+
+@given(seed=st.integers(0, 2**32 - 1), H=st.sampled_from([1, 2, 4]), data=st.data())
+def test_permuting_real_keys_leaves_cross_attention_unchanged(seed, H, data):
+    """Cross-attention has no notion of key order: permuting the real (unpadded) key/value
+    positions of each sequence leaves the output unchanged and permutes the weights alike;
+    whatever sits in the padding does not matter either."""
+    rng = np.random.default_rng(seed)
+    B, L, S = 2, 3, 5
+    p = random_params(rng, e_q=3, e_kv=2, H=H, D=2, Dv=2, e_out=3)
+    xq, xkv = rng.normal(size=(B, L, 3)), rng.normal(size=(B, S, 2))
+    lengths = np.array(data.draw(st.lists(st.integers(1, S), min_size=B, max_size=B)))
+    out, cache = cross_attention_forward(p, xq, xkv, key_lengths=lengths)
+    perm_kv = xkv.copy()
+    perms = []
+    for b in range(B):
+        perm = np.concatenate([rng.permutation(lengths[b]), np.arange(lengths[b], S)])
+        perm_kv[b] = xkv[b, perm]
+        perm_kv[b, lengths[b] :] = rng.normal(size=(S - lengths[b], 2)) * 100  # new padding
+        perms.append(perm)
+    out2, cache2 = cross_attention_forward(p, xq, perm_kv, key_lengths=lengths)
+    np.testing.assert_allclose(out2, out, rtol=0, atol=1e-13)
+    for b in range(B):
+        n = lengths[b]
+        np.testing.assert_allclose(
+            cache2.weights[b, ..., :n], cache.weights[b][..., perms[b][:n]], rtol=0, atol=1e-14
+        )
+        assert not cache2.weights[b, ..., n:].any()
+
+
+def test_padded_keys_get_zero_weight_and_zero_gradient():
+    """Keys at positions >= key_lengths[b] get weight exactly 0 and their rows of d_x_kv are
+    exactly 0 (they do not take part)."""
+    rng = np.random.default_rng(10)
+    p = random_params(rng, e_q=3, e_kv=3, H=2)
+    out, cache = cross_attention_forward(
+        p, rng.normal(size=(2, 2, 3)), rng.normal(size=(2, 4, 3)), key_lengths=np.array([1, 3])
+    )
+    assert not cache.weights[0, ..., 1:].any() and not cache.weights[1, ..., 3:].any()
+    _, d_x_kv, _ = cross_attention_backward(rng.normal(size=out.shape), cache)
+    assert not d_x_kv[0, 1:].any() and not d_x_kv[1, 3:].any()
+    assert d_x_kv[0, 0].any() and d_x_kv[1, :3].any()
+
+
+def test_sequence_without_keys_gives_the_output_bias_and_finite_gradients():
+    """key_lengths[b] = 0 leaves every query of sequence b with no key: its context is 0 (not
+    NaN, unlike torch), so its output is b_o, and every gradient stays finite."""
+    rng = np.random.default_rng(11)
+    p = random_params(rng, e_q=2, e_kv=2, H=2)
+    out, cache = cross_attention_forward(
+        p, rng.normal(size=(2, 3, 2)), rng.normal(size=(2, 2, 2)), key_lengths=np.array([0, 2])
+    )
+    np.testing.assert_array_equal(out[0], np.broadcast_to(p.b_o, out[0].shape))
+    d_x_q, d_x_kv, g = cross_attention_backward(np.ones_like(out), cache)
+    assert np.isfinite(d_x_q).all() and np.isfinite(d_x_kv).all()
+    assert not d_x_q[0].any() and not d_x_kv[0].any()
+
+
+def test_weights_rows_sum_to_one_and_have_per_head_shape():
+    """cache.weights is (B, H, L, S), every row a probability vector."""
+    rng = np.random.default_rng(12)
+    p = init_cross_attention(rng, 6, 5, num_heads=3)
+    out, cache = cross_attention_forward(p, rng.normal(size=(2, 4, 6)), rng.normal(size=(2, 7, 5)))
+    assert out.shape == (2, 4, 6) and cache.weights.shape == (2, 3, 4, 7)
+    np.testing.assert_allclose(cache.weights.sum(-1), 1.0, rtol=0, atol=1e-15)
+
+
+def test_float32_in_float32_out():
+    """float32 inputs and parameters give float32 outputs and gradients close to float64's."""
+    rng = np.random.default_rng(13)
+    p = random_params(rng, e_q=3, e_kv=3, H=2)
+    xq, xkv = rng.normal(size=(1, 2, 3)), rng.normal(size=(1, 4, 3))
+    p32 = replace(p, **{n: getattr(p, n).astype(np.float32) for n in NAMES})
+    out32, c32 = cross_attention_forward(p32, xq.astype(np.float32), xkv.astype(np.float32))
+    out64, c64 = cross_attention_forward(p, xq, xkv)
+    assert out32.dtype == np.float32
+    np.testing.assert_allclose(out32, out64, rtol=1e-5, atol=1e-5)
+    g32 = cross_attention_backward(np.ones_like(out32), c32)
+    g64 = cross_attention_backward(np.ones_like(out64), c64)
+    assert g32[0].dtype == g32[2].w_q.dtype == np.float32
+    np.testing.assert_allclose(g32[2].w_k, g64[2].w_k, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# Initialisation
+# ---------------------------------------------------------------------------
+
+
+def test_init_is_glorot_uniform_like_torch_with_zero_biases():
+    """w_q, w_k, w_v lie within the Xavier bound sqrt(6 / (fan_in + fan_out)) and fill it (max
+    close to the bound); w_o within nn.Linear's 1/sqrt(fan_in); biases are zero; a fixed seed
+    gives the same parameters."""
+    p = init_cross_attention(np.random.default_rng(0), 64, 32, num_heads=8, e_out=16)
+    for w in (p.w_q, p.w_k, p.w_v):
+        bound = math.sqrt(6.0 / sum(w.shape))
+        assert np.abs(w).max() <= bound and np.abs(w).max() > 0.95 * bound
+    bound_o = 1.0 / math.sqrt(p.w_o.shape[0])
+    assert np.abs(p.w_o).max() <= bound_o and np.abs(p.w_o).max() > 0.95 * bound_o
+    assert p.w_k.shape == (32, 64) and p.w_o.shape == (64, 16)
+    for b in (p.b_q, p.b_k, p.b_v, p.b_o):
+        assert not b.any()
+    p2 = init_cross_attention(np.random.default_rng(0), 64, 32, num_heads=8, e_out=16)
+    np.testing.assert_array_equal(p.w_v, p2.w_v)
+
+
+def test_init_gqa_shapes_and_forward_uses_params_num_kv_heads():
+    """init with num_kv_heads gives w_k, w_v of Hkv*D columns, and the forward reads Hkv from
+    the params (no argument needed)."""
+    rng = np.random.default_rng(1)
+    p = init_cross_attention(rng, 8, 8, num_heads=4, num_kv_heads=2, bias=False)
+    assert p.w_k.shape == p.w_v.shape == (8, 4) and p.b_q is None
+    out, cache = self_attention_forward(p, rng.normal(size=(1, 3, 8)))
+    assert out.shape == (1, 3, 8) and cache.num_kv_heads == 2
+    assert cache.weights.shape == (1, 4, 3, 3)
+
+
+# ---------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------
+
+
+def _bad_cases():
+    rng = np.random.default_rng(0)
+    p = random_params(rng, e_q=3, e_kv=4, H=2, D=2, Dv=2, e_out=3)
+    xq, xkv = rng.normal(size=(2, 3, 3)), rng.normal(size=(2, 5, 4))
+    return p, xq, xkv
+
+
+@pytest.mark.parametrize(
+    ("change", "exc", "match"),
+    [
+        (lambda p, q, kv: (p, q[..., :2], kv, {}), ValueError, r"x_q has width Eq=2.*w_q"),
+        (lambda p, q, kv: (p, q, kv[..., :3], {}), ValueError, r"params\.w_k.*x_kv of width 3"),
+        (lambda p, q, kv: (p, q, kv[:1], {}), ValueError, r"x_q and x_kv.*batch size"),
+        (lambda p, q, kv: (p, q[0], kv, {}), ValueError, r"x_q must have shape \(B, length"),
+        (lambda p, q, kv: (replace(p, num_heads=3), q, kv, {}), ValueError,
+         r"num_heads=3 must divide the projection width of params\.w_q"),
+        (lambda p, q, kv: (replace(p, num_heads=0), q, kv, {}), ValueError, r"params\.num_heads"),
+        (lambda p, q, kv: (p, q, kv, {"num_kv_heads": 3}), ValueError,
+         r"num_kv_heads=3 must divide"),
+        (lambda p, q, kv: (p, q, kv, {"num_kv_heads": 1}), ValueError, r"params\.w_k has shape"),
+        (lambda p, q, kv: (replace(p, w_o=p.w_o[:3]), q, kv, {}), ValueError, r"params\.w_o"),
+        (lambda p, q, kv: (replace(p, b_v=p.b_v[:1]), q, kv, {}), ValueError, r"params\.b_v"),
+        (lambda p, q, kv: (p, q, kv, {"key_lengths": np.array([5])}), ValueError,
+         r"key_lengths must have shape \(B,\) = \(2,\)"),
+        (lambda p, q, kv: (p, q, kv, {"key_lengths": np.array([-1, 2])}), ValueError,
+         r"key_lengths must lie in \[0, S=5\]"),
+        (lambda p, q, kv: (p, q, kv, {"key_lengths": np.array([6, 2])}), ValueError,
+         r"key_lengths must lie in \[0, S=5\]"),
+        (lambda p, q, kv: (p, q, kv, {"key_lengths": np.array([2.0, 1.0])}), TypeError,
+         r"key_lengths must be integers"),
+        (lambda p, q, kv: (p, q, kv, {"attn_mask": np.ones((4, 5), bool)}), ValueError,
+         r"attn_mask has shape \(4, 5\)"),
+        (lambda p, q, kv: (p, q.astype(complex), kv, {}), TypeError, r"x_q must be a real"),
+        (lambda p, q, kv: ("params", q, kv, {}), TypeError, r"params must be a CrossAttentionParams"),
+    ],
+)
+def test_bad_input_raises_a_clear_error_naming_the_argument(change, exc, match):
+    """Mismatched widths, heads not dividing the projection width, bad key_lengths, masks and
+    dtypes each raise an error that names the argument and the shapes involved."""
+    p, xq, xkv, kwargs = change(*_bad_cases())
+    with pytest.raises(exc, match=match):
+        cross_attention_forward(p, xq, xkv, **kwargs)
+
+
+def test_bad_init_and_bad_d_out_raise():
+    """init rejects heads that do not divide embed_dim; the backward rejects a d_out of the
+    wrong shape."""
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match=r"num_heads=3 must divide the projection width embed_dim=8"):
+        init_cross_attention(rng, 8, 8, num_heads=3)
+    with pytest.raises(ValueError, match=r"num_kv_heads=3 must divide num_heads=4"):
+        init_cross_attention(rng, 8, 8, num_heads=4, num_kv_heads=3)
+    p = init_cross_attention(rng, 4, 4, num_heads=2)
+    out, cache = cross_attention_forward(p, rng.normal(size=(1, 2, 4)), rng.normal(size=(1, 3, 4)))
+    with pytest.raises(ValueError, match=r"d_out has shape \(1, 2, 3\)"):
+        cross_attention_backward(np.ones((1, 2, 3)), cache)
+
+
+# ---------------------------------------------------------------------------
+# torch.nn.MultiheadAttention
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_matches_torch_multihead_attention_with_kdim_vdim_and_padding(bias):
+    """Same weights (w_q = q_proj_weight.T, ...), kdim = vdim != embed_dim, key_padding_mask
+    (True = ignore) converted to key_lengths: outputs, per-head weights
+    (average_attn_weights=False) and gradients of inputs and every parameter agree in float64."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(14)
+    E, Ekv, H, B, L, S = 6, 4, 3, 2, 3, 5
+    mha = torch.nn.MultiheadAttention(E, H, kdim=Ekv, vdim=Ekv, batch_first=True, bias=bias)
+    mha = mha.double()
+    with torch.no_grad():
+        for prm in mha.parameters():
+            prm.copy_(torch.from_numpy(rng.normal(size=tuple(prm.shape)) * 0.5))
+    p = CrossAttentionParams(
+        w_q=mha.q_proj_weight.detach().numpy().T.copy(),
+        w_k=mha.k_proj_weight.detach().numpy().T.copy(),
+        w_v=mha.v_proj_weight.detach().numpy().T.copy(),
+        w_o=mha.out_proj.weight.detach().numpy().T.copy(),
+        b_q=mha.in_proj_bias.detach().numpy()[:E].copy() if bias else None,
+        b_k=mha.in_proj_bias.detach().numpy()[E : 2 * E].copy() if bias else None,
+        b_v=mha.in_proj_bias.detach().numpy()[2 * E :].copy() if bias else None,
+        b_o=mha.out_proj.bias.detach().numpy().copy() if bias else None,
+        num_heads=H,
+    )
+    xq, xkv = rng.normal(size=(B, L, E)), rng.normal(size=(B, S, Ekv))
+    key_padding_mask = np.array([[False] * 5, [False, False, True, True, True]])
+    key_lengths = (~key_padding_mask).sum(axis=1)  # padding sits at the end
+    G = rng.normal(size=(B, L, E))
+
+    tq = torch.tensor(xq, requires_grad=True)
+    tkv = torch.tensor(xkv, requires_grad=True)
+    t_out, t_w = mha(
+        tq, tkv, tkv, key_padding_mask=torch.from_numpy(key_padding_mask),
+        need_weights=True, average_attn_weights=False,
+    )  # fmt: skip
+    (t_out * torch.from_numpy(G)).sum().backward()
+
+    out, cache = cross_attention_forward(p, xq, xkv, key_lengths=key_lengths)
+    d_x_q, d_x_kv, g = cross_attention_backward(G, cache)
+    np.testing.assert_allclose(out, t_out.detach().numpy(), rtol=0, atol=1e-13)
+    np.testing.assert_allclose(cache.weights, t_w.detach().numpy(), rtol=0, atol=1e-14)
+    np.testing.assert_allclose(d_x_q, tq.grad.numpy(), rtol=0, atol=1e-13)
+    np.testing.assert_allclose(d_x_kv, tkv.grad.numpy(), rtol=0, atol=1e-13)
+    np.testing.assert_allclose(g.w_q, mha.q_proj_weight.grad.numpy().T, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(g.w_k, mha.k_proj_weight.grad.numpy().T, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(g.w_v, mha.v_proj_weight.grad.numpy().T, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(g.w_o, mha.out_proj.weight.grad.numpy().T, rtol=0, atol=1e-13)
+    if bias:
+        gb = mha.in_proj_bias.grad.numpy()
+        np.testing.assert_allclose(np.concatenate([g.b_q, g.b_k, g.b_v]), gb, rtol=0, atol=1e-13)
+        np.testing.assert_allclose(g.b_o, mha.out_proj.bias.grad.numpy(), rtol=0, atol=1e-13)
+
+
+def test_matches_torch_self_attention_with_packed_in_proj_and_causal_mask():
+    """Self-attention with torch's packed in_proj_weight (3E, E) split into w_q, w_k, w_v and a
+    causal attn_mask (torch's float -inf mask) agrees with our is_causal=True, with d_x the sum
+    of both paths."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(15)
+    E, H, B, T = 4, 2, 2, 5
+    mha = torch.nn.MultiheadAttention(E, H, batch_first=True).double()
+    with torch.no_grad():
+        for prm in mha.parameters():
+            prm.copy_(torch.from_numpy(rng.normal(size=tuple(prm.shape)) * 0.5))
+    W, b = mha.in_proj_weight.detach().numpy(), mha.in_proj_bias.detach().numpy()
+    p = CrossAttentionParams(
+        w_q=W[:E].T.copy(), w_k=W[E : 2 * E].T.copy(), w_v=W[2 * E :].T.copy(),
+        w_o=mha.out_proj.weight.detach().numpy().T.copy(),
+        b_q=b[:E].copy(), b_k=b[E : 2 * E].copy(), b_v=b[2 * E :].copy(),
+        b_o=mha.out_proj.bias.detach().numpy().copy(), num_heads=H,
+    )  # fmt: skip
+    x = rng.normal(size=(B, T, E))
+    G = rng.normal(size=(B, T, E))
+    tx = torch.tensor(x, requires_grad=True)
+    causal = torch.nn.Transformer.generate_square_subsequent_mask(T, dtype=torch.float64)
+    t_out, _ = mha(tx, tx, tx, attn_mask=causal, need_weights=False)
+    (t_out * torch.from_numpy(G)).sum().backward()
+    out, cache = self_attention_forward(p, x, is_causal=True)
+    d_x, g = self_attention_backward(G, cache)
+    np.testing.assert_allclose(out, t_out.detach().numpy(), rtol=0, atol=1e-13)
+    np.testing.assert_allclose(d_x, tx.grad.numpy(), rtol=0, atol=1e-13)
+    dW = np.concatenate([g.w_q.T, g.w_k.T, g.w_v.T])
+    np.testing.assert_allclose(dW, mha.in_proj_weight.grad.numpy(), rtol=0, atol=1e-13)
