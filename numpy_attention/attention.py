@@ -307,7 +307,13 @@ class AttentionCache:
 
 def _masked_scores(x: AttentionInputs) -> Array:
     """Eqs. (2.1)-(2.2): ``scale * q k^T + bias``, with ``-inf`` where masked."""
-    s = _per_query_head(x.q * x.scale, np.swapaxes(x.k, -1, -2), x.groups)  # Eq. (2.1)
+    with np.errstate(over="ignore"):
+        s = _per_query_head(x.q * x.scale, np.swapaxes(x.k, -1, -2), x.groups)  # Eq. (2.1)
+    if np.isinf(s).any():  # -inf would pass for "masked", +inf gives NaN: refuse both
+        raise ValueError(
+            f"attention scores scale * q k^T overflow {s.dtype} (a score is +-inf; inf in q "
+            "or k, or too large inputs); scale the inputs down or compute in float64"
+        )
     if s.shape != x.scores_shape:  # v or the mask carry batch dims that q, k lack
         s = np.array(np.broadcast_to(s, x.scores_shape))
     if x.bias is not None:
