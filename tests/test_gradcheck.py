@@ -1,0 +1,90 @@
+"""numpy_attention.testing.gradcheck: it passes correct backwards and catches wrong ones."""
+
+import numpy as np
+import pytest
+
+from numpy_attention.attention import AttentionGrads, attention_backward, attention_forward
+from numpy_attention.testing import gradcheck
+
+
+def _inputs(seed=0):
+    rng = np.random.default_rng(seed)
+    return {"q": rng.normal(size=(2, 3, 4)), "k": rng.normal(size=(2, 5, 4)),
+            "v": rng.normal(size=(2, 5, 3))}  # fmt: skip
+
+
+def _wrong_dk_entry(d_out, cache):
+    """The right backward with one entry of dk off by 1e-3."""
+    g = attention_backward(d_out, cache)
+    dk = g.dk.copy()
+    dk[1, 2, 3] += 1e-3
+    return AttentionGrads(dq=g.dq, dk=dk, dv=g.dv, d_attn_mask=g.d_attn_mask)
+
+
+def _softmax_backward_missing_D(d_out, cache):
+    """A classic mistake: dS = P * dP, forgetting the - D term of Eq. (2.13)."""
+    x, P = cache.inputs, cache.P
+    dP = d_out @ np.swapaxes(x.v, -1, -2)
+    dS = P * dP
+    return {"q": x.scale * dS @ x.k, "k": x.scale * np.swapaxes(dS, -1, -2) @ x.q,
+            "v": np.swapaxes(P, -1, -2) @ d_out}  # fmt: skip
+
+
+def test_gradcheck_passes_the_hand_written_backward():
+    """The correct backward passes, every entry of q, k, v is differenced."""
+    report = gradcheck(attention_forward, _inputs(), attention_backward)
+    assert report.passed and report.checked == {"q": 24, "k": 40, "v": 30}
+    assert report.max_abs_error < 1e-8
+    assert all(abs(n - a) < 1e-8 for n, a in report.directional)
+
+
+def test_gradcheck_fails_on_one_wrong_entry_and_names_input_and_index():
+    """A single wrong entry of dk is found: the report names input 'k' and index (1, 2, 3)."""
+    report = gradcheck(attention_forward, _inputs(), _wrong_dk_entry, raise_on_failure=False)
+    assert not report.passed
+    assert report.worst_input == "k" and report.worst_index == (1, 2, 3)
+    assert abs(report.worst_analytic - report.worst_numeric - 1e-3) < 1e-8
+    assert "FAILED" in str(report) and "k[1, 2, 3]" in str(report)
+
+
+def test_gradcheck_raises_assertion_error_with_the_report():
+    """With raise_on_failure (the default) a failure raises AssertionError carrying the report."""
+    with pytest.raises(AssertionError, match=r"gradcheck FAILED.*worst at k\[1, 2, 3\]"):
+        gradcheck(attention_forward, _inputs(), _wrong_dk_entry)
+
+
+def test_gradcheck_catches_softmax_backward_without_the_D_term():
+    """dS = P * dP (no - D) is wrong for q and k, but dv is still right: the report blames q or k."""
+    report = gradcheck(attention_forward, _inputs(1), _softmax_backward_missing_D,
+                       raise_on_failure=False)  # fmt: skip
+    assert not report.passed and report.worst_input in ("q", "k")
+
+
+def test_directional_check_alone_catches_an_error_in_unsampled_entries():
+    """With max_entries=1 most entries are not differenced; the random-direction check fails."""
+    report = gradcheck(attention_forward, _inputs(), _wrong_dk_entry, max_entries=1,
+                       wrt=("k",), raise_on_failure=False, seed=3)  # fmt: skip
+    assert report.checked == {"k": 1} and report.worst_index != (1, 2, 3)
+    assert not report.passed
+
+
+def test_gradcheck_rejects_bad_wrt():
+    """wrt naming a missing/non-float input, or one without a gradient, is a ValueError."""
+    with pytest.raises(ValueError, match="'w', which is not a floating array input"):
+        gradcheck(attention_forward, _inputs(), attention_backward, wrt=("w",))
+    inputs = dict(_inputs(), attn_mask=np.ones((3, 5), bool))
+    with pytest.raises(ValueError, match="'attn_mask', which is not a floating array input"):
+        gradcheck(attention_forward, inputs, attention_backward, wrt=("attn_mask",))
+    inputs = dict(_inputs(), attn_mask=np.zeros((3, 5)))
+    with pytest.raises(ValueError, match="backward returned no gradient for input 'attn_mask'"):
+        gradcheck(attention_forward, inputs, lambda d, c: {"q": attention_backward(d, c).dq},
+                  wrt=("attn_mask",))  # fmt: skip
+
+
+def test_gradcheck_rejects_a_gradient_of_the_wrong_shape():
+    """A backward returning dq of the wrong shape is reported with both shapes."""
+    def bad(d, c):
+        return {"q": attention_backward(d, c).dq[0]}
+
+    with pytest.raises(ValueError, match=r"gradient of q has shape \(3, 4\), expected \(2, 3, 4\)"):
+        gradcheck(attention_forward, _inputs(), bad)
