@@ -147,7 +147,7 @@ def _definitions(path: Path) -> list[Definition]:
     lines = _mask_code(text)
     # display blocks: pairs of $$ delimiters, as (line, column) positions in order
     marks = [(i, m.start()) for i, ln in enumerate(lines) for m in re.finditer(r"\$\$", ln)]
-    blocks = list(zip(marks[0::2], marks[1::2]))
+    blocks = list(zip(marks[0::2], marks[1::2], strict=False))
     found = []
     for i, ln in enumerate(lines):
         for m in _TAG_RE.finditer(ln):
@@ -274,9 +274,9 @@ def test_equation_tags_are_numbered_by_their_own_chapter():
         if d.eq is None:
             problems.append(f"{where}: tag {{{d.raw}}} is not of the form chapter.number")
         elif chapter is None:
-            problems.append(f"{where}: {d.file.name} is not a numbered chapter, yet tags {_fmt(d.eq)}")
+            problems.append(f"{where}: {d.file.name} is no numbered chapter, yet tags {_fmt(d.eq)}")
         elif d.eq[0] != chapter:
-            problems.append(f"{where}: {_fmt(d.eq)} in {d.file.name}, whose equations are ({chapter}.n)")
+            problems.append(f"{where}: {_fmt(d.eq)} in {d.file.name}, whose tags are ({chapter}.n)")
     _fail(problems, "misnumbered equation tags")
 
 
@@ -331,7 +331,7 @@ def test_code_lines_link_functions_that_cite_their_equation():
         label = _fmt(d.eq) if d.eq else d.raw
         line = (d.code_line or "").strip()
         if not line.startswith("Code:"):
-            problems.append(f"{where}: Eq. {label} is not followed by a 'Code:' line (got {line!r})")
+            problems.append(f"{where}: Eq. {label} is not followed by a 'Code:' line: {line!r}")
             continue
         links = _CODE_LINK_RE.findall(line)
         if not links:
@@ -485,12 +485,12 @@ def test_tour_hand_computed_table_matches_attention_forward():
     m = re.search(r"<!--\s*tour-table\s*-->\s*\n((?:\s*\|.*\n?)+)", text)
     assert m, "docs/tour.md has no table after <!-- tour-table -->"
     rows = [r for r in m.group(1).strip().splitlines()[2:]]  # skip header and separator
-    P, lse, O = _worked_example_arrays()
+    P, lse, out = _worked_example_arrays()
     assert len(rows) == 3
     for i, row in enumerate(rows):
         cells = [c.strip().strip("$*") for c in row.strip().strip("|").split("|")]
         numbers = [float(c.replace("−", "-").replace("\\infty", "inf")) for c in cells[1:]]
-        expected = np.concatenate([P[i], [lse[i]], O[i]])
+        expected = np.concatenate([P[i], [lse[i]], out[i]])
         assert np.allclose(numbers, expected, rtol=0, atol=5e-5), (i, numbers, expected)
 
 
@@ -535,7 +535,8 @@ def _runnable_blocks(path: Path) -> list[Block]:
         assert fence and fence.group(2) in ("python", "py", "pycon"), (
             f"{_rel(path)}:{i + 1}: <!-- runnable --> must be followed by a ```python block"
         )
-        end = next(n for n in range(j + 1, len(lines)) if lines[n].strip().startswith(fence.group(1)))
+        close = fence.group(1)
+        end = next(n for n in range(j + 1, len(lines)) if lines[n].strip().startswith(close))
         requires = tuple(r for r in re.split(r"[\s,]+", m.group(1) or "") if r)
         blocks.append(Block(path, j + 2, "\n".join(lines[j + 1 : end]), requires))
     return blocks
