@@ -551,6 +551,7 @@ def _run_block(block: Block, namespace: dict) -> None:
         runner = doctest.DocTestRunner(optionflags=flags)
         report = io.StringIO()
         runner.run(test, out=report.write, clear_globs=False)
+        namespace.update(test.globs)  # DocTest works on a copy; later blocks see its names
         if runner.failures:
             pytest.fail(f"doctest block at {where} failed:\n{report.getvalue()}", pytrace=False)
     else:
