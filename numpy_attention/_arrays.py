@@ -29,12 +29,12 @@ def as_float_array(x: ArrayLike, name: str) -> NDArray[np.floating]:
 
 
 def compute_dtype(dtype: np.dtype) -> np.dtype:
-    """The dtype the arithmetic runs in: float16 is computed in float32, others as given."""
+    """Return the dtype the arithmetic runs in: float16 is computed in float32, others as given."""
     return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
 
 
 def sum_to_shape(g: NDArray[np.floating], shape: tuple[int, ...]) -> NDArray[np.floating]:
-    """Sum a broadcast gradient ``g`` back to ``shape`` (the adjoint of broadcasting).
+    """Sum a broadcast gradient ``g`` back to ``shape`` (the adjoint of broadcasting, Eq. (2.15)).
 
     Examples
     --------

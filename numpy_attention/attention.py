@@ -78,9 +78,7 @@ def _broadcast(arrays: dict[str, Array], tail: int, what: str) -> tuple[int, ...
         return np.broadcast_shapes(*(a.shape[:-tail] for a in arrays.values()))
     except ValueError:
         seen = ", ".join(f"{n} {a.shape[:-tail]} (shape {a.shape})" for n, a in arrays.items())
-        raise ValueError(
-            f"{what} do not broadcast: {seen}; each axis must be equal or 1"
-        ) from None
+        raise ValueError(f"{what} do not broadcast: {seen}; each axis must be equal or 1") from None
 
 
 def _check_scale(scale: object, E: int) -> float:
@@ -246,7 +244,7 @@ def _check_dropout(
 
 
 def _group(x: Array, groups: int) -> Array:
-    """``(..., Hq, A, B) -> (..., Hkv, G, A, B)``: query head ``h = g_kv * G + g``."""
+    """``(..., Hq, A, B) -> (..., Hkv, G, A, B)``: query head ``h = g_kv * G + g`` (Eq. (2.9))."""
     return x.reshape(x.shape[:-3] + (x.shape[-3] // groups, groups) + x.shape[-2:])
 
 
@@ -256,14 +254,18 @@ def _ungroup(x: Array) -> Array:
 
 
 def _per_query_head(a: Array, kv: Array, groups: int) -> Array:
-    """``a @ kv`` where ``a`` has query heads and ``kv`` key/value heads."""
+    """Multiply ``a @ kv``, where ``a`` has query heads and ``kv`` key/value heads.
+
+    Query head ``h`` is multiplied with key/value head ``h // G`` (Eq. (2.9)), without
+    materialising the repeated ``kv``.
+    """
     if groups == 1:
         return a @ kv
     return _ungroup(_group(a, groups) @ kv[..., None, :, :])
 
 
 def _per_kv_head(a: Array, b: Array, groups: int) -> Array:
-    """``a @ b`` for two query-head arrays, summed over each GQA group (Eq. (2.16))."""
+    """Multiply ``a @ b`` for two query-head arrays, summing over each GQA group (Eq. (2.16))."""
     if groups == 1:
         return a @ b
     return (_group(a, groups) @ _group(b, groups)).sum(axis=-3)
@@ -572,7 +574,9 @@ def attention_backward(d_out: ArrayLike, cache: AttentionCache) -> AttentionGrad
     x, P, G = cache.inputs, cache.P, cache.inputs.groups
     dO = as_float_array(d_out, "d_out")
     if dO.shape != cache.out.shape:
-        raise ValueError(f"d_out has shape {dO.shape}, expected the output's shape {cache.out.shape}")
+        raise ValueError(
+            f"d_out has shape {dO.shape}, expected the output's shape {cache.out.shape}"
+        )
     dO = dO.astype(P.dtype, copy=False)
     P_d = _apply_dropout(P, cache.keep, cache.dropout_p)
     # out = P_d @ v  (Eq. 2.5)  ->  dv = P_d^T dO,  dP_d = dO v^T  (Eq. 2.10)

@@ -14,6 +14,10 @@ never NaN.  Gradients through such entries are exactly 0.  An empty slice
 
 NaN propagates: a slice containing NaN gives NaN in that whole slice (and
 only there), never a silent 0.  ``+inf`` is not a valid score (NaN results).
+
+Precision: float64 and float32 are computed in their own dtype; float16 is
+computed in float32 and rounded once at the end; integers become float64.
+The result has the input's (promoted) dtype.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from ._arrays import as_float_array as _as_float
+from ._arrays import compute_dtype
 
 __all__ = [
     "softmax",
@@ -36,6 +41,20 @@ def _safe_max(x: NDArray[np.floating], axis: int) -> NDArray[np.floating]:
     """Row maximum used as the shift ``m`` of Eq. (1.1); ``-inf`` and empty rows shift by 0."""
     m = np.max(x, axis=axis, keepdims=True, initial=-np.inf)
     return np.where(m == -np.inf, np.zeros_like(m), m)
+
+
+def _upcast(*arrays: NDArray[np.floating]) -> tuple[np.dtype, list[NDArray[np.floating]]]:
+    """Return the result dtype of ``arrays`` and the arrays in its compute dtype (f16 -> f32)."""
+    dtype = np.result_type(*arrays)
+    cdtype = compute_dtype(dtype)
+    return dtype, [a.astype(cdtype, copy=False) for a in arrays]
+
+
+def _lse(x: NDArray[np.floating], axis: int) -> NDArray[np.floating]:
+    """Eq. (1.2) with ``keepdims=True``, in the dtype of ``x``."""
+    m = _safe_max(x, axis)
+    with np.errstate(divide="ignore"):  # log(0) = -inf for an all -inf slice
+        return m + np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True))
 
 
 def softmax(x: ArrayLike, axis: int = -1) -> NDArray[np.floating]:
@@ -82,11 +101,11 @@ def softmax(x: ArrayLike, axis: int = -1) -> NDArray[np.floating]:
     >>> softmax([-np.inf, -np.inf])
     array([0., 0.])
     """
-    x = _as_float(x, "x")
+    dtype, (x,) = _upcast(_as_float(x, "x"))
     e = np.exp(x - _safe_max(x, axis))
     total = np.sum(e, axis=axis, keepdims=True)
     # an all -inf row has e = 0 and total = 0: divide by 1 to give zeros; NaN stays NaN
-    return e / np.where(total == 0, np.ones_like(total), total)
+    return (e / np.where(total == 0, np.ones_like(total), total)).astype(dtype, copy=False)
 
 
 def logsumexp(x: ArrayLike, axis: int = -1, keepdims: bool = False) -> NDArray[np.floating]:
@@ -124,10 +143,8 @@ def logsumexp(x: ArrayLike, axis: int = -1, keepdims: bool = False) -> NDArray[n
     >>> float(logsumexp([-np.inf, -np.inf]))
     -inf
     """
-    x = _as_float(x, "x")
-    m = _safe_max(x, axis)
-    with np.errstate(divide="ignore"):
-        lse = m + np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True))
+    dtype, (x,) = _upcast(_as_float(x, "x"))
+    lse = _lse(x, axis).astype(dtype, copy=False)
     return lse if keepdims else np.squeeze(lse, axis=axis)
 
 
@@ -163,10 +180,10 @@ def log_softmax(x: ArrayLike, axis: int = -1) -> NDArray[np.floating]:
     >>> np.allclose(np.exp(log_softmax([0.0, np.log(3.0)])), [0.25, 0.75])
     True
     """
-    x = _as_float(x, "x")
-    lse = logsumexp(x, axis=axis, keepdims=True)
-    safe_lse = np.where(lse == -np.inf, np.zeros_like(lse), lse)
-    return x - safe_lse
+    dtype, (x,) = _upcast(_as_float(x, "x"))
+    lse = _lse(x, axis)
+    safe_lse = np.where(lse == -np.inf, np.zeros_like(lse), lse)  # all -inf slice: stays -inf
+    return (x - safe_lse).astype(dtype, copy=False)
 
 
 def softmax_backward(d_y: ArrayLike, y: ArrayLike, axis: int = -1) -> NDArray[np.floating]:
@@ -208,7 +225,9 @@ def softmax_backward(d_y: ArrayLike, y: ArrayLike, axis: int = -1) -> NDArray[np
     d_y, y = _as_float(d_y, "d_y"), _as_float(y, "y")
     if d_y.shape != y.shape:
         raise ValueError(f"d_y has shape {d_y.shape}, expected the shape of y {y.shape}")
-    return y * (d_y - np.sum(d_y * y, axis=axis, keepdims=True))
+    dtype, (d_y, y) = _upcast(d_y, y)
+    # Eq. (1.4): the Jacobian-vector product, O(n) per slice instead of an n x n Jacobian
+    return (y * (d_y - np.sum(d_y * y, axis=axis, keepdims=True))).astype(dtype, copy=False)
 
 
 def log_softmax_backward(d_y: ArrayLike, y: ArrayLike, axis: int = -1) -> NDArray[np.floating]:
@@ -250,7 +269,8 @@ def log_softmax_backward(d_y: ArrayLike, y: ArrayLike, axis: int = -1) -> NDArra
     d_y, y = _as_float(d_y, "d_y"), _as_float(y, "y")
     if d_y.shape != y.shape:
         raise ValueError(f"d_y has shape {d_y.shape}, expected the shape of y {y.shape}")
+    dtype, (d_y, y) = _upcast(d_y, y)
     masked = y == -np.inf  # constants: they take no gradient and give none
     d_y = np.where(masked, np.zeros_like(d_y), d_y)
-    d_x = d_y - np.exp(y) * np.sum(d_y, axis=axis, keepdims=True)
-    return np.where(masked, np.zeros_like(d_x), d_x)
+    d_x = d_y - np.exp(y) * np.sum(d_y, axis=axis, keepdims=True)  # Eq. (1.5)
+    return np.where(masked, np.zeros_like(d_x), d_x).astype(dtype, copy=False)

@@ -2,7 +2,8 @@ r"""Independent oracles: the seed's formula as literal Python loops with ``math.
 
 Section 3.1 of the seed document defines
 
-.. math:: \mathrm{Attention}(Q, K, V) = \mathrm{softmax}\!\left(\frac{QK^\top}{\sqrt{d_k}}\right) V .
+.. math:: \mathrm{Attention}(Q, K, V)
+          = \mathrm{softmax}\!\left(\frac{QK^\top}{\sqrt{d_k}}\right) V .
 
 Here it is written out one batch index, head, query ``i`` and key ``j`` at a
 time, with the conventions the package documents (docs/attention.md):
@@ -209,7 +210,9 @@ def attention_backward_oracle(
             for j in range(S):
                 for c in range(Ev):
                     dv[vi + (j, c)] += p[j] * z[j] * g[c]
-            dp = [z[j] * math.fsum(g[c] * float(v[vi + (j, c)]) for c in range(Ev)) for j in range(S)]
+            dp = [
+                z[j] * math.fsum(g[c] * float(v[vi + (j, c)]) for c in range(Ev)) for j in range(S)
+            ]
             # softmax Jacobian, entry by entry
             ds = [math.fsum(dp[t] * p[t] * ((t == j) - p[j]) for t in range(S)) for j in range(S)]
             for j in range(S):

@@ -21,7 +21,6 @@ __all__ = [
     "bool_masks",
     "broadcastable_to",
     "dims",
-    "dropout_cases",
     "float_biases",
     "gqa_groups",
     "keep_masks",
@@ -66,9 +65,7 @@ def broadcastable_to(draw: Any, shape: tuple[int, ...], min_ndim: int = 0) -> tu
 
 
 @st.composite
-def normal_arrays(
-    draw: Any, shape: tuple[int, ...], magnitude: float | None = None
-) -> np.ndarray:
+def normal_arrays(draw: Any, shape: tuple[int, ...], magnitude: float | None = None) -> np.ndarray:
     """Float64 normal array of ``shape``; magnitude drawn from {0.1, 1, 3} unless given."""
     mag = magnitude if magnitude is not None else draw(st.sampled_from([0.1, 1.0, 3.0]))
     return np.random.default_rng(draw(seeds)).normal(scale=mag, size=shape)
@@ -89,9 +86,7 @@ def bool_masks(
 
 
 @st.composite
-def float_biases(
-    draw: Any, scores_shape: tuple[int, ...], neg_inf: bool = True
-) -> np.ndarray:
+def float_biases(draw: Any, scores_shape: tuple[int, ...], neg_inf: bool = True) -> np.ndarray:
     """Float additive bias broadcastable to ``scores_shape``; with ``neg_inf``, some ``-inf``."""
     shape = draw(broadcastable_to(scores_shape))
     rng = np.random.default_rng(draw(seeds))

@@ -54,7 +54,7 @@ def test_gradcheck_raises_assertion_error_with_the_report():
 
 
 def test_gradcheck_catches_softmax_backward_without_the_D_term():
-    """dS = P * dP (no - D) is wrong for q and k, but dv is still right: the report blames q or k."""
+    """dS = P * dP (no - D) is wrong for q and k (dv is still right): the report blames q or k."""
     report = gradcheck(attention_forward, _inputs(1), _softmax_backward_missing_D,
                        raise_on_failure=False)  # fmt: skip
     assert not report.passed and report.worst_input in ("q", "k")
@@ -83,6 +83,7 @@ def test_gradcheck_rejects_bad_wrt():
 
 def test_gradcheck_rejects_a_gradient_of_the_wrong_shape():
     """A backward returning dq of the wrong shape is reported with both shapes."""
+
     def bad(d, c):
         return {"q": attention_backward(d, c).dq[0]}
 

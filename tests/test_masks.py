@@ -28,7 +28,7 @@ def test_causal_mask_is_j_le_i_plus_d(L, S, align):
 
 @given(dims(1, 7), dims(1, 7))
 def test_bottom_right_causal_last_query_sees_every_key(L, S):
-    """Bottom-right alignment: the last query sees all S keys; top-left: the first sees key 0 only."""
+    """Bottom-right: the last query sees all S keys; top-left: the first query sees key 0 only."""
     assert causal_mask(L, S, "bottom_right")[-1].all()
     assert causal_mask(L, S)[0, 0] and not causal_mask(L, S)[0, 1:].any()
 
@@ -40,7 +40,9 @@ def test_sliding_window_mask_is_a_band_around_the_diagonal(L, S, left, right, al
     m = sliding_window_mask(L, S, (left, right), align)
     np.testing.assert_array_equal(m, _loop_mask(L, S, d, left, right))
     assert not np.any(sliding_window_mask(L, S, (left, 0), align) & ~causal_mask(L, S, align))
-    np.testing.assert_array_equal(sliding_window_mask(L, S, left, align), _loop_mask(L, S, d, left, left))
+    np.testing.assert_array_equal(
+        sliding_window_mask(L, S, left, align), _loop_mask(L, S, d, left, left)
+    )
 
 
 @given(st.lists(dims(0, 6), min_size=1, max_size=4), dims(6, 8))
@@ -72,12 +74,12 @@ def test_is_causal_equals_explicit_causal_mask_and_intersects_attn_mask(L, S, al
         (lambda: causal_mask(-1, 3), ValueError, r"L must be >= 0, got -1"),
         (lambda: causal_mask(2, 3.0), TypeError, r"S must be an integer, got float"),
         (lambda: causal_mask(True, 3), TypeError, r"L must be an integer, got bool"),
-        (lambda: causal_mask(2, 3, "lower_right"), ValueError, r"align must be one of .*'lower_right'"),
+        (lambda: causal_mask(2, 3, "lower"), ValueError, r"align must be one of .*'lower'"),
         (lambda: padding_mask([1, 4], 3), ValueError, r"lengths must lie in \[0, S=3\].*max 4"),
         (lambda: padding_mask([-1], 3), ValueError, r"lengths .* min -1"),
-        (lambda: padding_mask([[1, 2]], 3), ValueError, r"lengths must have shape \(B,\), got shape \(1, 2\)"),
+        (lambda: padding_mask([[1, 2]], 3), ValueError, r"lengths must .*\(B,\), got .*\(1, 2\)"),
         (lambda: padding_mask([1.5], 3), TypeError, r"lengths must be integers, got dtype float64"),
-        (lambda: sliding_window_mask(3, 3, (1, 2, 3)), TypeError, r"window must be an int or a \(left, right\) pair"),
+        (lambda: sliding_window_mask(3, 3, (1, 2, 3)), TypeError, r"window must be an int or a"),
         (lambda: sliding_window_mask(3, 3, -1), ValueError, r"window must be >= 0"),
         (lambda: sliding_window_mask(3, 3, (0, 1.0)), TypeError, r"window\[1\] must be an integer"),
     ],
