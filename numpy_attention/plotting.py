@@ -483,8 +483,8 @@ def plot_fusion(
     klab = _check_labels(key_labels, S, "key_labels")
     names = _check_labels(branch_names, N, "branch_names") or [f"branch {n}" for n in range(N)]
     panel_w, panel_h = min(1.4 + 0.32 * S, 5.0), min(1.4 + 0.32 * L, 5.0)
-    fig = _new_figure(N * panel_w + 3.4, panel_h + (0.4 if title else 0.0))
-    axes = fig.subplots(1, N + 1, width_ratios=[1.0] * N + [1.1])
+    fig = _new_figure(N * panel_w + 3.0, panel_h + (0.4 if title else 0.0))
+    axes = fig.subplots(1, N + 1, width_ratios=[1.0] * N + [0.7])
     im = None
     for n in range(N):
         im = _draw_map(axes[n], w[n], None, qlab, klab, False, ylabel="query" if n == 0 else "")
@@ -499,7 +499,7 @@ def plot_fusion(
     bar.set_ylabel("alpha (fusion weight)")
     bar.set_title("alpha", fontsize=10)
     assert im is not None  # N >= 1
-    fig.colorbar(im, ax=list(axes[:N]), label="weight", fraction=0.05, location="left")
+    fig.colorbar(im, ax=list(axes[:N]), label="weight", fraction=0.05)
     if title:
         fig.suptitle(title)
     return fig
