@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from oracles import attention_oracle, softmax_oracle
 
 from numpy_attention.attention import attention_backward, attention_forward
 from numpy_attention.layers import (
@@ -26,8 +27,6 @@ from numpy_attention.layers import (
     self_attention_forward,
 )
 from numpy_attention.testing import gradcheck
-
-from oracles import attention_oracle, softmax_oracle
 
 NAMES = ("w_q", "w_k", "w_v", "w_o", "b_q", "b_k", "b_v", "b_o")
 
@@ -97,7 +96,9 @@ def test_cross_attention_gradients_match_finite_differences(case):
     of sum(out * G), with padding, bool/float masks, causal masks, scale and dropout."""
     rng = np.random.default_rng(1)
     p = random_params(rng, e_q=3, e_kv=4, H=4, D=2, Dv=2, e_out=3)
-    check_layer_gradients(p, rng.normal(size=(2, 3, 3)), rng.normal(size=(2, 5, 4)), **GRAD_CASES[case])
+    check_layer_gradients(
+        p, rng.normal(size=(2, 3, 3)), rng.normal(size=(2, 5, 4)), **GRAD_CASES[case]
+    )
 
 
 @pytest.mark.parametrize("Hkv", [1, 2])
@@ -251,7 +252,9 @@ def test_seed_formula_literal_loops_give_the_layer_weights():
     q1, k2 = _SEED_VECTORS[:3].tolist(), _SEED_VECTORS[3:].tolist()
     d_k = len(q1[0])
     for i, qi in enumerate(q1):
-        scores = [math.fsum(a * b for a, b in zip(qi, kj, strict=True)) / math.sqrt(d_k) for kj in k2]
+        scores = [
+            math.fsum(a * b for a, b in zip(qi, kj, strict=True)) / math.sqrt(d_k) for kj in k2
+        ]
         p = softmax_oracle(scores)
         assert ex.weights[i].tolist() == pytest.approx(p, abs=1e-15)
         r = [math.fsum(p[j] * k2[j][c] for j in range(len(k2))) for c in range(d_k)]
@@ -398,26 +401,51 @@ def _bad_cases():
         (lambda p, q, kv: (p, q, kv[..., :3], {}), ValueError, r"params\.w_k.*x_kv of width 3"),
         (lambda p, q, kv: (p, q, kv[:1], {}), ValueError, r"x_q and x_kv.*batch size"),
         (lambda p, q, kv: (p, q[0], kv, {}), ValueError, r"x_q must have shape \(B, length"),
-        (lambda p, q, kv: (replace(p, num_heads=3), q, kv, {}), ValueError,
-         r"num_heads=3 must divide the projection width of params\.w_q"),
+        (
+            lambda p, q, kv: (replace(p, num_heads=3), q, kv, {}),
+            ValueError,
+            r"num_heads=3 must divide the projection width of params\.w_q",
+        ),
         (lambda p, q, kv: (replace(p, num_heads=0), q, kv, {}), ValueError, r"params\.num_heads"),
-        (lambda p, q, kv: (p, q, kv, {"num_kv_heads": 3}), ValueError,
-         r"num_kv_heads=3 must divide"),
+        (
+            lambda p, q, kv: (p, q, kv, {"num_kv_heads": 3}),
+            ValueError,
+            r"num_kv_heads=3 must divide",
+        ),
         (lambda p, q, kv: (p, q, kv, {"num_kv_heads": 1}), ValueError, r"params\.w_k has shape"),
         (lambda p, q, kv: (replace(p, w_o=p.w_o[:3]), q, kv, {}), ValueError, r"params\.w_o"),
         (lambda p, q, kv: (replace(p, b_v=p.b_v[:1]), q, kv, {}), ValueError, r"params\.b_v"),
-        (lambda p, q, kv: (p, q, kv, {"key_lengths": np.array([5])}), ValueError,
-         r"key_lengths must have shape \(B,\) = \(2,\)"),
-        (lambda p, q, kv: (p, q, kv, {"key_lengths": np.array([-1, 2])}), ValueError,
-         r"key_lengths must lie in \[0, S=5\]"),
-        (lambda p, q, kv: (p, q, kv, {"key_lengths": np.array([6, 2])}), ValueError,
-         r"key_lengths must lie in \[0, S=5\]"),
-        (lambda p, q, kv: (p, q, kv, {"key_lengths": np.array([2.0, 1.0])}), TypeError,
-         r"key_lengths must be integers"),
-        (lambda p, q, kv: (p, q, kv, {"attn_mask": np.ones((4, 5), bool)}), ValueError,
-         r"attn_mask has shape \(4, 5\)"),
+        (
+            lambda p, q, kv: (p, q, kv, {"key_lengths": np.array([5])}),
+            ValueError,
+            r"key_lengths must have shape \(B,\) = \(2,\)",
+        ),
+        (
+            lambda p, q, kv: (p, q, kv, {"key_lengths": np.array([-1, 2])}),
+            ValueError,
+            r"key_lengths must lie in \[0, S=5\]",
+        ),
+        (
+            lambda p, q, kv: (p, q, kv, {"key_lengths": np.array([6, 2])}),
+            ValueError,
+            r"key_lengths must lie in \[0, S=5\]",
+        ),
+        (
+            lambda p, q, kv: (p, q, kv, {"key_lengths": np.array([2.0, 1.0])}),
+            TypeError,
+            r"key_lengths must be integers",
+        ),
+        (
+            lambda p, q, kv: (p, q, kv, {"attn_mask": np.ones((4, 5), bool)}),
+            ValueError,
+            r"attn_mask has shape \(4, 5\)",
+        ),
         (lambda p, q, kv: (p, q.astype(complex), kv, {}), TypeError, r"x_q must be a real"),
-        (lambda p, q, kv: ("params", q, kv, {}), TypeError, r"params must be a CrossAttentionParams"),
+        (
+            lambda p, q, kv: ("params", q, kv, {}),
+            TypeError,
+            r"params must be a CrossAttentionParams",
+        ),
     ],
 )
 def test_bad_input_raises_a_clear_error_naming_the_argument(change, exc, match):
@@ -432,7 +460,9 @@ def test_bad_init_and_bad_d_out_raise():
     """init rejects heads that do not divide embed_dim; the backward rejects a d_out of the
     wrong shape."""
     rng = np.random.default_rng(0)
-    with pytest.raises(ValueError, match=r"num_heads=3 must divide the projection width embed_dim=8"):
+    with pytest.raises(
+        ValueError, match=r"num_heads=3 must divide the projection width embed_dim=8"
+    ):
         init_cross_attention(rng, 8, 8, num_heads=3)
     with pytest.raises(ValueError, match=r"num_kv_heads=3 must divide num_heads=4"):
         init_cross_attention(rng, 8, 8, num_heads=4, num_kv_heads=3)
