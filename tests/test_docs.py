@@ -129,7 +129,7 @@ def _anchors(path: Path) -> set[str]:
 # ---------------------------------------------------------------------------
 
 _TAG_RE = re.compile(r"\\tag\*?\{([^}]*)\}")
-_CODE_LINK_RE = re.compile(r"\[`?([^`\]]+?)`?\]\(([^)\s]+)\)")
+_CODE_LINK_RE = re.compile(r"\[`([^`\]]+)`\]\(([^)\s]+)\)")  # [`name`](file)
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,18 @@ class Definition:
     raw: str
     file: Path
     line: int  # 1-based
-    code_line: str | None  # the first non-blank line after the display block
+    code_line: str | None  # the first paragraph after the display block
+
+
+def _paragraph_after(lines: list[str], index: int) -> str | None:
+    """The first paragraph after line ``index``, joined into one line (a wrapped Code: line)."""
+    start = next((j for j in range(index + 1, len(lines)) if lines[j].strip()), None)
+    if start is None:
+        return None
+    end = start
+    while end + 1 < len(lines) and lines[end + 1].strip() and "$$" not in lines[end + 1]:
+        end += 1
+    return " ".join(ln.strip() for ln in lines[start : end + 1])
 
 
 def _definitions(path: Path) -> list[Definition]:
@@ -156,8 +167,7 @@ def _definitions(path: Path) -> list[Definition]:
                 if start <= (i, m.start()) <= end:
                     end_line = end[0]
                     break
-            code_line = next((raw_lines[j] for j in range(end_line + 1, len(raw_lines))
-                              if raw_lines[j].strip()), None)  # fmt: skip
+            code_line = _paragraph_after(raw_lines, end_line)
             num = re.fullmatch(r"\s*(\d+)\.(\d+)\s*", m.group(1))
             eq = (int(num.group(1)), int(num.group(2))) if num else None
             found.append(Definition(eq, m.group(1), path, i + 1, code_line))
@@ -373,14 +383,19 @@ def test_tag_finder_pairs_each_equation_with_the_line_after_its_block(tmp_path):
     md = tmp_path / "softmax.md"
     md.write_text(
         "Text `\\tag{9.9}` and\n\n```latex\n$$ x \\tag{8.8} $$\n```\n"
-        "$$\ny = 1 \\tag{1.1}\n$$\n\nCode: [`softmax`](../numpy_attention/softmax.py)\n"
-        "$$ z \\tag{1.2} $$\nnext\n",
+        "$$\ny = 1 \\tag{1.1}\n$$\n\nCode: [`softmax`](../numpy_attention/softmax.py),\n"
+        "[`logsumexp`](../numpy_attention/softmax.py)\n$$ z \\tag{1.2} $$\nnext\n",
         encoding="utf-8",
     )
     defs = _definitions(md)
     assert [(d.eq, d.line, d.code_line) for d in defs] == [
-        ((1, 1), 7, "Code: [`softmax`](../numpy_attention/softmax.py)"),
-        ((1, 2), 11, "next"),
+        (
+            (1, 1),
+            7,
+            "Code: [`softmax`](../numpy_attention/softmax.py), "
+            "[`logsumexp`](../numpy_attention/softmax.py)",
+        ),
+        ((1, 2), 12, "next"),
     ]
 
 
