@@ -34,6 +34,7 @@ Semantics, validation and precision are those of
 from __future__ import annotations
 
 import numbers
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -50,9 +51,9 @@ __all__ = ["FlashCache", "flash_attention_forward", "flash_attention_backward"]
 
 Array = NDArray[np.floating]
 
-#: Default block sizes: one block of scores per thread is ``(..., bq, bk)``.
-BLOCK_Q = 128
-BLOCK_K = 512
+#: Largest default block side, and the most scores one default block holds (all heads together).
+_MAX_SIDE = 512
+_MAX_BLOCK = 2**20
 
 
 # ---------------------------------------------------------------------------
@@ -66,6 +67,24 @@ def _check_block(value: object, name: str) -> int:
     if int(value) < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
     return int(value)
+
+
+def _default_blocks(scores_shape: tuple[int, ...]) -> tuple[int, int]:
+    """Default ``(bq, bk)``: a block holds at most 1/32 of the scores and at most 2**20 of them.
+
+    Start from 512 x 512 and halve the larger side (``bq`` on a tie) until the
+    block fits, never below 16; then cap each side at ``L`` and ``S``.
+    """
+    *lead, L, S = scores_shape
+    heads = max(1, int(np.prod(lead)))
+    area = min(L * S // 32, _MAX_BLOCK // heads)
+    bq = bk = _MAX_SIDE
+    while bq * bk > area and max(bq, bk) > 16:
+        if bq >= bk:
+            bq //= 2
+        else:
+            bk //= 2
+    return max(1, min(bq, L)), max(1, min(bk, S))
 
 
 def _check_workers(workers: object) -> int:
@@ -146,31 +165,70 @@ def _block_visible(x: AttentionInputs, i0: int, i1: int, j0: int) -> bool:
     return j0 <= i1 - 1 + d
 
 
+def _mask_block(mask: NDArray, i0: int, i1: int, j0: int, j1: int) -> NDArray:
+    """Block ``[i0:i1, j0:j1]`` of a mask in its own shape: a view that broadcasts to the block.
+
+    The same values as ``np.broadcast_to(mask, scores_shape)[..., i0:i1, j0:j1]``,
+    without reading the broadcast copies (size-1 axes stay size 1).
+    """
+    if mask.ndim < 2:
+        mask = mask.reshape((1,) * (2 - mask.ndim) + mask.shape)
+    rows = slice(None) if mask.shape[-2] == 1 else slice(i0, i1)
+    cols = slice(None) if mask.shape[-1] == 1 else slice(j0, j1)
+    return mask[..., rows, cols]
+
+
+def _may_overflow(x: AttentionInputs) -> bool:
+    """False when no score ``scale q_i . k_j`` can reach +-inf: ``|s_ij| <= |scale q_i| |k_j|``.
+
+    Then the blocks need no check for overflow (Cauchy-Schwarz bounds every
+    partial sum of the dot product too); inf or NaN inputs make it True.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        qn = np.sqrt(np.max(np.sum(np.square(x.q), axis=-1), initial=0.0)) * abs(x.scale)
+        kn = np.sqrt(np.max(np.sum(np.square(x.k), axis=-1), initial=0.0))
+        return not bool(qn * kn < np.finfo(x.q.dtype).max / 4)
+
+
 def _scores_block(
-    x: AttentionInputs, lay: _Layout, q_rows: Array, i0: int, i1: int, j0: int, j1: int
+    x: AttentionInputs,
+    lay: _Layout,
+    q_rows: Array,
+    i0: int,
+    i1: int,
+    j0: int,
+    j1: int,
+    check: bool,
 ) -> Array | None:
     """Eq. (5.1): ``S_ij = (scale Q_i) K_j^T + B_ij``, ``-inf`` where masked.
 
-    Returns None when the block is entirely masked (it is skipped).
+    Returns None when the boolean mask hides the whole block (it is skipped).
+    With ``check``, refuses a +-inf score as the core does (an overflow must
+    not pass for a mask).
     """
     allowed = None
     if x.keep is not None:
-        keep = np.broadcast_to(x.keep, x.scores_shape)[..., i0:i1, j0:j1]
-        if not keep.any():
+        allowed = _mask_block(x.keep, i0, i1, j0, j1)
+        if not allowed.any():
             return None
-        allowed = keep
     if x.is_causal:
         d = _offset(lay.L, lay.S, x.causal_align)
         if j1 - 1 > i0 + d:  # the block crosses the diagonal: Eq. (2.6) on indices
             causal = np.arange(j0, j1) <= np.arange(i0, i1)[:, None] + d
             allowed = causal if allowed is None else allowed & causal
-    s = q_rows @ np.swapaxes(x.k[..., j0:j1, :], -1, -2)  # (5.1), scale folded into Q
+    with np.errstate(over="ignore"):
+        s = q_rows @ np.swapaxes(x.k[..., j0:j1, :], -1, -2)  # (5.1), scale folded into Q
+    if check and np.isinf(s).any():
+        raise ValueError(
+            f"attention scores scale * q k^T overflow {s.dtype} (a score is +-inf; inf in q "
+            "or k, or too large inputs); scale the inputs down or compute in float64"
+        )
     full = lay.block_shape(i1 - i0, j1 - j0)
     if s.shape != full:  # v or the mask carry batch dims that q, k lack
         s = np.array(np.broadcast_to(s, full))
-    s4 = lay.split(s, i1 - i0)
+    s4 = lay.split(s, i1 - i0)  # a view in the scores' layout (..., Hq, bq, bk)
     if x.bias is not None:
-        s4 += np.broadcast_to(x.bias, x.scores_shape)[..., i0:i1, j0:j1]  # (5.1), + B_ij
+        s4 += _mask_block(x.bias, i0, i1, j0, j1)  # (5.1), + B_ij
     if allowed is not None:
         np.copyto(s4, -np.inf, where=~allowed)  # (5.1), -inf where masked
     return s
@@ -238,7 +296,7 @@ class FlashCache:
 
 
 def _forward_rows(
-    x: AttentionInputs, lay: _Layout, i0: int, i1: int, bk: int
+    x: AttentionInputs, lay: _Layout, i0: int, i1: int, bk: int, check: bool
 ) -> tuple[Array, Array]:
     """Eqs. (5.1)-(5.6) for query rows ``i0:i1``: their output and ``lse`` (block layout)."""
     q_rows = lay.rows(x.q, i0, i1) * x.q.dtype.type(x.scale)  # scale folded into Q_i
@@ -251,15 +309,10 @@ def _forward_rows(
         if not _block_visible(x, i0, i1, j0):
             break  # Eq. (5.2): every later key block is above the diagonal too
         j1 = min(j0 + bk, lay.S)
-        s = _scores_block(x, lay, q_rows, i0, i1, j0, j1)
+        s = _scores_block(x, lay, q_rows, i0, i1, j0, j1, check)
         if s is None:
             continue
         m_new = np.maximum(m, s.max(axis=-1, keepdims=True))  # Eq. (5.3)
-        if np.any(m_new == np.inf):
-            raise ValueError(
-                f"attention scores overflow {s.dtype} (a score is +inf); "
-                "scale the inputs down or compute in float64"
-            )
         shift = np.where(m_new == -np.inf, 0.0, m_new).astype(s.dtype)  # no -inf - -inf
         alpha = np.exp(m - shift)  # Eq. (5.4): exp(m_old - m_new), 0 while m_old = -inf
         s -= shift
@@ -285,8 +338,8 @@ def flash_attention_forward(
     enable_gqa: bool = False,
     *,
     causal_align: str = "top_left",
-    block_q: int = BLOCK_Q,
-    block_k: int = BLOCK_K,
+    block_q: int | None = None,
+    block_k: int | None = None,
     workers: int | None = None,
 ) -> tuple[Array, FlashCache]:
     r"""Scaled dot-product attention by tiles with an online softmax (FlashAttention).
@@ -314,7 +367,9 @@ def flash_attention_forward(
         Where the causal diagonal sits when ``L != S`` (see ``causal_mask``).
     block_q, block_k : int, optional
         Queries and keys per block (any size >= 1; they need not divide
-        ``L`` or ``S``). Defaults 128 and 512.
+        ``L`` or ``S``). Default: sides from 16 to 512 (powers of two) chosen
+        so that one block holds at most 1/32 of the ``(..., Hq, L, S)``
+        scores and at most ``2**20`` of them.
     workers : int, optional
         Process query blocks in this many threads (NumPy releases the GIL);
         BLAS is limited to one thread meanwhile if ``threadpoolctl`` is
@@ -378,17 +433,20 @@ def flash_attention_forward(
     (True, (2, 7))
     """
     _check_is_causal(is_causal)
-    bq, bk = _check_block(block_q, "block_q"), _check_block(block_k, "block_k")
     n_workers = _check_workers(workers)
     x = check_inputs(q, k, v, attn_mask, is_causal, scale, enable_gqa, causal_align)
     lay = _Layout(x.scores_shape, x.groups)
+    auto_q, auto_k = _default_blocks(x.scores_shape)
+    bq = auto_q if block_q is None else _check_block(block_q, "block_q")
+    bk = auto_k if block_k is None else _check_block(block_k, "block_k")
+    check = _may_overflow(x)
     out = np.zeros(x.out_shape, dtype=x.q.dtype)
     lse = np.empty(x.scores_shape[:-1], dtype=x.q.dtype)
 
     def task(starts: list[int]) -> None:
         for i0 in starts:
             i1 = min(i0 + bq, lay.L)
-            o_rows, lse_rows = _forward_rows(x, lay, i0, i1, bk)
+            o_rows, lse_rows = _forward_rows(x, lay, i0, i1, bk, check)
             out[..., i0:i1, :] = lay.unrows(o_rows, i1 - i0)
             lse[..., i0:i1] = lay.unrows(lse_rows, i1 - i0)[..., 0]
 
@@ -408,14 +466,11 @@ def _backward_rows(
     i0: int,
     i1: int,
     bk: int,
-    dO_rows: Array,
-    D_rows: Array,
-    lse_rows: Array,
-    dk: Array,
-    dv: Array,
-    d_bias: Array | None,
+    rows: tuple[Array, Array, Array],
+    grads: _KeyGrads,
 ) -> Array:
-    """Eqs. (5.7)-(5.12) for query rows ``i0:i1``: return their ``dQ``; add into ``dk``, ``dv``, ``d_bias``."""
+    """Eqs. (5.8)-(5.12) for query rows ``i0:i1``: return their ``dQ``; add into ``grads``."""
+    dO_rows, D_rows, lse_rows = rows
     q_rows = lay.rows(x.q, i0, i1) * x.q.dtype.type(x.scale)  # scale Q_i, as in the forward
     shift = np.where(lse_rows == -np.inf, 0.0, lse_rows).astype(q_rows.dtype)
     dq = np.zeros(lay.block_shape(i1 - i0, x.q.shape[-1]), dtype=q_rows.dtype)
@@ -423,35 +478,51 @@ def _backward_rows(
         if not _block_visible(x, i0, i1, j0):
             break  # Eq. (5.2), as in the forward
         j1 = min(j0 + bk, lay.S)
-        s = _scores_block(x, lay, q_rows, i0, i1, j0, j1)  # Eq. (5.1), recomputed
+        # the forward refused overflowing scores: no check needed here
+        s = _scores_block(x, lay, q_rows, i0, i1, j0, j1, False)  # Eq. (5.1), recomputed
         if s is None:
             continue
         # P~ = exp(S - m), O = P~ V / l  (Eqs. 5.4-5.6)  ->  P_ij = exp(S_ij - lse_i)  (Eq. 5.8)
         s -= shift
         P = np.exp(s, out=s)
         # O_i = sum_j P_ij V_j  (Eqs. 5.5-5.6)  ->  dV_j += P_ij^T dO_i,  dP_ij = dO_i V_j^T  (Eq. 5.9)
-        dv[..., j0:j1, :] += np.swapaxes(P, -1, -2) @ dO_rows
+        dv_j = np.swapaxes(P, -1, -2) @ dO_rows
         dP = dO_rows @ np.swapaxes(x.v[..., j0:j1, :], -1, -2)
         # P_ij = softmax rows (Eq. 5.8)  ->  dS_ij = P_ij * (dP_ij - D_i)  (Eq. 5.10)
         dP -= D_rows
         dP *= P
         dS = dP
-        # S_ij = B_ij + ...  (Eq. 5.1)  ->  dB_ij = dS_ij summed to B's shape  (Eq. 5.12)
-        if d_bias is not None:
-            _add_bias_grad(d_bias, lay.split(dS, i1 - i0), i0, i1, j0, j1)
         # S_ij = (scale Q_i) K_j^T  (Eq. 5.1)  ->  dQ_i += scale dS K_j, dK_j += dS^T (scale Q_i)  (Eq. 5.11)
         dq += dS @ x.k[..., j0:j1, :]
-        dk[..., j0:j1, :] += np.swapaxes(dS, -1, -2) @ q_rows
+        dk_j = np.swapaxes(dS, -1, -2) @ q_rows
+        # S_ij = B_ij + ...  (Eq. 5.1)  ->  dB_ij = dS_ij summed to B's shape  (Eq. 5.12)
+        grads.add(j0, j1, dk_j, dv_j, lay.split(dS, i1 - i0) if grads.d_bias is not None else None, i0, i1)
     dq *= x.q.dtype.type(x.scale)  # Eq. (5.11), the scale of dQ
     return dq
 
 
-def _add_bias_grad(d_bias: Array, dS: Array, i0: int, i1: int, j0: int, j1: int) -> None:
-    """Eq. (5.12): add block ``dS (..., Hq, bq, bk)`` into ``d_bias`` (the bias's shape, padded)."""
-    rows = slice(None) if d_bias.shape[-2] == 1 else slice(i0, i1)
-    cols = slice(None) if d_bias.shape[-1] == 1 else slice(j0, j1)
-    target = d_bias[..., rows, cols]
-    target += sum_to_shape(dS, target.shape)
+@dataclass
+class _KeyGrads:
+    """The sums over query blocks, Eqs. (5.9), (5.11), (5.12): ``dK``, ``dV`` and ``dB``.
+
+    Threads that own different query blocks add into the same key rows, so
+    every addition holds a lock (uncontended with one thread).
+    """
+
+    dk: Array  # (..., Hkv, S, E)
+    dv: Array  # (..., Hkv, S, Ev)
+    d_bias: Array | None  # the bias's shape, left-padded with 1s to the scores' ndim
+    lock: threading.Lock
+
+    def add(
+        self, j0: int, j1: int, dk_j: Array, dv_j: Array, dS: Array | None, i0: int, i1: int
+    ) -> None:
+        with self.lock:
+            self.dk[..., j0:j1, :] += dk_j
+            self.dv[..., j0:j1, :] += dv_j
+            if self.d_bias is not None:
+                target = _mask_block(self.d_bias, i0, i1, j0, j1)
+                target += sum_to_shape(dS, target.shape)
 
 
 def flash_attention_backward(d_out: ArrayLike, cache: FlashCache) -> AttentionGrads:
@@ -495,8 +566,9 @@ def flash_attention_backward(d_out: ArrayLike, cache: FlashCache) -> AttentionGr
         dK_j \mathrel{+}= \mathrm{scale}\, dS_{ij}^\top Q_i \;(5.11), \qquad
         dB_{ij} = dS_{ij} \;(5.12).
 
-    With ``workers > 1`` each thread owns a set of query blocks and its own
-    ``dK``, ``dV`` accumulators, summed at the end.
+    With ``workers > 1`` the threads own interleaved query blocks; each
+    computes its ``dQ_i`` alone and adds its terms of ``dK``, ``dV``, ``dB``
+    into shared sums under a lock.
 
     Examples
     --------
@@ -519,33 +591,29 @@ def flash_attention_backward(d_out: ArrayLike, cache: FlashCache) -> AttentionGr
     # O_i = P_i V  (Eqs. 5.5-5.6)  ->  D_i = rowsum(dO_i * O_i) = rowsum(dP_i * P_i)  (Eq. 5.7)
     D = np.sum(dO * cache.out, axis=-1, keepdims=True)
     lse = cache.lse[..., None]
-    kv_shape = lay.heads() + (lay.S,)
-    dq = np.empty(x.scores_shape[:-1] + (x.q.shape[-1],), dtype=dO.dtype)
+    kv_lead = lay.heads() + (lay.S,)
     bias_shape = None if x.bias is None else (1,) * (len(x.scores_shape) - x.bias.ndim) + x.bias.shape
+    grads = _KeyGrads(
+        dk=np.zeros(kv_lead + (x.k.shape[-1],), dtype=dO.dtype),
+        dv=np.zeros(kv_lead + (x.v.shape[-1],), dtype=dO.dtype),
+        d_bias=None if bias_shape is None else np.zeros(bias_shape, dtype=dO.dtype),
+        lock=threading.Lock(),
+    )
+    dq = np.empty(x.scores_shape[:-1] + (x.q.shape[-1],), dtype=dO.dtype)
     bq, bk = cache.block_q, cache.block_k
 
-    def task(starts: list[int]) -> tuple[Array, Array, Array | None]:
-        dk = np.zeros(kv_shape + (x.k.shape[-1],), dtype=dO.dtype)
-        dv = np.zeros(kv_shape + (x.v.shape[-1],), dtype=dO.dtype)
-        d_bias = None if bias_shape is None else np.zeros(bias_shape, dtype=dO.dtype)
+    def task(starts: list[int]) -> None:
         for i0 in starts:
             i1 = min(i0 + bq, lay.L)
-            args = [lay.rows(a, i0, i1) for a in (np.broadcast_to(dO, x.out_shape), D, lse)]
-            dq_rows = _backward_rows(x, lay, i0, i1, bk, *args, dk, dv, d_bias)
+            rows = (lay.rows(dO, i0, i1), lay.rows(D, i0, i1), lay.rows(lse, i0, i1))
+            dq_rows = _backward_rows(x, lay, i0, i1, bk, rows, grads)
             dq[..., i0:i1, :] = lay.unrows(dq_rows, i1 - i0)
-        return dk, dv, d_bias
 
-    parts = _map_blocks(task, lay.L, bq, cache.workers)
-    dk, dv, d_bias = parts[0]
-    for dk_w, dv_w, d_bias_w in parts[1:]:  # each thread's share of the sums over i
-        dk += dk_w
-        dv += dv_w
-        if d_bias is not None:
-            d_bias += d_bias_w
-    d_mask = None if d_bias is None else d_bias.reshape(x.bias.shape).astype(x.dtype)
+    _map_blocks(task, lay.L, bq, cache.workers)
+    d_mask = None if grads.d_bias is None else grads.d_bias.reshape(x.bias.shape).astype(x.dtype)
     return AttentionGrads(
         dq=sum_to_shape(dq, x.q.shape).astype(x.dtype, copy=False),
-        dk=sum_to_shape(dk, x.k.shape).astype(x.dtype, copy=False),
-        dv=sum_to_shape(dv, x.v.shape).astype(x.dtype, copy=False),
+        dk=sum_to_shape(grads.dk, x.k.shape).astype(x.dtype, copy=False),
+        dv=sum_to_shape(grads.dv, x.v.shape).astype(x.dtype, copy=False),
         d_attn_mask=d_mask,
     )
