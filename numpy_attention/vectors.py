@@ -158,14 +158,10 @@ def _sdpa_case(
     enable_gqa: bool = False,
     dropout_p: float = 0.0,
     scale: float | None = None,
-    qk: Callable[[np.random.Generator], tuple[NDArray[Any], NDArray[Any]]] | None = None,
 ) -> Case:
     """Draw the inputs from ``seed`` and compute the expected results in float64."""
     rng = np.random.default_rng(seed)
-    if qk is None:
-        q, k = _normal(rng, *q_shape), _normal(rng, *k_shape)
-    else:
-        q, k = qk(rng)
+    q, k = _normal(rng, *q_shape), _normal(rng, *k_shape)
     v = _normal(rng, *k_shape[:-1], Ev)
     mask = attn_mask(rng) if attn_mask is not None else None
     E = q_shape[-1]
@@ -232,11 +228,10 @@ def _float_bias(rng: np.random.Generator) -> NDArray[np.float64]:
     return _exact(-slopes * dist + 0.5 * rng.standard_normal((2, 5, 7)))[None]
 
 
-def _large_logits(rng: np.random.Generator) -> tuple[NDArray[Any], NDArray[Any]]:
-    """Integer q, k (exact in every dtype) whose scores q.k reach ~ +-250 with scale 1."""
-    q = rng.integers(-8, 9, size=(1, 2, 5, 8)).astype(np.float64)
-    k = rng.integers(-8, 9, size=(1, 2, 9, 8)).astype(np.float64)
-    return q, k
+def _large_bias(rng: np.random.Generator) -> NDArray[np.float64]:
+    """Integer biases of 100 to 250 per row (exact in every dtype), a few units apart per key."""
+    row = 100 + 30 * np.arange(6)[:, None] + rng.integers(-3, 4, size=(1, 2, 6, 9))
+    return row.astype(np.float64)
 
 
 def _sdpa_cases() -> list[Case]:
@@ -281,9 +276,9 @@ def _sdpa_cases() -> list[Case]:
         c("dropout", "Dropout p = 0.25 with the given keep-mask dropout_mask (True = kept); kept "
           "weights are scaled by 1/(1-p). 'weights' are before dropout.", 17, (2, 2, 5, 8),
           (2, 2, 7, 8), 8, dropout_p=0.25),
-        c("large_logits", "Scores up to ~250 (scale 1, integer q and k): exp without the max "
-          "shift overflows float32 (and bfloat16/float16).", 18, (1, 2, 5, 8), (1, 2, 9, 8), 8,
-          scale=1.0, qk=_large_logits),
+        c("large_logits", "Logits of 100 to 250 (a large float bias on O(1) scores): exp without "
+          "the max shift overflows float32, bfloat16 and float16.", 18, (1, 2, 6, 8),
+          (1, 2, 9, 8), 8, attn_mask=_large_bias),
         c("single_key", "S = 1: every weight is 1, output = v, dq = dk = 0.", 19, (2, 2, 4, 8),
           (2, 2, 1, 8), 8),
         c("long_rows", "Long rows: S = 2048 keys (accumulation error grows with S).", 20,
@@ -317,9 +312,49 @@ def build_suite() -> list[Case]:
     return cases
 
 
+def _layer_params(rng: np.random.Generator, e_q: int, e_kv: int, heads: int) -> dict[str, Any]:
+    """Layer weights as ``init_cross_attention`` draws them, biases small and nonzero, all exact."""
+    from .layers import init_cross_attention
+
+    p = init_cross_attention(rng, e_q, e_kv, heads)
+    out = {n: _exact(getattr(p, n)) for n in ("w_q", "w_k", "w_v", "w_o")}
+    for n in ("b_q", "b_k", "b_v", "b_o"):
+        out[n] = _normal(rng, *getattr(p, n).shape, std=0.1)
+    return out
+
+
+def _cross_attention_case() -> Case:
+    """``cross_attention_forward`` with given weights: nn.MultiheadAttention's computation."""
+    from .layers import CrossAttentionParams, cross_attention_backward, cross_attention_forward
+
+    rng = np.random.default_rng(21)
+    B, L, S, e_q, e_kv, H = 2, 4, 6, 8, 6, 2
+    w = _layer_params(rng, e_q, e_kv, H)
+    x_q, x_kv = _normal(rng, B, L, e_q), _normal(rng, B, S, e_kv)
+    lengths = np.array([6, 3], dtype=np.int64)
+    params = CrossAttentionParams(**w, num_heads=H)
+    out, cache = cross_attention_forward(params, x_q, x_kv, key_lengths=lengths)
+    d_out = _normal(rng, *out.shape)
+    d_x_q, d_x_kv, d_p = cross_attention_backward(d_out, cache)
+    inputs = {"x_q": x_q, "x_kv": x_kv, **w, "key_lengths": lengths,
+              "num_heads": np.array(H, dtype=np.int64), "d_out": d_out}  # fmt: skip
+    expected = {"out": out, "weights": cache.P, "d_x_q": d_x_q, "d_x_kv": d_x_kv}
+    expected.update({f"d_{n}": getattr(d_p, n) for n in w})
+    # b_k adds q.b_k to every score of a row, which softmax ignores: its gradient is exactly 0.
+    # Store that 0, not float64 round-off (~1e-16), which would make a meaningless scale.
+    expected["d_b_k"] = np.zeros_like(expected["d_b_k"])
+    flags = {"num_heads": H, "key_lengths": lengths.tolist(), "scale": 1 / math.sqrt(e_q // H),
+             "projection": "y = x @ W + b (torch nn.Linear stores W transposed)"}  # fmt: skip
+    desc = ("Cross-attention layer (nn.MultiheadAttention, batch_first) with given weights: "
+            "x_q (B, L, Eq), x_kv (B, S, Ekv), 2 heads, key_lengths [6, 3] (keys at positions "
+            ">= length are padding).")  # fmt: skip
+    expected = {n: np.asarray(a, dtype=np.float64) for n, a in expected.items()}
+    return Case("cross_attention_layer", "cross_attention", desc, inputs, expected, flags)
+
+
 def _layer_cases() -> list[Case]:
-    """The cross-attention layer and weighted-fusion cases (none before layers.py exists)."""
-    return []
+    """The cross-attention layer and weighted-fusion cases (:mod:`numpy_attention.layers`)."""
+    return [_cross_attention_case()]
 
 
 # ---------------------------------------------------------------------------
@@ -335,7 +370,7 @@ def _npz_bytes(arrays: dict[str, NDArray[Any]]) -> bytes:
             info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_DATE)
             info.external_attr = 0o644 << 16
             body = io.BytesIO()
-            np.lib.format.write_array(body, np.ascontiguousarray(a), version=(1, 0),
+            np.lib.format.write_array(body, np.array(a, order="C"), version=(1, 0),
                                       allow_pickle=False)  # fmt: skip
             zf.writestr(info, body.getvalue())
     return buf.getvalue()
@@ -556,6 +591,7 @@ class Row:
             d.update(
                 max_abs_error=_json_float(c.max_abs), max_rel_error=_json_float(c.max_rel),
                 atol=c.atol, rtol=c.rtol, bad_elements=c.n_bad, elements=c.size,
+                needed_tolerance=_json_float(c.needed),
             )  # fmt: skip
             if not c.passed:
                 d.update(worst_index=list(c.worst_index), worst_where=c.where(),
