@@ -255,14 +255,16 @@ def _find_node(tree: ast.Module, dotted: str) -> ast.AST | None:
     return node
 
 
-def _source_of(path: Path, dotted: str) -> str | None:
+def _source_of(path: Path, dotted: str) -> tuple[str, int, int] | None:
+    """Source of a function or class (decorators included) and its first and last line."""
     text = path.read_text(encoding="utf-8")
     node = _find_node(ast.parse(text), dotted)
     if node is None:
         return None
     lines = text.splitlines()
     start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
-    return "\n".join(lines[start - 1 : node.end_lineno])
+    end = node.end_lineno or node.lineno
+    return "\n".join(lines[start - 1 : end]), start, end
 
 
 # ---------------------------------------------------------------------------
@@ -332,35 +334,67 @@ def test_every_defined_equation_is_cited_by_the_code():
     _fail(problems, "equations that no code cites")
 
 
+def _code_line_problems(d: Definition) -> list[str]:
+    """What is wrong with the ``Code:`` line after equation ``d`` (nothing: an empty list)."""
+    where = f"{_rel(d.file)}:{d.line}"
+    label = _fmt(d.eq) if d.eq else d.raw
+    line = (d.code_line or "").strip()
+    if not line.startswith("Code:"):
+        return [f"{where}: Eq. {label} is not followed by a 'Code:' line: {line!r}"]
+    links = _CODE_LINK_RE.findall(line)
+    if not links:
+        return [f"{where}: the Code: line of Eq. {label} links no [`function`](file)"]
+    problems = []
+    for name, target in links:
+        name = name.strip().removesuffix("()")
+        path = (d.file.parent / target.split("#")[0]).resolve()
+        if path.suffix != ".py" or not path.is_file():
+            problems.append(f"{where}: Eq. {label}: {target} is not an existing Python file")
+            continue
+        found = _source_of(path, name)
+        if found is None:
+            problems.append(f"{where}: Eq. {label}: `{name}` is not defined in {target}")
+            continue
+        source, first, last = found
+        span = re.fullmatch(r"L(\d+)(?:-L(\d+))?", target.partition("#")[2])
+        if span and not first <= int(span.group(1)) <= int(span.group(2) or span.group(1)) <= last:
+            problems.append(f"{where}: Eq. {label}: {target} is outside `{name}`, "
+                            f"lines {first}-{last}")  # fmt: skip
+        cites, _ = _citations_in(source, path)
+        if d.eq is not None and d.eq not in {c.eq for c in cites}:
+            problems.append(f"{where}: Eq. {label}: the source of `{name}` ({target}) "
+                            "does not cite it")  # fmt: skip
+    return problems
+
+
 def test_code_lines_link_functions_that_cite_their_equation():
     """The line after each numbered equation is ``Code: [`f`](../numpy_attention/m.py)``; ``f``
-    exists in ``m.py`` and its source (docstring or comments) cites that equation."""
-    problems = []
-    for d in _all_definitions():
-        where = f"{_rel(d.file)}:{d.line}"
-        label = _fmt(d.eq) if d.eq else d.raw
-        line = (d.code_line or "").strip()
-        if not line.startswith("Code:"):
-            problems.append(f"{where}: Eq. {label} is not followed by a 'Code:' line: {line!r}")
-            continue
-        links = _CODE_LINK_RE.findall(line)
-        if not links:
-            problems.append(f"{where}: the Code: line of Eq. {label} links no [`function`](file)")
-        for name, target in links:
-            name = name.strip().removesuffix("()")
-            path = (d.file.parent / target.split("#")[0]).resolve()
-            if path.suffix != ".py" or not path.is_file():
-                problems.append(f"{where}: Eq. {label}: {target} is not an existing Python file")
-                continue
-            source = _source_of(path, name)
-            if source is None:
-                problems.append(f"{where}: Eq. {label}: `{name}` is not defined in {target}")
-                continue
-            cites, _ = _citations_in(source, path)
-            if d.eq is not None and d.eq not in {c.eq for c in cites}:
-                problems.append(f"{where}: Eq. {label}: the source of `{name}` ({target}) "
-                                "does not cite it")  # fmt: skip
+    exists in ``m.py``, its source (docstring or comments) cites that equation, and a line
+    anchor ``#Lm-Ln`` on the link stays inside ``f``."""
+    problems = [p for d in _all_definitions() for p in _code_line_problems(d)]
     _fail(problems, "broken Code: lines")
+
+
+def test_code_line_check_catches_each_kind_of_drift(tmp_path):
+    """Missing Code: line, unknown function, a function that does not cite the equation, and a
+    line anchor outside the function are each reported; a correct line is not."""
+    (tmp_path / "m.py").write_text(
+        'def f():\n    """Eq. (1.1)."""\n\n\ndef g():\n    return 0  # Eqs. (1.2)-(1.3)\n',
+        encoding="utf-8",
+    )
+    md = tmp_path / "softmax.md"
+    md.write_text(
+        "$$ a \\tag{1.1} $$\nCode: [`f`](m.py#L1-L2)\n\n"
+        "$$ b \\tag{1.2} $$\nCode: [`f`](m.py)\n\n"
+        "$$ c \\tag{1.3} $$\nCode: [`g`](m.py#L1)\n\n"
+        "$$ d \\tag{1.4} $$\nCode: [`h`](m.py)\n\n"
+        "$$ e \\tag{1.5} $$\nno code line\n",
+        encoding="utf-8",
+    )
+    found = [_code_line_problems(d) for d in _definitions(md)]
+    assert [len(p) for p in found] == [0, 1, 1, 1, 1]
+    assert "does not cite it" in found[1][0] and "outside `g`" in found[2][0]
+    assert "not defined" in found[3][0] and "'Code:' line" in found[4][0]
 
 
 def test_citation_parser_reads_ranges_lists_and_both_styles():
