@@ -307,9 +307,15 @@ def test_code_cites_only_equations_that_docs_define():
     """Every ``Eq. (c.n)`` in numpy_attention/ (ranges expanded) is a tag in docs/."""
     defined = {d.eq for d in _all_definitions()}
     cites, errors = _code_citations()
-    bad = sorted({(_rel(c.file), c.line, c.eq) for c in cites if c.eq not in defined})
-    problems = errors + [f"{f}:{n}: cites Eq. {_fmt(eq)}, which docs/ does not define"
-                         for f, n, eq in bad]  # fmt: skip
+    where: dict[Eq, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for c in cites:
+        if c.eq not in defined and c.line not in where[c.eq][_rel(c.file)]:
+            where[c.eq][_rel(c.file)].append(c.line)
+    problems = errors + [
+        f"Eq. {_fmt(eq)}, not defined in docs/, is cited at "
+        + "; ".join(f"{f}:{','.join(map(str, lines))}" for f, lines in sorted(files.items()))
+        for eq, files in sorted(where.items())
+    ]
     _fail(problems, "citations of undefined equations in the code")
 
 
