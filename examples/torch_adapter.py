@@ -214,16 +214,14 @@ def run_cross_attention(a: dict, dtype: torch.dtype) -> dict:
 
 
 def run_fusion(a: dict, dtype: torch.dtype) -> dict:
-    """Weighted fusion: sum_i alpha_i * MHA_i(x_q, x_kv), one nn.MultiheadAttention per branch."""
-    x_q, x_kv = tensor(a["x_q"], dtype, grad=True), tensor(a["x_kv"], dtype, grad=True)
-    alpha = tensor(a["fusion_weights"], dtype, grad=True)
-    n = alpha.shape[0]
-    mhas = [make_mha(a, f"branch{i}_", dtype) for i in range(n)]
-    kpm = key_padding(a, x_kv.shape[1])
-    outs = [m(x_q, x_kv, x_kv, key_padding_mask=kpm, need_weights=False)[0] for m in mhas]
-    out = sum(alpha[i] * outs[i] for i in range(n))
+    """Weighted fusion: sum_i alpha_i * MHA_i(x, x, x), one nn.MultiheadAttention per branch."""
+    x = tensor(a["x"], dtype, grad=True)
+    alpha = tensor(a["alpha"], dtype, grad=True)
+    mhas = [make_mha(a, f"branch{i}_", dtype) for i in range(alpha.shape[0])]
+    outs = [m(x, x, x, need_weights=False)[0] for m in mhas]  # self-attention branches
+    out = sum(alpha[i] * o for i, o in enumerate(outs))  # Eq. (4.1) of docs/fusion.md
     out.backward(tensor(a["d_out"], dtype))
-    res = {"out": out, "d_x_q": x_q.grad, "d_x_kv": x_kv.grad, "d_fusion_weights": alpha.grad}
+    res = {"out": out, "d_x": x.grad, "d_alpha": alpha.grad}
     for i, m in enumerate(mhas):
         res.update(mha_grads(m, f"branch{i}_"))
     return {n: to_numpy(t) for n, t in res.items()}

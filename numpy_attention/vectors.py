@@ -352,9 +352,38 @@ def _cross_attention_case() -> Case:
     return Case("cross_attention_layer", "cross_attention", desc, inputs, expected, flags)
 
 
+def _fusion_case() -> Case:
+    """``fusion_forward`` with fixed weights alpha: ``sum_i alpha_i SelfAttention_i(x)``."""
+    from .fusion import FusionParams, fusion_backward, fusion_forward
+    from .layers import CrossAttentionParams
+
+    rng = np.random.default_rng(22)
+    B, T, E, H, N = 2, 5, 8, 2, 3
+    ws = [_layer_params(rng, E, E, H) for _ in range(N)]
+    alpha = np.array([0.5, 0.25, 0.25])
+    x = _normal(rng, B, T, E)
+    params = FusionParams(tuple(CrossAttentionParams(**w, num_heads=H) for w in ws))
+    y, cache = fusion_forward(params, x, alpha=alpha)
+    d_out = _normal(rng, *y.shape)
+    d_x, d_p = fusion_backward(d_out, cache)
+    inputs: dict[str, NDArray[Any]] = {"x": x, "alpha": alpha}
+    expected: dict[str, NDArray[Any]] = {"out": y, "d_x": d_x, "d_alpha": d_p.alpha}
+    for i, (w, g) in enumerate(zip(ws, d_p.branches)):
+        inputs.update({f"branch{i}_{n}": a for n, a in w.items()})
+        expected.update({f"d_branch{i}_{n}": getattr(g, n) for n in w})
+        expected[f"d_branch{i}_b_k"] = np.zeros(w["b_k"].shape)  # exactly 0, as in the layer case
+    inputs.update(num_heads=np.array(H, dtype=np.int64), d_out=d_out)
+    flags = {"num_branches": N, "num_heads": H, "alpha": alpha.tolist(),
+             "formula": "out = sum_i alpha_i * SelfAttention_i(x), Eq. (4.1)"}  # fmt: skip
+    desc = ("Weighted fusion of 3 self-attention branches (own weights each, 2 heads) with "
+            "fixed weights alpha = [0.5, 0.25, 0.25]; gradients of x, alpha and every branch.")
+    expected = {n: np.asarray(a, dtype=np.float64) for n, a in expected.items()}
+    return Case("weighted_fusion", "fusion", desc, inputs, expected, flags)
+
+
 def _layer_cases() -> list[Case]:
-    """The cross-attention layer and weighted-fusion cases (:mod:`numpy_attention.layers`)."""
-    return [_cross_attention_case()]
+    """The cross-attention layer and weighted-fusion cases (layers.py, fusion.py)."""
+    return [_cross_attention_case(), _fusion_case()]
 
 
 # ---------------------------------------------------------------------------
