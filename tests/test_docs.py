@@ -22,6 +22,7 @@ import ast
 import doctest
 import io
 import re
+import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,8 +100,8 @@ def _mask_code(text: str) -> list[str]:
 def _slug(heading: str) -> str:
     """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
     s = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading.strip().lower())
-    s = re.sub(r"[^\w\- ]", "", s)
-    return s.replace(" ", "-")
+    keep = "".join(ch for ch in s if ch in " -_" or unicodedata.category(ch)[0] in "LMN")
+    return keep.replace(" ", "-")
 
 
 def _anchors(path: Path) -> set[str]:
