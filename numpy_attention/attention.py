@@ -348,7 +348,10 @@ def _softmax_lse_inplace(s: Array) -> tuple[Array, Array]:
 
 
 def _apply_dropout(P: Array, keep: NDArray[np.bool_] | None, p: float) -> Array:
-    """Eq. (2.4): ``P * Z / (1 - p)``, or ``P`` itself without dropout."""
+    """Eq. (2.4): ``P * Z / (1 - p)``, or ``P`` itself without dropout.
+
+    The backward multiplies ``dP`` by the same factor with the same ``Z`` (Eq. (2.11)).
+    """
     if keep is None:
         return P
     return P * keep * P.dtype.type(1.0 / (1.0 - p))
