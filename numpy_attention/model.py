@@ -503,7 +503,13 @@ class TrainResult:
 def evaluate(
     params: Mapping[str, Array], tokens: ArrayLike, targets: ArrayLike
 ) -> dict[str, object]:
-    r"""Accuracy and attention closeness of a model on a batch of the reversal task.
+    r"""Measure accuracy and closeness to the ideal attention on a batch of the reversal task.
+
+    Parameters
+    ----------
+    params : mapping of str to ndarray
+        As returned by :func:`init_model` or :func:`train`.
+    tokens, targets : array_like of int, shape (B, L)
 
     Returns
     -------
@@ -511,6 +517,11 @@ def evaluate(
         ``loss``, ``accuracy`` (per position), ``sequence_accuracy``,
         ``match`` (fraction of queries whose argmax key is ``L - 1 - i``) and
         ``mean_weights`` (L, L).
+
+    Notes
+    -----
+    Eq. (6.12) of ``docs/model.md``:
+    :math:`\mathrm{match} = \frac{1}{BL}\sum_{b,i}[\arg\max_j P_{bij} = L - 1 - i]`.
 
     Examples
     --------
@@ -527,7 +538,7 @@ def evaluate(
         "loss": loss,
         "accuracy": float(right.mean()),
         "sequence_accuracy": float(right.all(axis=1).mean()),
-        "match": float((best_key == np.arange(L)[::-1]).mean()),
+        "match": float((best_key == np.arange(L)[::-1]).mean()),  # Eq. (6.12)
         "mean_weights": cache.weights.mean(axis=0),
     }
 
