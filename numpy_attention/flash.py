@@ -322,6 +322,7 @@ def _forward_rows(
         acc *= alpha
         acc += p @ x.v[..., j0:j1, :]  # Eq. (5.5)
         m = m_new
+        del s, p  # free this block before the next one is computed
     with np.errstate(divide="ignore"):
         lse = m + np.log(l)  # Eq. (5.6); -inf for a row with no key
     acc /= np.where(l > 0, l, 1.0)  # Eq. (5.6); a row with no key keeps O = 0
@@ -496,7 +497,8 @@ def _backward_rows(
         dq += dS @ x.k[..., j0:j1, :]
         dk_j = np.swapaxes(dS, -1, -2) @ q_rows
         # S_ij = B_ij + ...  (Eq. 5.1)  ->  dB_ij = dS_ij summed to B's shape  (Eq. 5.12)
-        grads.add(j0, j1, dk_j, dv_j, lay.split(dS, i1 - i0) if grads.d_bias is not None else None, i0, i1)
+        grads.add(j0, j1, dk_j, dv_j, lay.split(dS, i1 - i0), i0, i1)
+        del s, P, dP, dS  # free this block before the next one is computed
     dq *= x.q.dtype.type(x.scale)  # Eq. (5.11), the scale of dQ
     return dq
 

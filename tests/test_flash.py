@@ -1,0 +1,305 @@
+"""FlashAttention's tiled online softmax: Eqs. (5.1)-(5.12) of docs/flash.md.
+
+The tiled functions must give the core's results (attention_forward /
+attention_backward, Eqs. (2.1)-(2.16)) for every argument they share, to 1e-12
+in float64, for any block sizes; never hold an L x S array; pass float64
+finite differences; and give the same result with threads.
+"""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import attention_cases
+
+from numpy_attention.attention import attention_backward, attention_forward
+from numpy_attention.flash import (
+    _default_blocks,
+    flash_attention_backward,
+    flash_attention_forward,
+)
+from numpy_attention.testing import gradcheck
+
+RNG = np.random.default_rng
+GRADS = ("dq", "dk", "dv", "d_attn_mask")
+
+
+def _shared_kwargs(case):
+    """The arguments the tiled forward shares with the core (no dropout)."""
+    kw = case.kwargs()
+    del kw["dropout_p"], kw["dropout_mask"]
+    return kw
+
+
+def _assert_same(flash, core, tol=1e-12):
+    """out, lse and every gradient of the tiled and the core functions agree to ``tol``."""
+    (out, cache, grads), (out_c, cache_c, grads_c) = flash, core
+    assert out.shape == out_c.shape and out.dtype == out_c.dtype
+    np.testing.assert_allclose(out, out_c, rtol=tol, atol=tol)
+    np.testing.assert_allclose(cache.lse, cache_c.lse, rtol=tol, atol=tol)  # -inf where -inf
+    for name in GRADS:
+        a, b = getattr(grads, name), getattr(grads_c, name)
+        if b is None:
+            assert a is None, name
+            continue
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=name)
+
+
+def _run_both(kwargs, d_out=None, **tiling):
+    out_c, cache_c = attention_forward(**kwargs)
+    d_out = RNG(1).normal(size=out_c.shape) if d_out is None else d_out
+    core = (out_c, cache_c, attention_backward(d_out, cache_c))
+    out, cache = flash_attention_forward(**kwargs, **tiling)
+    flash = (out, cache, flash_attention_backward(d_out, cache))
+    return flash, core
+
+
+# ---------------------------------------------------------------------------
+# Same results as the core
+# ---------------------------------------------------------------------------
+
+
+@given(
+    attention_cases(max_len=7),
+    st.integers(1, 9),
+    st.integers(1, 9),
+    st.sampled_from([None, 2, 3]),
+)
+def test_tiled_equals_core_for_any_blocks(case, block_q, block_k, workers):
+    """Eqs. (5.1)-(5.12) give the core's out, lse, dq, dk, dv, dB (Eqs. (2.1)-(2.16)) to 1e-12:
+    bool and float masks, both causal alignments, GQA, broadcast batch and heads, block sizes
+    of 1, odd, not dividing L or S, larger than L or S, with and without threads."""
+    flash, core = _run_both(_shared_kwargs(case), block_q=block_q, block_k=block_k, workers=workers)
+    _assert_same(flash, core)
+
+
+@pytest.mark.parametrize("align", ["top_left", "bottom_right"])
+@pytest.mark.parametrize("mask", ["bool", "float"])
+def test_tiled_equals_core_on_a_larger_gqa_problem(align, mask):
+    """Several blocks in each direction (37 queries, 53 keys in blocks of 8 x 16, G = 3),
+    a causal mask crossing blocks diagonally and a mask of its own broadcast shape."""
+    rng = RNG(0)
+    q, k, v = rng.normal(size=(2, 6, 37, 5)), rng.normal(size=(1, 2, 53, 5)), rng.normal(size=(2, 2, 53, 4))
+    if mask == "bool":
+        attn_mask = rng.random((6, 37, 53)) < 0.8
+    else:
+        attn_mask = rng.normal(size=(2, 1, 1, 53))
+        attn_mask[..., 3] = -np.inf
+    kwargs = dict(q=q, k=k, v=v, attn_mask=attn_mask, is_causal=True, causal_align=align,
+                  enable_gqa=True, scale=0.7)  # fmt: skip
+    flash, core = _run_both(kwargs, block_q=8, block_k=16)
+    _assert_same(flash, core)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_low_precision_computes_in_float32_like_the_core(dtype):
+    """float32 is computed in float32 and float16 in float32, rounded once (the core's policy):
+    results keep the input dtype and agree with the core to float32 rounding."""
+    rng = RNG(2)
+    q, k, v = (rng.normal(size=(2, 33, 8)).astype(dtype) for _ in range(3))
+    kwargs = dict(q=q, k=k, v=v, is_causal=True)
+    flash, core = _run_both(kwargs, d_out=np.ones((2, 33, 8), dtype), block_q=5, block_k=7)
+    out, cache, grads = flash
+    assert out.dtype == dtype and cache.lse.dtype == np.float32 and grads.dq.dtype == dtype
+    tol = 1e-5 if dtype == np.float32 else 2e-3
+    _assert_same(flash, core, tol=tol)
+
+
+# ---------------------------------------------------------------------------
+# Fully masked rows, skipped blocks
+# ---------------------------------------------------------------------------
+
+
+def test_fully_masked_rows_give_zero_output_minus_inf_lse_and_zero_gradients():
+    """A query with no visible key (a False mask row; the first L - S queries under bottom-right
+    causal with L > S): out 0, lse -inf, its dq and its mask gradient 0, no NaN anywhere."""
+    rng = RNG(3)
+    L, S = 9, 5
+    q, k, v = rng.normal(size=(2, L, 4)), rng.normal(size=(2, S, 4)), rng.normal(size=(2, S, 3))
+    bias = rng.normal(size=(2, L, S))
+    bias[1, 6] = -np.inf  # row 6 of head 1: fully masked by the bias
+    kwargs = dict(q=q, k=k, v=v, attn_mask=bias, is_causal=True, causal_align="bottom_right")
+    flash, core = _run_both(kwargs, block_q=2, block_k=2)
+    out, cache, grads = flash
+    hidden = [(h, i) for h in range(2) for i in range(L - S)] + [(1, 6)]
+    for h, i in hidden:
+        assert np.all(out[h, i] == 0) and cache.lse[h, i] == -np.inf
+        assert np.all(grads.dq[h, i] == 0) and np.all(grads.d_attn_mask[h, i] == 0)
+    for a in (out, grads.dq, grads.dk, grads.dv, grads.d_attn_mask):
+        assert not np.isnan(a).any()
+    _assert_same(flash, core)
+
+
+def test_causal_blocks_above_the_diagonal_are_never_computed():
+    """Eq. (5.2): key blocks above the causal diagonal are skipped, not computed and masked.
+    NaN in the values of keys 8..11 reaches every output row in the core (0 * NaN in P V), but in
+    the tiled forward only the rows of query blocks that reach key block [8, 12)."""
+    rng = RNG(4)
+    q, k, v = rng.normal(size=(12, 3)), rng.normal(size=(12, 3)), rng.normal(size=(12, 2))
+    v[8:] = np.nan
+    out, _ = flash_attention_forward(q, k, v, is_causal=True, block_q=4, block_k=4)
+    assert np.isnan(attention_forward(q, k, v, is_causal=True)[0]).all()
+    assert not np.isnan(out[:8]).any() and np.isnan(out[8:]).all()
+
+
+def test_fully_masked_key_blocks_are_skipped():
+    """A block that the boolean mask hides entirely is skipped (NaN values there stay out),
+    and the visible keys give the core's result."""
+    rng = RNG(5)
+    q, k, v = rng.normal(size=(8, 3)), rng.normal(size=(12, 3)), rng.normal(size=(12, 2))
+    keep = np.ones((8, 12), dtype=bool)
+    keep[:, 4:8] = False
+    v_nan = v.copy()
+    v_nan[4:8] = np.nan
+    out, _ = flash_attention_forward(q, k, v_nan, attn_mask=keep, block_q=3, block_k=4)
+    np.testing.assert_allclose(out, attention_forward(q, k, v, attn_mask=keep)[0], atol=1e-14)
+
+
+# ---------------------------------------------------------------------------
+# Finite differences
+# ---------------------------------------------------------------------------
+
+
+def _tiled(block_q, block_k, workers=None):
+    def forward(**kw):
+        return flash_attention_forward(**kw, block_q=block_q, block_k=block_k, workers=workers)
+
+    return forward
+
+
+@pytest.mark.parametrize("align", ["top_left", "bottom_right"])
+def test_gradcheck_with_bias_causal_and_gqa(align):
+    """dq, dk, dv and the float-mask gradient (Eqs. (5.7)-(5.12)) match float64 central
+    finite differences; the mask is broadcast over heads, so dB is summed to its shape."""
+    rng = RNG(6)
+    inputs = dict(
+        q=rng.normal(size=(4, 5, 3)), k=rng.normal(size=(2, 7, 3)), v=rng.normal(size=(2, 7, 2)),
+        attn_mask=rng.normal(size=(1, 5, 7)), is_causal=True, causal_align=align, enable_gqa=True,
+    )  # fmt: skip
+    report = gradcheck(_tiled(2, 3, workers=2), inputs, flash_attention_backward)
+    assert report.passed and set(report.checked) == {"q", "k", "v", "attn_mask"}
+
+
+def test_gradcheck_catches_a_wrong_tiled_backward():
+    """The finite-difference check can fail: dropping the D term of Eq. (5.10) is detected."""
+    rng = RNG(7)
+    inputs = dict(q=rng.normal(size=(3, 2)), k=rng.normal(size=(4, 2)), v=rng.normal(size=(4, 2)))
+
+    def without_D(d_out, cache):  # the gradient of an unnormalised exp(S) V
+        zero_out = type(cache)(**{**cache.__dict__, "out": np.zeros_like(cache.out)})
+        return flash_attention_backward(d_out, zero_out)
+
+    report = gradcheck(_tiled(2, 3), inputs, without_D, raise_on_failure=False)
+    assert not report.passed
+
+
+# ---------------------------------------------------------------------------
+# Memory, threads, defaults
+# ---------------------------------------------------------------------------
+
+
+def test_memory_stays_far_below_one_score_matrix():
+    """No L x S array: at L = S = 2048 (one float64 score matrix is 32 MiB) the forward and
+    backward together allocate at most 1/8 of it (4 MiB) beyond the inputs, measured by
+    tracemalloc, and agree with a direct float64 formula on a few rows."""
+    rng = RNG(8)
+    L = S = 2048
+    q, k, v = rng.normal(size=(L, 16)), rng.normal(size=(S, 16)), rng.normal(size=(S, 16))
+    d_out = rng.normal(size=(L, 16))
+    budget = L * S * 8 // 8
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        out, cache = flash_attention_forward(q, k, v, is_causal=True)
+        grads = flash_attention_backward(d_out, cache)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert peak < budget, f"peak {peak / 2**20:.1f} MiB >= budget {budget / 2**20:.1f} MiB"
+    rows = [0, 1000, 2047]
+    s = q[rows] @ k.T / 4.0
+    s[np.arange(S) > np.array(rows)[:, None]] = -np.inf
+    p = np.exp(s - s.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(out[rows], p @ v / p.sum(axis=1, keepdims=True), atol=1e-12)
+    assert grads.dq.shape == q.shape
+
+
+def test_threads_give_the_same_result():
+    """workers > 1 (query blocks in threads, shared dK/dV/dB sums under a lock) gives the
+    one-thread result: forward bit for bit, sums over blocks to 1e-13."""
+    rng = RNG(9)
+    q, k, v = rng.normal(size=(2, 3, 50, 8)), rng.normal(size=(2, 3, 40, 8)), rng.normal(size=(2, 3, 40, 8))
+    bias = rng.normal(size=(3, 1, 40))
+    d_out = rng.normal(size=(2, 3, 50, 8))
+    one = flash_attention_forward(q, k, v, attn_mask=bias, is_causal=True, block_q=7, block_k=6)
+    two = flash_attention_forward(q, k, v, attn_mask=bias, is_causal=True, block_q=7, block_k=6,
+                                  workers=2)  # fmt: skip
+    np.testing.assert_array_equal(one[0], two[0])
+    np.testing.assert_array_equal(one[1].lse, two[1].lse)
+    g1, g2 = flash_attention_backward(d_out, one[1]), flash_attention_backward(d_out, two[1])
+    for name in GRADS:
+        np.testing.assert_allclose(getattr(g1, name), getattr(g2, name), rtol=1e-13, atol=1e-13)
+
+
+@given(st.lists(st.integers(1, 5000), min_size=2, max_size=5))
+@settings(max_examples=40)
+def test_default_blocks_hold_at_most_a_32nd_of_the_scores(shape):
+    """The default tiling keeps one block at most max(1/32 of the scores, 16 x 16 per head)
+    and at most 2**20 scores over all heads (or one 16 x 16 tile per head), inside L x S."""
+    shape = tuple(shape)
+    *lead, L, S = shape
+    heads = int(np.prod(lead))
+    bq, bk = _default_blocks(shape)
+    assert 1 <= bq <= L and 1 <= bk <= S
+    assert bq * bk <= max(L * S / 32, 256)
+    assert heads * bq * bk <= max(2**20, heads * 256)
+
+
+def test_cache_holds_no_score_sized_array():
+    """The cache keeps out (..., L, Ev) and lse (..., L): nothing of size L x S."""
+    q = k = v = np.ones((64, 4))
+    _, cache = flash_attention_forward(q, k, v, block_q=8, block_k=8)
+    arrays = [a for a in vars(cache).values() if isinstance(a, np.ndarray)]
+    assert {a.shape for a in arrays} == {(64, 4), (64,)}
+
+
+# ---------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (dict(block_q=0), ValueError, "block_q must be >= 1"),
+        (dict(block_k=2.5), TypeError, "block_k must be a positive integer"),
+        (dict(workers=0), ValueError, "workers must be >= 1"),
+        (dict(is_causal=0.1), TypeError, "dropout is not supported"),
+        (dict(dropout_p=0.1), TypeError, "dropout_p"),
+        (dict(causal_align="top"), ValueError, "causal_align"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(kwargs, error, match):
+    """Block sizes, workers, a dropout rate (not supported) and the core's checks are refused."""
+    q = np.ones((3, 2))
+    with pytest.raises(error, match=match):
+        flash_attention_forward(q, q, q, **kwargs)
+
+
+def test_backward_refuses_a_wrong_d_out_shape():
+    out, cache = flash_attention_forward(np.ones((3, 2)), np.ones((4, 2)), np.ones((4, 5)))
+    with pytest.raises(ValueError, match=r"d_out has shape \(3, 2\), expected .*\(3, 5\)"):
+        flash_attention_backward(np.ones((3, 2)), cache)
+
+
+def test_overflowing_scores_are_refused_as_in_the_core():
+    """A score that overflows to +-inf must not pass for a mask: ValueError, as the core."""
+    q = np.full((2, 2), 1e200)
+    with pytest.raises(ValueError, match="overflow"):
+        attention_forward(q, q, np.ones((2, 1)))
+    with pytest.raises(ValueError, match="overflow"):
+        flash_attention_forward(q, q, np.ones((2, 1)))
