@@ -438,8 +438,9 @@ def attention_forward(
 
     A row with every key masked gets ``P = 0``, ``O = 0``, ``lse = -inf``
     (torch's ``_safe_softmax``; JAX returns ``mean(V)`` there). NaN in
-    ``q[..., i, :]`` reaches only output row ``i``; NaN in a key or value row
-    reaches every query row of that head (``0 * NaN = NaN`` in ``P V``).
+    ``q[..., i, :]`` reaches only output row ``i``; NaN in key row ``j`` reaches
+    the rows not masked from key ``j`` by a boolean or causal mask; NaN in value
+    row ``j`` reaches every query row of that head (``0 * NaN = NaN`` in ``P V``).
 
     Examples
     --------

@@ -296,6 +296,20 @@ def test_nan_in_query_row_reaches_only_that_row():
     assert np.all(np.isfinite(cache.P[~hit]))
 
 
+def test_nan_in_a_key_row_spares_rows_that_mask_that_key_with_a_bool_mask():
+    """NaN in k[b, j] reaches rows that may attend to key j; a boolean mask that removes key j
+    from a row keeps that row finite (the masked score is replaced by -inf)."""
+    rng = RNG(16)
+    q, k, v = rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 5, 4)), rng.normal(size=(2, 5, 2))
+    k[0, 3, 1] = np.nan
+    m = np.ones((3, 5), bool)
+    m[1, 3] = False
+    with np.errstate(invalid="ignore"):
+        out = scaled_dot_product_attention(q, k, v, m)
+    assert np.all(np.isnan(out[0, [0, 2]])) and np.all(np.isfinite(out[0, 1]))
+    assert np.all(np.isfinite(out[1]))
+
+
 def test_nan_in_a_value_row_reaches_every_query_row_of_that_head_only():
     """Documented: NaN in v[b, h, j] reaches all rows of head (b, h), even masked ones (0 * NaN)."""
     rng = RNG(8)
