@@ -38,7 +38,7 @@ def _loss_bwd(g, cache):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_model_backward_equals_finite_differences_of_the_loss(seed):
-    """Eqs. (6.7)-(6.10) with (2.10)-(2.14): every parameter's gradient matches float64 differences."""
+    """Eqs. (6.7)-(6.10) and (2.10)-(2.14): each parameter's gradient equals float64 differences."""
     params, x, y = _small(seed)
     report = gradcheck(_loss_fn, dict(params, tokens=x, targets=y), _loss_bwd, wrt=PARAM_NAMES)
     assert report.passed
@@ -46,7 +46,7 @@ def test_model_backward_equals_finite_differences_of_the_loss(seed):
 
 
 def test_readout_bias_gradient_sums_to_zero():
-    """Eq. (6.7): each position's dZ = (softmax - onehot)/BL sums to 0 over the vocabulary, so sum(db_o) = 0."""
+    """Eq. (6.7): each row of dZ = (softmax - onehot)/BL sums to 0, so sum(db_o) = 0."""
     params, x, y = _small(2)
     g = model_backward(model_forward(params, x, y)[1])
     assert abs(g["b_o"].sum()) < 1e-15
@@ -124,7 +124,7 @@ def test_model_forward_rejects_bad_tokens():
 
 
 def test_training_on_a_short_schedule_learns_the_reversal_attention():
-    """With our backward and Adam, 120 steps cut the loss 10x and put the argmax weight on key L-1-i."""
+    """Our backward and Adam: 120 steps cut the loss 10x and put the argmax weight on key L-1-i."""
     r = train(seed=0, steps=120, test_size=300)
     assert r.losses[-10:].mean() < r.losses[:10].mean() / 10
     assert r.match >= 0.9
@@ -134,7 +134,7 @@ def test_training_on_a_short_schedule_learns_the_reversal_attention():
 
 
 def test_an_untrained_model_does_not_attend_to_the_ideal_key():
-    """The metric can fail: at initialisation the match is near chance (1/L), far below the trained one."""
+    """The metric can fail: at initialisation the match is near chance (1/L), not near 1."""
     rng = np.random.default_rng(0)
     x, y = reverse_task(rng, 300, 12, 16)
     m = evaluate(init_model(np.random.default_rng(1), 16, 32, 32), x, y)

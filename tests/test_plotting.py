@@ -99,7 +99,7 @@ def test_plot_attention_draws_into_a_given_axes_and_returns_its_figure():
     ],
 )
 def test_plot_attention_rejects_what_are_not_attention_weights(weights, message):
-    """Principle 5: wrong rank, NaN, or values outside [0, 1] raise a ValueError naming the problem."""
+    """Principle 5: wrong rank, NaN, or values outside [0, 1] raise a ValueError saying so."""
     with pytest.raises(ValueError, match=message):
         plot_attention(weights)
 
@@ -112,7 +112,7 @@ def test_plot_attention_rejects_label_counts_that_do_not_match():
 
 @pytest.mark.parametrize(("H", "rows", "cols"), [(1, 1, 1), (3, 1, 3), (6, 2, 4)])
 def test_plot_heads_draws_one_axes_per_head_with_a_shared_scale(H, rows, cols):
-    """H heads -> H heatmaps (grid of min(H, 4) columns), each its head's weights, all clim (0, 1)."""
+    """H heads -> H heatmaps (min(H, 4) columns), each its head's weights, all clim (0, 1)."""
     w = _weights(H, 4, 5)
     fig = plot_heads(w, list("abcd"), list("vwxyz"))
     axes = _image_axes(fig)
@@ -128,7 +128,7 @@ def test_plot_heads_draws_one_axes_per_head_with_a_shared_scale(H, rows, cols):
 
 
 def test_plot_cross_attention_puts_s1_on_rows_and_s2_on_columns():
-    """Seed section 4.1: queries from S1 label the rows, keys from S2 the columns; one link per strong weight."""
+    """Seed 4.1: S1 (queries) labels the rows, S2 (keys) the columns; a link per strong weight."""
     s1, s2 = ["the", "cat", "sleeps"], ["le", "chat", "dort", "."]
     w = _weights(3, 4)
     fig = plot_cross_attention(w, s1, s2)
@@ -188,7 +188,7 @@ def test_plot_training_draws_the_loss_and_both_maps():
 
 
 def test_save_figure_writes_identical_png_bytes_without_version_metadata():
-    """Determinism: drawing and saving the same figure twice gives the same bytes, no 'Matplotlib' stamp."""
+    """Determinism: the same figure saved twice gives the same bytes, no 'Matplotlib' stamp."""
 
     def png():
         buf = io.BytesIO()
