@@ -366,3 +366,28 @@ def test_weighted_fusion_bad_input():
     assert weighted_fusion([np.ones(2), np.ones(2)], [2.0, -1.0], convex=False).tolist() == [1, 1]
     with pytest.raises(ValueError, match=r"d_y has shape \(3,\), expected one output's shape"):
         weighted_fusion_backward(np.zeros(3), [np.zeros(2), np.zeros(2)], [0.5, 0.5])
+
+
+def test_concat_of_one_head_branches_is_multi_head_attention():
+    """The seed's concat + linear over N one-head branches without their own output projection
+    (w_o = I) is multi-head attention with H = N: the heads' projections are the branches'
+    side by side, and the linear layer is W_o."""
+    rng = np.random.default_rng(29)
+    E, D, N = 4, 2, 3
+    heads = [random_params(rng, E, E, 1, D=D, Dv=D, e_out=D) for _ in range(N)]
+    branches = tuple(replace(h, w_o=np.eye(D), b_o=None) for h in heads)
+    w_o, b_o = rng.normal(size=(N * D, 5)), rng.normal(size=5)
+    mha = CrossAttentionParams(
+        **{n: np.concatenate([getattr(h, n) for h in heads], axis=-1) for n in NAMES[:3]},
+        **{n: np.concatenate([getattr(h, n) for h in heads]) for n in ("b_q", "b_k", "b_v")},
+        w_o=w_o,
+        b_o=b_o,
+        num_heads=N,
+    )
+    x = rng.normal(size=(2, 4, E))
+    y, cache = concat_fusion_forward(ConcatFusionParams(branches, w=w_o, b=b_o), x, is_causal=True)
+    ref, ref_cache = self_attention_forward(mha, x, is_causal=True)
+    np.testing.assert_allclose(y, ref, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(
+        np.concatenate(cache.branch_weights, axis=1), ref_cache.weights, rtol=0, atol=1e-15
+    )

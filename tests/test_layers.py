@@ -560,3 +560,18 @@ def test_matches_torch_self_attention_with_packed_in_proj_and_causal_mask():
     np.testing.assert_allclose(d_x, tx.grad.numpy(), rtol=0, atol=1e-13)
     dW = np.concatenate([g.w_q.T, g.w_k.T, g.w_v.T])
     np.testing.assert_allclose(dW, mha.in_proj_weight.grad.numpy(), rtol=0, atol=1e-13)
+
+
+def test_key_bias_gradient_vanishes():
+    """b_k adds q_i . b_k to every score of row i, which the softmax ignores (shift invariance),
+    so d_b_k = sum dK is 0 up to rounding, with masks and GQA too; the other biases do get a
+    gradient."""
+    rng = np.random.default_rng(16)
+    p = random_params(rng, e_q=3, e_kv=4, H=4, Hkv=2, e_out=3)
+    out, cache = cross_attention_forward(
+        p, rng.normal(size=(2, 3, 3)), rng.normal(size=(2, 5, 4)),
+        key_lengths=np.array([5, 2]), is_causal=True,
+    )  # fmt: skip
+    _, _, g = cross_attention_backward(rng.normal(size=out.shape), cache)
+    np.testing.assert_allclose(g.b_k, 0.0, rtol=0, atol=1e-14)
+    assert np.abs(g.b_q).max() > 1e-3 and np.abs(g.b_v).max() > 1e-3
