@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +112,9 @@ def run_sdpa(a: dict, dtype: torch.dtype) -> dict:
     is_causal = bool(a["is_causal"])
     if is_causal and bool(a["causal_bottom_right"]):
         assert m is None, "suite cases never combine a mask with bottom-right causal"
-        m, is_causal = causal_lower_right(L, S), False  # FlashAttention's alignment
+        with warnings.catch_warnings():  # "will produce NaNs when L > S": not so on 2.13,
+            warnings.simplefilter("ignore")  # fully masked rows give 0 (the suite checks it)
+            m, is_causal = causal_lower_right(L, S), False  # FlashAttention's alignment
     if p > 0:
         keep = tensor(a["dropout_mask"], torch.bool)
         out, _ = torch.ops.aten._scaled_dot_product_attention_math(

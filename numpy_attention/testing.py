@@ -729,6 +729,8 @@ def _head_hints(a: NDArray[np.floating], d: NDArray[np.floating], bad: NDArray[n
     dh = np.moveaxis(d, -3, 0).reshape(H, -1)
     ok = np.all(np.isfinite(ah), axis=0) & np.all(np.isfinite(dh), axis=0)
     ah, dh = ah[:, ok], dh[:, ok]
+    if ah.shape[1] == 0:
+        return []
     tol = 1e-2 * max(float(np.max(np.abs(dh))) if dh.size else 1.0, 1e-300)
     match = np.array([[np.max(np.abs(ah[i] - dh[j])) <= tol for j in range(H)] for i in range(H)])
     if not match.diagonal().all() and match.any(axis=1).all():

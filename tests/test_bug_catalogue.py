@@ -1,0 +1,209 @@
+"""Proof that ``check`` catches real attention bugs and passes a correct implementation.
+
+A catalogue of classic attention bugs, each planted in a small, otherwise
+correct float32 NumPy implementation (:func:`candidate`, written here
+independently of the package). Every bug must FAIL ``check`` at float32 and at
+bfloat16 tolerances (zero misses), while the bug-free candidate and PyTorch
+(through ``examples/torch_adapter.py``, when torch is importable) PASS at
+both (zero false alarms).
+
+``python tests/test_bug_catalogue.py`` prints the catalogue table of
+docs/verify.md.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from numpy_attention.vectors import build_suite, check_results, write_suite
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: bug name -> what the broken implementation does (the docs table's second column).
+BUGS = {
+    "missing_scale": "scores q k^T not multiplied by the scale",
+    "scale_by_E": "scale 1/E instead of 1/sqrt(E)",
+    "softmax_over_queries": "softmax normalised over the query axis",
+    "inverted_mask": "boolean mask read as True = masked",
+    "causal_off_by_one": "causal mask j < i instead of j <= i",
+    "causal_alignment_ignored": "bottom-right causal computed top-left",
+    "no_max_shift": "softmax without subtracting the row max (float32 overflow)",
+    "fully_masked_mean": "masked scores filled with -1e9: fully masked rows give mean(V)",
+    "bias_inside_scale": "scale applied after adding the float bias: scale (q k^T + B)",
+    "gqa_tiled": "GQA key/value heads repeated in tile order (h % Hkv)",
+    "gqa_grads_not_summed": "dk, dv taken from the first query head of each GQA group",
+    "dropout_no_rescale": "dropout without the 1/(1-p) rescaling",
+    "dv_before_dropout": "dv = P^T dO with the weights before dropout",
+    "softmax_backward_no_rowsum": "softmax backward dS = P * dP, missing the row-sum term",
+    "lse_base2": "log-sum-exp reported in base 2",
+}
+
+
+def _sum_to(g: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Sum a broadcast gradient back to ``shape`` (same rank)."""
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+    return g.sum(axis=axes, keepdims=True) if axes else g
+
+
+def candidate(a: dict[str, Any], bug: str | None = None) -> dict[str, np.ndarray]:
+    """Attention forward and backward of one suite case, in float32, with an optional bug."""
+    f32 = np.float32
+    q, k, v, dO = (a[n].astype(f32) for n in ("q", "k", "v", "d_out"))
+    L, S, E = q.shape[-2], k.shape[-2], q.shape[-1]
+    scale = f32(a["scale"])
+    if bug == "missing_scale":
+        scale = f32(1.0)
+    elif bug == "scale_by_E" and bool(a.get("scale_is_default", True)):
+        scale = f32(1.0 / E)
+    Hq, Hkv = q.shape[-3], k.shape[-3]
+    G = Hq // Hkv if bool(a["enable_gqa"]) else 1
+    heads = np.arange(Hq) % Hkv if bug == "gqa_tiled" else np.arange(Hq) // G
+    kk, vv = (k[..., heads, :, :], v[..., heads, :, :]) if G > 1 else (k, v)
+    raw = q @ np.swapaxes(kk, -1, -2)
+    mask = a.get("attn_mask")
+    bias = mask.astype(f32) if mask is not None and mask.dtype != bool else None
+    if bias is not None and bug == "bias_inside_scale":
+        s = scale * (raw + bias)
+    else:
+        s = scale * raw + (bias if bias is not None else f32(0))
+    allowed = np.ones(s.shape, dtype=bool)
+    if mask is not None and mask.dtype == bool:
+        allowed &= ~mask if bug == "inverted_mask" else mask
+    if bool(a["is_causal"]):
+        d = S - L if bool(a["causal_bottom_right"]) and bug != "causal_alignment_ignored" else 0
+        i, j = np.arange(L)[:, None], np.arange(S)[None, :]
+        allowed &= (j < i + d) if bug == "causal_off_by_one" else (j <= i + d)
+    s = np.where(allowed, s, f32(-1e9) if bug == "fully_masked_mean" else f32(-np.inf))
+    axis = -2 if bug == "softmax_over_queries" else -1
+    m = np.max(s, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, f32(0))
+    if bug == "no_max_shift":
+        m = np.zeros_like(m)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        e = np.exp(s - m)
+        total = e.sum(axis=axis, keepdims=True)
+        P = e / np.where(total > 0, total, f32(1))
+        lse = (m + np.log(total)).squeeze(axis) if axis == -1 else np.log(np.exp(s).sum(-1))
+    if bug == "lse_base2":
+        lse = lse / f32(math.log(2))
+    p = float(a["dropout_p"])
+    Z = a["dropout_mask"] if p > 0 else None
+    r = f32(1.0 if bug == "dropout_no_rescale" else 1.0 / (1.0 - p))
+    Pd = P * Z * r if Z is not None else P
+    with np.errstate(invalid="ignore"):
+        out = Pd @ vv
+        dv_full = np.swapaxes(P if bug == "dv_before_dropout" else Pd, -1, -2) @ dO
+        dP = dO @ np.swapaxes(vv, -1, -2)
+        if Z is not None:
+            dP = dP * Z * r
+        D = 0 if bug == "softmax_backward_no_rowsum" else np.sum(dP * P, axis=-1, keepdims=True)
+        dS = P * (dP - D)
+        dq = scale * dS @ kk
+        dk_full = scale * np.swapaxes(dS, -1, -2) @ q
+    if G > 1:
+        dk, dv = np.zeros(dk_full.shape[:-3] + k.shape[-3:], f32), np.zeros(
+            dv_full.shape[:-3] + v.shape[-3:], f32
+        )
+        if bug == "gqa_grads_not_summed":
+            dk, dv = dk_full[..., ::G, :, :], dv_full[..., ::G, :, :]
+        else:
+            np.add.at(np.moveaxis(dk, -3, 0), heads, np.moveaxis(dk_full, -3, 0))
+            np.add.at(np.moveaxis(dv, -3, 0), heads, np.moveaxis(dv_full, -3, 0))
+    else:
+        dk, dv = dk_full, dv_full
+    res = {"out": out, "weights": P, "lse": lse, "dq": _sum_to(dq, q.shape),
+           "dk": _sum_to(dk, k.shape), "dv": _sum_to(dv, v.shape)}  # fmt: skip
+    if bias is not None:
+        res["d_attn_mask"] = _sum_to(dS, bias.shape)
+    return res
+
+
+@pytest.fixture(scope="module")
+def suite() -> list:
+    return build_suite()
+
+
+def run_candidate(suite: list, bug: str | None) -> dict[str, dict[str, np.ndarray]]:
+    """The candidate's results on every scaled dot-product attention case."""
+    return {c.name: candidate(dict(c.inputs, scale_is_default=c.flags["scale_is_default"]), bug)
+            for c in suite if c.kind == "sdpa"}  # fmt: skip
+
+
+def expected_of(suite: list) -> dict[str, dict[str, np.ndarray]]:
+    return {c.name: c.expected for c in suite}
+
+
+def test_correct_candidate_passes_float32(suite: list) -> None:
+    """No false alarm: the bug-free float32 candidate passes every quantity it reports."""
+    report = check_results(run_candidate(suite, None), expected_of(suite), dtype="float32")
+    assert report.passed, report.table()
+    assert report.counts["PASS"] >= 100
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("bug", sorted(BUGS))
+def test_planted_bug_fails_check(suite: list, bug: str, dtype: str) -> None:
+    """No miss: every planted bug makes check FAIL at float32 and at bfloat16 tolerances."""
+    report = check_results(run_candidate(suite, bug), expected_of(suite), dtype=dtype)
+    assert not report.passed, f"{bug} was not caught at {dtype} tolerances"
+    assert report.exit_code() == 1
+
+
+def _adapter() -> Any:
+    spec = importlib.util.spec_from_file_location("torch_adapter", ROOT / "examples" / "torch_adapter.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def suite_dir(tmp_path_factory: pytest.TempPathFactory, suite: list) -> Path:
+    d = tmp_path_factory.mktemp("suite")
+    write_suite(d, suite)
+    return d
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_torch_passes_check(suite_dir: Path, tmp_path: Path, dtype: str) -> None:
+    """No false alarm on PyTorch: SDPA and nn.MultiheadAttention pass every case and quantity."""
+    pytest.importorskip("torch")
+    from numpy_attention.vectors import load_results, load_suite
+
+    assert _adapter().main([str(suite_dir), str(tmp_path), "--dtype", dtype]) == 0
+    man, expected = load_suite(suite_dir)
+    results, unknown = load_results(tmp_path, expected)
+    report = check_results(results, expected, dtype=dtype, strict=True, unknown=unknown)
+    assert report.passed, report.table()
+    assert not unknown and not report.missing_cases
+
+
+def catalogue_table() -> str:
+    """The markdown table of docs/verify.md: which cases catch each bug."""
+    suite = build_suite()
+    exp = expected_of(suite)
+    n_sdpa = sum(c.kind == "sdpa" for c in suite)
+    lines = ["| bug | what the implementation does | float32 | bfloat16 | cases that fail |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for bug, what in BUGS.items():
+        verdict, failing = {}, []
+        for dtype in ("float32", "bfloat16"):
+            rep = check_results(run_candidate(suite, bug), exp, dtype=dtype)
+            verdict[dtype] = "caught" if not rep.passed else "MISSED"
+            if dtype == "bfloat16":
+                failing = sorted({r.case for r in rep.rows if r.status == "FAIL"})
+        names = f"all {n_sdpa}" if len(failing) == n_sdpa else ", ".join(failing)
+        lines.append(f"| `{bug}` | {what} | {verdict['float32']} | {verdict['bfloat16']} | "
+                     f"{names} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(catalogue_table())
+    sys.exit(0)
