@@ -165,7 +165,7 @@ def test_plot_refuses_labels_of_the_wrong_length(tmp_path, capsys):
 
 
 def test_plot_error_in_a_subprocess_has_no_traceback(tmp_path):
-    """Run as a real command: a NaN file gives exit code 1 and a single line, no Python traceback."""
+    """As a real command: a NaN file gives exit code 1 and a single line, no Python traceback."""
     f = tmp_path / "nan.npy"
     np.save(f, np.array([[np.nan, 1.0]]))
     proc = subprocess.run(
