@@ -241,10 +241,9 @@ def _run_plot(args: argparse.Namespace) -> int:
     if title is None:
         title = Path(args.file).name + (f" [{name}]" if name else "")
     with matplotlib.style.context("default"):
-        if w.ndim == 2:
-            fig = plot_attention(w, q, k, title=title, annotate=args.annotate)
-        else:
-            fig = plot_heads(w, q, k, title=title, annotate=args.annotate)
+        mask = w != 0 if args.zeros_masked else None
+        draw = plot_attention if w.ndim == 2 else plot_heads
+        fig = draw(w, q, k, mask=mask, title=title, annotate=args.annotate)
         try:
             save_figure(fig, out)
         except OSError as e:
@@ -307,6 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", metavar="PNG", help="output file (default: FILE with .png)")
     plot.add_argument("--title", help="figure title (default: the file name)")
     plot.add_argument("--annotate", action="store_true", help="write each weight in its cell")
+    plot.add_argument(
+        "--zeros-masked",
+        action="store_true",
+        help="draw weights that are exactly 0 as masked cells (grey), as a -inf score gives",
+    )
     plot.set_defaults(func=_run_plot)
 
     from . import vectors

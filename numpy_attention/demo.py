@@ -123,7 +123,7 @@ def _heads(out: Path, written: list[Path], log: Callable[[str], None]) -> None:
     log(f"    weights shape {cache.weights.shape}; every row sums to 1 over the allowed keys")
     fig = plot_heads(
         w, SENTENCE, SENTENCE, mask=mask, ncols=2,
-        title="Causal self-attention, 4 heads (grey: masked, query cannot see the future)",
+        title="Causal self-attention, 4 heads (grey: masked, a query cannot see the future)",
     )  # fmt: skip
     _save(fig, out, "heads.png", written, log)
 

@@ -173,13 +173,16 @@ def _draw_map(
     return im
 
 
-def _masked_legend(ax: Axes) -> None:
+def _masked_legend(ax: Axes, below: bool = False) -> None:
+    """Add a "masked" swatch: under ``ax`` (a colour bar) or at its lower right outside."""
     from matplotlib.patches import Patch
 
     patch = Patch(facecolor=MASKED_COLOR, edgecolor="0.5", label="masked")
+    loc, anchor = ("upper center", (0.5, -0.02)) if below else ("upper left", (1.0, -0.02))
     ax.legend(
-        handles=[patch], loc="upper left", bbox_to_anchor=(1.0, -0.02), fontsize=8, frameon=False
-    )
+        handles=[patch], loc=loc, bbox_to_anchor=anchor, fontsize=8, frameon=False,
+        handlelength=1.2, borderaxespad=0.0,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------
@@ -213,7 +216,7 @@ def plot_attention(
         Draw here; default: a new Figure.
     mask : array_like of bool, optional
         Broadcastable to (L, S), True = attend. False cells are drawn in
-        :data:`MASKED_COLOR` with a "masked" legend entry.
+        :data:`MASKED_COLOR`, with a "masked" legend entry under the colour bar.
     title : str, optional
     annotate : bool, optional
         Write each weight in its cell (for small maps).
@@ -253,10 +256,9 @@ def plot_attention(
     im = _draw_map(ax, w, keep, qlab, klab, annotate, xlabel, ylabel)
     if title:
         ax.set_title(title)
-    if colorbar:
-        ax.figure.colorbar(im, ax=ax, label="weight", fraction=0.08)
+    cbar = ax.figure.colorbar(im, ax=ax, label="weight", fraction=0.08) if colorbar else None
     if keep is not None and not keep.all():
-        _masked_legend(ax)
+        _masked_legend(ax if cbar is None else cbar.ax, below=cbar is not None)
     return cast("Figure", ax.figure)
 
 
@@ -280,7 +282,8 @@ def plot_heads(
     query_labels, key_labels : sequence, optional
         Row (length L) and column (length S) token labels, shared by every head.
     mask : array_like of bool, optional
-        Broadcastable to (H, L, S), True = attend.
+        Broadcastable to (H, L, S), True = attend; False cells are drawn in
+        :data:`MASKED_COLOR`, with a "masked" legend entry under the colour bar.
     ncols : int, optional
         Panels per row; default ``min(H, 4)``.
     head_names : sequence of str, optional
@@ -333,7 +336,9 @@ def plot_heads(
             ax.set_yticklabels([])
         ax.set_title(names[h])
     assert im is not None  # H >= 1
-    fig.colorbar(im, ax=used, label="weight", fraction=0.05)
+    cbar = fig.colorbar(im, ax=used, label="weight", fraction=0.05)
+    if keep is not None and not keep.all():
+        _masked_legend(cbar.ax, below=True)
     if title:
         fig.suptitle(title)
     return fig

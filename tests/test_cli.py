@@ -179,3 +179,24 @@ def test_plot_error_in_a_subprocess_has_no_traceback(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"numpy-attention plot: error: {f}: contains NaN (1 entries, first at (0, 0))"
     ]
+
+
+def test_plot_zeros_masked_draws_exact_zeros_grey(tmp_path, monkeypatch):
+    """--zeros-masked passes mask = (w != 0) to the drawing; without it no mask is drawn."""
+    import numpy_attention.plotting as plotting
+
+    seen = []
+    real = plotting.plot_attention
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("mask"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(plotting, "plot_attention", spy)
+    f = tmp_path / "causal.npy"
+    w = np.array([[1.0, 0.0], [0.4, 0.6]])
+    np.save(f, w)
+    assert main(["plot", str(f), "--zeros-masked"]) == 0
+    assert main(["plot", str(f)]) == 0
+    np.testing.assert_array_equal(seen[0], [[True, False], [True, True]])
+    assert seen[1] is None

@@ -75,8 +75,8 @@ def test_plot_attention_masked_cells_are_masked_in_the_image_and_drawn_grey():
     rgba = im.to_rgba(arr)
     assert np.allclose(rgba[0, 1], to_rgba(MASKED_COLOR))  # masked: grey
     assert not np.allclose(rgba[2, 2], to_rgba(MASKED_COLOR))  # weight 0: the colormap's low end
-    legend = _image_axes(fig)[0].get_legend()
-    assert legend is not None and _texts(legend.get_texts()) == ["masked"]
+    legends = [a.get_legend() for a in fig.axes if a.get_legend() is not None]
+    assert [_texts(leg.get_texts()) for leg in legends] == [["masked"]]
 
 
 def test_plot_attention_draws_into_a_given_axes_and_returns_its_figure():
@@ -209,3 +209,14 @@ def test_importing_the_package_does_not_import_matplotlib():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_plot_heads_marks_masked_cells_in_every_head():
+    """A causal mask shared by the heads masks the same cells in each image, with one legend."""
+    m = causal_mask(3, 3)
+    w = np.where(m, 1 / m.sum(axis=1, keepdims=True), 0.0)
+    fig = plot_heads(np.stack([w, w]), mask=m)
+    for ax in _image_axes(fig):
+        np.testing.assert_array_equal(np.ma.getmaskarray(ax.images[0].get_array()), ~m)
+    legends = [a.get_legend() for a in fig.axes if a.get_legend() is not None]
+    assert [_texts(leg.get_texts()) for leg in legends] == [["masked"]]
