@@ -272,11 +272,10 @@ TOLERANCES: dict[str, dict[str, Tolerance]] = {
 
 
 def _dtype_name(dtype: Any) -> str:
-    name = dtype if isinstance(dtype, str) else getattr(dtype, "name", str(dtype))
-    name = str(name).replace("torch.", "")
+    name = str(dtype).replace("torch.", "")
     if name not in DTYPES:
         try:
-            name = np.dtype(name).name
+            name = np.dtype(dtype).name
         except TypeError:
             pass
     if name not in DTYPES:
