@@ -48,12 +48,12 @@ def _worked_example() -> str:
         )
 
 
-def _need_matplotlib(prog: str) -> None:
+def _need_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         raise InputError(
-            f"{prog} needs matplotlib: python -m pip install 'numpy-attention[plot]'"
+            "matplotlib is not installed: python -m pip install 'numpy-attention[plot]'"
         ) from None
 
 
@@ -67,7 +67,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     out = getattr(args, "out", None) or "figures"
     try:
-        _need_matplotlib("numpy-attention demo")
+        _need_matplotlib()
     except InputError as e:
         print(f"numpy-attention demo: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -221,7 +221,7 @@ def _labels(args: argparse.Namespace, L: int, S: int) -> tuple[list[str] | None,
 def _run_plot(args: argparse.Namespace) -> int:
     prog = "numpy-attention plot"
     try:
-        _need_matplotlib(prog)
+        _need_matplotlib()
         w, name, dtype = load_weights(args.file, args.key)
         q, k = _labels(args, w.shape[-2], w.shape[-1])
         warning = _row_warning(w, dtype.itemsize)

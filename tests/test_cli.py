@@ -200,3 +200,18 @@ def test_plot_zeros_masked_draws_exact_zeros_grey(tmp_path, monkeypatch):
     assert main(["plot", str(f)]) == 0
     np.testing.assert_array_equal(seen[0], [[True, False], [True, True]])
     assert seen[1] is None
+
+
+def test_without_matplotlib_demo_and_plot_say_how_to_install_it(tmp_path, monkeypatch, capsys):
+    """No matplotlib: exit 1 and one line naming the 'plot' extra, not an ImportError traceback."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main(["demo", "--out", str(tmp_path)]) == 1
+    assert main(["plot", str(tmp_path / "w.npy")]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "numpy-attention demo: error: matplotlib is not installed: "
+        "python -m pip install 'numpy-attention[plot]'",
+        "numpy-attention plot: error: matplotlib is not installed: "
+        "python -m pip install 'numpy-attention[plot]'",
+    ]
+    assert not list(tmp_path.iterdir())
