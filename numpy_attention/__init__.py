@@ -5,6 +5,8 @@ Read ``docs/README.md`` first; the modules, bottom to top:
 - :mod:`numpy_attention.softmax`: softmax, log-softmax, log-sum-exp and their backward.
 - :mod:`numpy_attention.masks`: boolean masks (causal, padding, sliding window).
 - :mod:`numpy_attention.attention`: scaled dot-product attention, forward and backward.
+- :mod:`numpy_attention.layers`: multi-head cross-/self-attention layers, forward and backward.
+- :mod:`numpy_attention.fusion`: weighted fusion of attention branches (and concat + linear).
 """
 
 from .attention import (
@@ -13,6 +15,26 @@ from .attention import (
     attention_backward,
     attention_forward,
     scaled_dot_product_attention,
+)
+from .fusion import (
+    ConcatFusionParams,
+    FusionParams,
+    concat_fusion_backward,
+    concat_fusion_forward,
+    fusion_backward,
+    fusion_forward,
+    init_concat_fusion,
+    init_fusion,
+    weighted_fusion,
+    weighted_fusion_backward,
+)
+from .layers import (
+    CrossAttentionParams,
+    cross_attention_backward,
+    cross_attention_forward,
+    init_cross_attention,
+    self_attention_backward,
+    self_attention_forward,
 )
 from .masks import causal_mask, padding_mask, sliding_window_mask
 from .softmax import log_softmax, log_softmax_backward, logsumexp, softmax, softmax_backward
@@ -25,6 +47,22 @@ __all__ = [
     "attention_backward",
     "attention_forward",
     "scaled_dot_product_attention",
+    "ConcatFusionParams",
+    "FusionParams",
+    "concat_fusion_backward",
+    "concat_fusion_forward",
+    "fusion_backward",
+    "fusion_forward",
+    "init_concat_fusion",
+    "init_fusion",
+    "weighted_fusion",
+    "weighted_fusion_backward",
+    "CrossAttentionParams",
+    "cross_attention_backward",
+    "cross_attention_forward",
+    "init_cross_attention",
+    "self_attention_backward",
+    "self_attention_forward",
     "causal_mask",
     "padding_mask",
     "sliding_window_mask",
