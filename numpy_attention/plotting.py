@@ -178,11 +178,11 @@ def _masked_legend(ax: Axes, below: bool = False) -> None:
     from matplotlib.patches import Patch
 
     patch = Patch(facecolor=MASKED_COLOR, edgecolor="0.5", label="masked")
-    loc, anchor = ("upper center", (0.5, -0.02)) if below else ("upper left", (1.0, -0.02))
-    ax.legend(
-        handles=[patch], loc=loc, bbox_to_anchor=anchor, fontsize=8, frameon=False,
-        handlelength=1.2, borderaxespad=0.0,
-    )  # fmt: skip
+    style: dict[str, Any] = {"fontsize": 8, "frameon": False, "handlelength": 1.2}
+    if below:
+        ax.legend(handles=[patch], loc="upper center", bbox_to_anchor=(0.5, -0.02), **style)
+    else:
+        ax.legend(handles=[patch], loc="upper left", bbox_to_anchor=(1.0, -0.02), **style)
 
 
 # ---------------------------------------------------------------------------
