@@ -158,7 +158,7 @@ class _Layout:
 
 
 def _block_visible(x: AttentionInputs, i0: int, i1: int, j0: int) -> bool:
-    """False if a causal mask hides every key ``>= j0`` from queries ``i0:i1`` (Eq. (5.2))."""
+    """Tell whether queries ``i0:i1`` may see key ``j0`` or later (causal mask, Eq. (5.2))."""
     if not x.is_causal:
         return True
     d = _offset(x.scores_shape[-2], x.scores_shape[-1], x.causal_align)
@@ -179,15 +179,18 @@ def _mask_block(mask: NDArray, i0: int, i1: int, j0: int, j1: int) -> NDArray:
 
 
 def _may_overflow(x: AttentionInputs) -> bool:
-    """False when no score ``scale q_i . k_j`` can reach +-inf: ``|s_ij| <= |scale q_i| |k_j|``.
+    """Tell whether a score may reach +-inf; ``|scale q_i . k_j| <= |scale| E max|q| max|k|``.
 
-    Then the blocks need no check for overflow (Cauchy-Schwarz bounds every
+    Then the blocks need no check for overflow (the bound holds for every
     partial sum of the dot product too); inf or NaN inputs make it True.
     """
+    if x.q.size == 0 or x.k.size == 0:
+        return False
     with np.errstate(over="ignore", invalid="ignore"):
-        qn = np.sqrt(np.max(np.sum(np.square(x.q), axis=-1), initial=0.0)) * abs(x.scale)
-        kn = np.sqrt(np.max(np.sum(np.square(x.k), axis=-1), initial=0.0))
-        return not bool(qn * kn < np.finfo(x.q.dtype).max / 4)
+        q_max = max(float(x.q.max()), -float(x.q.min()))
+        k_max = max(float(x.k.max()), -float(x.k.min()))
+        bound = abs(x.scale) * x.q.shape[-1] * q_max * k_max
+    return not bound < float(np.finfo(x.q.dtype).max) / 4
 
 
 def _scores_block(
@@ -241,7 +244,7 @@ def _scores_block(
 
 @contextmanager
 def _one_blas_thread(workers: int) -> Iterator[None]:
-    """Limit BLAS to one thread while ``workers > 1`` Python threads run (if threadpoolctl is installed)."""
+    """Limit BLAS to one thread while ``workers > 1`` threads run (with threadpoolctl, if any)."""
     if workers == 1:
         yield
         return
@@ -255,7 +258,7 @@ def _one_blas_thread(workers: int) -> Iterator[None]:
 
 
 def _map_blocks(task: Callable[[list[int]], object], L: int, bq: int, workers: int) -> list:
-    """Run ``task(starts)`` on each worker's query-block starts (interleaved: balanced under causal)."""
+    """Run ``task(starts)`` on each worker's query-block starts (interleaved: balanced)."""
     starts = list(range(0, L, bq))
     n = max(1, min(workers, len(starts)))
     chunks = [starts[w::n] for w in range(n)]
@@ -303,7 +306,7 @@ def _forward_rows(
     n = i1 - i0
     row_shape = lay.block_shape(n, 1)
     m = np.full(row_shape, -np.inf, dtype=x.q.dtype)  # running max, m^(0) = -inf
-    l = np.zeros(row_shape, dtype=x.q.dtype)  # running sum, l^(0) = 0
+    l = np.zeros(row_shape, dtype=x.q.dtype)  # noqa: E741  (running sum, l^(0) = 0)
     acc = np.zeros(row_shape[:-1] + (x.v.shape[-1],), dtype=x.q.dtype)  # unnormalised O
     for j0 in range(0, lay.S, bk):
         if not _block_visible(x, i0, i1, j0):
@@ -317,8 +320,8 @@ def _forward_rows(
         alpha = np.exp(m - shift)  # Eq. (5.4): exp(m_old - m_new), 0 while m_old = -inf
         s -= shift
         p = np.exp(s, out=s)  # Eq. (5.4): P~_ij = exp(S_ij - m_new)
-        l *= alpha
-        l += p.sum(axis=-1, keepdims=True)  # Eq. (5.5)
+        l *= alpha  # noqa: E741
+        l += p.sum(axis=-1, keepdims=True)  # noqa: E741  (Eq. (5.5))
         acc *= alpha
         acc += p @ x.v[..., j0:j1, :]  # Eq. (5.5)
         m = m_new
@@ -486,14 +489,16 @@ def _backward_rows(
         # P~ = exp(S - m), O = P~ V / l  (Eqs. 5.4-5.6)  ->  P_ij = exp(S_ij - lse_i)  (Eq. 5.8)
         s -= shift
         P = np.exp(s, out=s)
-        # O_i = sum_j P_ij V_j  (Eqs. 5.5-5.6)  ->  dV_j += P_ij^T dO_i,  dP_ij = dO_i V_j^T  (Eq. 5.9)
+        # O_i = sum_j P_ij V_j  (Eqs. 5.5-5.6)  ->  dV_j += P_ij^T dO_i, dP_ij = dO_i V_j^T
+        # (Eq. 5.9)
         dv_j = np.swapaxes(P, -1, -2) @ dO_rows
         dP = dO_rows @ np.swapaxes(x.v[..., j0:j1, :], -1, -2)
         # P_ij = softmax rows (Eq. 5.8)  ->  dS_ij = P_ij * (dP_ij - D_i)  (Eq. 5.10)
         dP -= D_rows
         dP *= P
         dS = dP
-        # S_ij = (scale Q_i) K_j^T  (Eq. 5.1)  ->  dQ_i += scale dS K_j, dK_j += dS^T (scale Q_i)  (Eq. 5.11)
+        # S_ij = (scale Q_i) K_j^T  (Eq. 5.1)
+        #   ->  dQ_i += scale dS_ij K_j,  dK_j += dS_ij^T (scale Q_i)  (Eq. 5.11)
         dq += dS @ x.k[..., j0:j1, :]
         dk_j = np.swapaxes(dS, -1, -2) @ q_rows
         # S_ij = B_ij + ...  (Eq. 5.1)  ->  dB_ij = dS_ij summed to B's shape  (Eq. 5.12)
@@ -588,13 +593,15 @@ def flash_attention_backward(d_out: ArrayLike, cache: FlashCache) -> AttentionGr
     lay = _Layout(x.scores_shape, x.groups)
     dO = as_float_array(d_out, "d_out")
     if dO.shape != cache.out.shape:
-        raise ValueError(f"d_out has shape {dO.shape}, expected the output's shape {cache.out.shape}")
+        raise ValueError(
+            f"d_out has shape {dO.shape}, expected the output's shape {cache.out.shape}"
+        )
     dO = dO.astype(cache.out.dtype, copy=False)
-    # O_i = P_i V  (Eqs. 5.5-5.6)  ->  D_i = rowsum(dO_i * O_i) = rowsum(dP_i * P_i)  (Eq. 5.7)
-    D = np.sum(dO * cache.out, axis=-1, keepdims=True)
     lse = cache.lse[..., None]
     kv_lead = lay.heads() + (lay.S,)
-    bias_shape = None if x.bias is None else (1,) * (len(x.scores_shape) - x.bias.ndim) + x.bias.shape
+    bias_shape = (
+        None if x.bias is None else (1,) * (len(x.scores_shape) - x.bias.ndim) + x.bias.shape
+    )
     grads = _KeyGrads(
         dk=np.zeros(kv_lead + (x.k.shape[-1],), dtype=dO.dtype),
         dv=np.zeros(kv_lead + (x.v.shape[-1],), dtype=dO.dtype),
@@ -607,7 +614,11 @@ def flash_attention_backward(d_out: ArrayLike, cache: FlashCache) -> AttentionGr
     def task(starts: list[int]) -> None:
         for i0 in starts:
             i1 = min(i0 + bq, lay.L)
-            rows = (lay.rows(dO, i0, i1), lay.rows(D, i0, i1), lay.rows(lse, i0, i1))
+            dO_rows = lay.rows(dO, i0, i1)
+            # O_i = P_i V  (Eqs. 5.5-5.6)  ->  D_i = rowsum(dO_i * O_i) = rowsum(dP_i * P_i)
+            # (Eq. 5.7)
+            D_rows = np.sum(dO_rows * lay.rows(cache.out, i0, i1), axis=-1, keepdims=True)
+            rows = (dO_rows, D_rows, lay.rows(lse, i0, i1))
             dq_rows = _backward_rows(x, lay, i0, i1, bk, rows, grads)
             dq[..., i0:i1, :] = lay.unrows(dq_rows, i1 - i0)
 

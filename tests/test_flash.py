@@ -82,7 +82,11 @@ def test_tiled_equals_core_on_a_larger_gqa_problem(align, mask):
     """Several blocks in each direction (37 queries, 53 keys in blocks of 8 x 16, G = 3),
     a causal mask crossing blocks diagonally and a mask of its own broadcast shape."""
     rng = RNG(0)
-    q, k, v = rng.normal(size=(2, 6, 37, 5)), rng.normal(size=(1, 2, 53, 5)), rng.normal(size=(2, 2, 53, 4))
+    q, k, v = (
+        rng.normal(size=(2, 6, 37, 5)),
+        rng.normal(size=(1, 2, 53, 5)),
+        rng.normal(size=(2, 2, 53, 4)),
+    )
     if mask == "bool":
         attn_mask = rng.random((6, 37, 53)) < 0.8
     else:
@@ -232,7 +236,11 @@ def test_threads_give_the_same_result():
     """workers > 1 (query blocks in threads, shared dK/dV/dB sums under a lock) gives the
     one-thread result: forward bit for bit, sums over blocks to 1e-13."""
     rng = RNG(9)
-    q, k, v = rng.normal(size=(2, 3, 50, 8)), rng.normal(size=(2, 3, 40, 8)), rng.normal(size=(2, 3, 40, 8))
+    q, k, v = (
+        rng.normal(size=(2, 3, 50, 8)),
+        rng.normal(size=(2, 3, 40, 8)),
+        rng.normal(size=(2, 3, 40, 8)),
+    )
     bias = rng.normal(size=(3, 1, 40))
     d_out = rng.normal(size=(2, 3, 50, 8))
     one = flash_attention_forward(q, k, v, attn_mask=bias, is_causal=True, block_q=7, block_k=6)

@@ -1,0 +1,487 @@
+"""Attention speed and memory: the core functions, the tiled (FlashAttention) functions, torch SDPA.
+
+Usage (from the repository root)::
+
+    python benchmarks/bench_attention.py            # the full table of docs/benchmarks.md
+    python benchmarks/bench_attention.py --quick    # a smoke run: small shapes, 2 repeats
+
+Each implementation runs in its own child process, one after the other, on the same inputs
+(drawn from a fixed seed in each process):
+
+- ``core``:  numpy_attention.attention.attention_forward / attention_backward (BLAS threads);
+- ``tiled``: numpy_attention.flash.flash_attention_forward / _backward with ``workers`` = the
+  number of CPUs (BLAS limited to one thread meanwhile, via threadpoolctl when installed);
+- ``torch``: torch.nn.functional.scaled_dot_product_attention on the CPU, when torch imports.
+
+For each shape (B, H, L, E) and dtype it reports the median time of the forward and of
+forward + backward (after a warm-up), the ratio to torch, the achieved GFLOP/s as a fraction of
+this machine's measured ``np.matmul`` peak (2048 x 2048, same dtype, all threads), the peak
+extra memory of one call (tracemalloc, numpy only: torch's allocator is invisible to it, so torch
+memory is not measured), and the largest error against float64 torch (or the float64 core
+without torch).
+
+The children run without ``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` (removed from their
+environment when set: on the development machines they force OpenBLAS's AVX2 kernel); the run
+prints what it removed and which BLAS kernel numpy loaded. ``--keep-openblas-env`` keeps them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+SHAPES = [(4, 8, 512, 64), (2, 8, 1024, 64), (1, 8, 2048, 64), (1, 4, 4096, 128)]
+QUICK_SHAPES = [(2, 4, 256, 32), (1, 4, 512, 64)]
+DTYPES = ["float32", "float64"]
+IMPLS = ["torch", "core", "tiled"]
+BLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+SEED = 0
+
+
+# ---------------------------------------------------------------------------
+# Shared by the children
+# ---------------------------------------------------------------------------
+
+
+def _inputs(shape, dtype):
+    """q, k, v, d_out as float64 numpy arrays, the same in every process."""
+    import numpy as np
+
+    rng = np.random.default_rng(SEED)
+    q, k, v, d_out = (rng.standard_normal(shape) for _ in range(4))
+    return q.astype(dtype), k.astype(dtype), v.astype(dtype), d_out.astype(dtype)
+
+
+def _median_ms(fn, repeat):
+    fn()  # warm-up
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def _flops(shape):
+    """Model FLOPs: forward 2 matmuls = 4 B H L S E; backward 5 matmuls = 2.5x that."""
+    B, H, L, E = shape
+    fwd = 4.0 * B * H * L * L * E
+    return fwd, 3.5 * fwd
+
+
+def _ref_path(refdir, shape):
+    return Path(refdir) / f"{'x'.join(map(str, shape))}.npz"
+
+
+def _emit(record):
+    print("RESULT " + json.dumps(record), flush=True)
+
+
+# ---------------------------------------------------------------------------
+# Children
+# ---------------------------------------------------------------------------
+
+
+def _numpy_child(impl, shapes, dtypes, repeat, refdir, big):
+    import numpy as np
+
+    from numpy_attention.attention import attention_backward, attention_forward
+    from numpy_attention.flash import flash_attention_backward, flash_attention_forward
+
+    try:
+        from threadpoolctl import threadpool_info
+
+        blas = [
+            {k: d.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
+            for d in threadpool_info()
+            if d.get("user_api") == "blas"
+        ]
+    except ImportError:
+        blas = "threadpoolctl not installed"
+    workers = os.cpu_count() or 1
+    if impl == "core":
+
+        def fwd(q, k, v):
+            return attention_forward(q, k, v)
+
+        bwd = attention_backward
+    else:
+
+        def fwd(q, k, v):
+            return flash_attention_forward(q, k, v, workers=workers)
+
+        bwd = flash_attention_backward
+
+    peaks = {}
+    for dtype in dtypes:
+        a = np.ones((2048, 2048), dtype)
+        peaks[dtype] = 2 * 2048**3 / (_median_ms(lambda a=a: a @ a, 5) / 1e3) / 1e9
+    _emit({"impl": impl, "kind": "env", "blas": blas, "numpy": np.__version__,
+           "matmul_peak_gflops": peaks,
+           "workers": workers if impl == "tiled" else None})  # fmt: skip
+
+    for shape in shapes:
+        for dtype in dtypes:
+            q, k, v, g = _inputs(shape, dtype)
+
+            def run_fwd(q=q, k=k, v=v):
+                return fwd(q, k, v)
+
+            def run_both(q=q, k=k, v=v, g=g):
+                out, cache = fwd(q, k, v)
+                return out, bwd(g, cache)
+
+            t_fwd = _median_ms(run_fwd, repeat)
+            t_both = _median_ms(run_both, repeat)
+            mem = {}
+            for name, fn in (("fwd", run_fwd), ("fwd+bwd", run_both)):
+                tracemalloc.start()
+                base = tracemalloc.get_traced_memory()[0]
+                result = fn()
+                peak = tracemalloc.get_traced_memory()[1] - base
+                tracemalloc.stop()
+                arrays = _arrays_of(result)
+                mem[name] = {"peak": peak, "results": sum(a.nbytes for a in arrays)}
+                del result, arrays
+            out, grads = run_both()
+            err = _errors(refdir, shape, dtype, out, grads)
+            _emit({"impl": impl, "kind": "time", "shape": shape, "dtype": dtype, "fwd_ms": t_fwd,
+                   "both_ms": t_both, "mem": mem, "err": err})  # fmt: skip
+    if big and impl == "tiled":
+        _big_memory_check(flash_attention_forward, flash_attention_backward, workers)
+
+
+def _arrays_of(result):
+    """Every numpy array a call returned (out, cache fields, gradients), without duplicates."""
+    import numpy as np
+
+    found, seen = [], set()
+
+    def walk(x, depth=0):
+        if isinstance(x, np.ndarray):
+            if id(x) not in seen:
+                seen.add(id(x))
+                found.append(x)
+        elif isinstance(x, (tuple, list)):
+            for y in x:
+                walk(y, depth)
+        elif hasattr(x, "__dict__") and depth < 1:
+            for y in vars(x).values():
+                walk(y, depth + 1)
+
+    walk(result)
+    # inputs the cache keeps are the caller's arrays (views), not new memory
+    return [a for a in found if a.base is None]
+
+
+def _errors(refdir, shape, dtype, out, grads):
+    import numpy as np
+
+    path = _ref_path(refdir, shape)
+    if not path.exists():  # no torch: the float64 core is the reference
+        from numpy_attention.attention import attention_backward, attention_forward
+
+        q, k, v, g = _inputs(shape, "float64")
+        o, cache = attention_forward(q, k, v)
+        gr = attention_backward(g, cache)
+        ref = {"out": o, "dq": gr.dq, "dk": gr.dk, "dv": gr.dv, "source": "numpy core float64"}
+    else:
+        ref = dict(np.load(path))
+        ref["source"] = "torch float64"
+    mine = {"out": out, "dq": grads.dq, "dk": grads.dk, "dv": grads.dv}
+    errs = {n: float(np.max(np.abs(mine[n].astype(np.float64) - ref[n]))) for n in mine}
+    return {"max_abs": max(errs.values()), "each": errs, "reference": str(ref["source"])}
+
+
+def _big_memory_check(fwd, bwd, workers):
+    """The issue's bound: L = S = 16384, H = 1, E = 64, float64, forward and backward < 1 GiB."""
+    import numpy as np
+
+    shape = (1, 1, 16384, 64)
+    q, k, v, g = _inputs(shape, "float64")
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    t0 = time.perf_counter()
+    out, cache = fwd(q, k, v, workers=workers)
+    grads = bwd(g, cache)
+    seconds = time.perf_counter() - t0
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    assert np.isfinite(grads.dq).all()
+    _emit({"impl": "tiled", "kind": "big", "shape": shape, "dtype": "float64", "peak": peak,
+           "seconds": seconds, "scores_bytes": 16384 * 16384 * 8})  # fmt: skip
+
+
+def _torch_child(shapes, dtypes, repeat, refdir):
+    import numpy as np
+    import torch
+
+    F = torch.nn.functional.scaled_dot_product_attention
+    _emit({"impl": "torch", "kind": "env", "torch": torch.__version__,
+           "threads": torch.get_num_threads()})  # fmt: skip
+    for shape in shapes:
+        q64, k64, v64, g64 = (torch.from_numpy(a) for a in _inputs(shape, "float64"))
+        ref = [t.clone().requires_grad_(True) for t in (q64, k64, v64)]
+        o = F(*ref)
+        o.backward(g64)
+        grads = {f"d{n}": t.grad.numpy() for n, t in zip("qkv", ref, strict=True)}
+        np.savez(_ref_path(refdir, shape), out=o.detach().numpy(), **grads)
+        for dtype in dtypes:
+            tdt = getattr(torch, dtype)
+            q, k, v = (t.to(tdt).requires_grad_(True) for t in (q64, k64, v64))
+            g = g64.to(tdt)
+
+            def run_fwd(q=q, k=k, v=v):
+                with torch.no_grad():
+                    return F(q, k, v)
+
+            def run_both(q=q, k=k, v=v, g=g):
+                q.grad = k.grad = v.grad = None
+                out = F(q, k, v)
+                out.backward(g)
+                return out
+
+            t_fwd = _median_ms(run_fwd, repeat)
+            t_both = _median_ms(run_both, repeat)
+            out = run_both()
+            errs = {
+                "out": float((out.detach().double() - o.detach()).abs().max()),
+                **{f"d{n}": float((t.grad.double() - r.grad).abs().max())
+                   for n, t, r in zip("qkv", (q, k, v), ref, strict=True)},
+            }  # fmt: skip
+            _emit({"impl": "torch", "kind": "time", "shape": shape, "dtype": dtype,
+                   "fwd_ms": t_fwd, "both_ms": t_both, "mem": None,
+                   "err": {"max_abs": max(errs.values()), "each": errs,
+                           "reference": "torch float64"}})  # fmt: skip
+
+
+# ---------------------------------------------------------------------------
+# Parent: run the children, print the tables
+# ---------------------------------------------------------------------------
+
+
+def _run_child(impl, args, refdir, env):
+    shapes = ";".join(",".join(map(str, s)) for s in args.shape_list)
+    cmd = [sys.executable, __file__, "--child", impl, "--refdir", refdir,
+           "--repeat", str(args.repeat), "--shapes", shapes,
+           "--dtypes", ",".join(args.dtype_list)]  # fmt: skip
+    if args.big:
+        cmd.append("--big")
+    print(f"# running {impl} ...", file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f"# {impl} failed:\n{proc.stderr}", file=sys.stderr)
+        return []
+    return [json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+
+
+def _mib(n):
+    return f"{n / 2**20:.1f}"
+
+
+def _report(records, args, removed):
+    env = {r["impl"]: r for r in records if r["kind"] == "env"}
+    times = {(r["impl"], tuple(r["shape"]), r["dtype"]): r for r in records if r["kind"] == "time"}
+    numpy_env = env.get("core") or env.get("tiled") or {}
+    peaks = numpy_env.get("matmul_peak_gflops", {})
+    print(
+        f"# Attention benchmark, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
+    )
+    print(f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, {_cpu_name()}; "
+          f"Python {platform.python_version()}, numpy {numpy_env.get('numpy')}, "
+          f"torch {env.get('torch', {}).get('torch', 'not installed')}")  # fmt: skip
+    print(
+        f"- command: `python benchmarks/bench_attention.py{' --quick' if args.quick else ''}`; "
+        f"median of {args.repeat} runs after a warm-up, one process per implementation"
+    )
+    print(f"- BLAS environment: {removed}")
+    print(f"- numpy BLAS: {numpy_env.get('blas')}")
+    print(
+        "- np.matmul peak (2048 x 2048, all threads): "
+        + ", ".join(f"{d} {p:.0f} GFLOP/s" for d, p in peaks.items())
+    )
+    if "torch" in env:
+        print(f"- torch threads: {env['torch']['threads']}")
+    if "tiled" in env:
+        print(f"- tiled: workers={env['tiled']['workers']}, default blocks")
+    impls = [i for i in IMPLS if any(k[0] == i for k in times)]
+    print()
+    print("## Time (ms, median) and ratio to torch")
+    head = ["B,H,L,E", "dtype"]
+    for i in impls:
+        head += [f"{i} fwd", f"{i} fwd+bwd"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for shape in args.shape_list:
+        for dtype in args.dtype_list:
+            row = [",".join(map(str, shape)), dtype]
+            t_ref = times.get(("torch", shape, dtype))
+            for i in impls:
+                r = times.get((i, shape, dtype))
+                for key in ("fwd_ms", "both_ms"):
+                    if r is None:
+                        row.append("-")
+                    elif t_ref is None or i == "torch":
+                        row.append(f"{r[key]:.1f}")
+                    else:
+                        row.append(f"{r[key]:.1f} ({r[key] / t_ref[key]:.2f}x)")
+            print("| " + " | ".join(row) + " |")
+    print()
+    print("## Achieved GFLOP/s as a fraction of the np.matmul peak")
+    print(
+        "Model FLOPs: forward 4·B·H·L²·E, forward+backward 3.5x that (recomputation not counted)."
+    )
+    print()
+    head = ["B,H,L,E", "dtype"] + [f"{i} {p}" for i in impls for p in ("fwd", "fwd+bwd")]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for shape in args.shape_list:
+        f_fwd, f_both = _flops(shape)
+        for dtype in args.dtype_list:
+            row = [",".join(map(str, shape)), dtype]
+            for i in impls:
+                r = times.get((i, shape, dtype))
+                for key, fl in (("fwd_ms", f_fwd), ("both_ms", f_both)):
+                    if r is None or dtype not in peaks:
+                        row.append("-")
+                    else:
+                        gf = fl / (r[key] / 1e3) / 1e9
+                        row.append(f"{gf:.0f} ({gf / peaks[dtype]:.0%})")
+            print("| " + " | ".join(row) + " |")
+    print()
+    print("## Peak extra memory per call (tracemalloc, MiB) and % of the scores (B·H·L·S)")
+    print("'all' counts everything allocated during the call, results included (out and cache, "
+          "or out and gradients); 'work' excludes the arrays the call returns.")  # fmt: skip
+    print()
+    numpy_impls = [i for i in impls if i != "torch"]
+    head = ["B,H,L,E", "dtype", "scores MiB"]
+    head += [f"{i} {p}" for i in numpy_impls for p in ("fwd all", "fwd+bwd all", "fwd+bwd work")]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for shape in args.shape_list:
+        for dtype in args.dtype_list:
+            B, H, L, _ = shape
+            scores = B * H * L * L * (4 if dtype == "float32" else 8)
+            row = [",".join(map(str, shape)), dtype, _mib(scores)]
+            for i in numpy_impls:
+                r = times.get((i, shape, dtype))
+                if r is None:
+                    row += ["-"] * 3
+                    continue
+                m1, m2 = r["mem"]["fwd"], r["mem"]["fwd+bwd"]
+                work = m2["peak"] - m2["results"]
+                row += [f"{_mib(m1['peak'])} ({m1['peak'] / scores:.0%})",
+                        f"{_mib(m2['peak'])} ({m2['peak'] / scores:.0%})",
+                        f"{_mib(work)} ({work / scores:.0%})"]  # fmt: skip
+            print("| " + " | ".join(row) + " |")
+    print()
+    print("## Largest |error| of out, dq, dk, dv against the float64 reference")
+    head = ["B,H,L,E", "dtype"] + impls
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    refs = set()
+    for shape in args.shape_list:
+        for dtype in args.dtype_list:
+            row = [",".join(map(str, shape)), dtype]
+            for i in impls:
+                r = times.get((i, shape, dtype))
+                row.append("-" if r is None else f"{r['err']['max_abs']:.1e}")
+                if r is not None:
+                    refs.add(r["err"]["reference"])
+            print("| " + " | ".join(row) + " |")
+    print(f"\nReference: {', '.join(sorted(refs))}.")
+    for r in records:
+        if r["kind"] == "big":
+            print(f"\nTiled, L = S = 16384, H = 1, E = 64, float64, forward + backward: "
+                  f"{r['seconds']:.1f} s, peak extra memory {_mib(r['peak'])} MiB "
+                  f"({r['peak'] / r['scores_bytes']:.1%} of one 2 GiB score matrix).")  # fmt: skip
+
+
+def _cpu_name():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="small shapes, 2 repeats: a smoke run")
+    p.add_argument("--repeat", type=int, default=None, help="timed runs per case (default 5)")
+    p.add_argument("--impl", default=",".join(IMPLS), help="comma-separated: torch,core,tiled")
+    p.add_argument("--dtypes", default=",".join(DTYPES))
+    p.add_argument("--shapes", default=None, help="e.g. '2,8,1024,64;1,8,2048,64'")
+    p.add_argument(
+        "--keep-openblas-env",
+        action="store_true",
+        help="do not remove OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE for the children",
+    )
+    p.add_argument(
+        "--no-big",
+        action="store_true",
+        help="skip the L = S = 16384 float64 memory check of the tiled functions",
+    )
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--refdir", help=argparse.SUPPRESS)
+    p.add_argument("--big", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.shapes:
+        args.shape_list = [tuple(int(n) for n in s.split(",")) for s in args.shapes.split(";")]
+    else:
+        args.shape_list = QUICK_SHAPES if args.quick else SHAPES
+    args.dtype_list = args.dtypes.split(",")
+    if args.repeat is None:
+        args.repeat = 2 if args.quick else 5
+
+    if args.child:
+        if args.child == "torch":
+            _torch_child(args.shape_list, args.dtype_list, args.repeat, args.refdir)
+        else:
+            _numpy_child(args.child, args.shape_list, args.dtype_list, args.repeat, args.refdir,
+                         bool(args.big))  # fmt: skip
+        return 0
+
+    args.big = not (args.quick or args.no_big)
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    if args.keep_openblas_env:
+        removed = "kept as set: " + ", ".join(f"{n}={env.get(n)}" for n in BLAS_ENV)
+    else:
+        gone = [f"{n}={env.pop(n)}" for n in BLAS_ENV if n in env]
+        removed = (f"removed {', '.join(gone)} from the children's environment" if gone
+                   else f"{' and '.join(BLAS_ENV)} were not set")  # fmt: skip
+    print(f"# BLAS environment: {removed}", file=sys.stderr)
+    impls = args.impl.split(",")
+    try:
+        import importlib.util
+
+        has_torch = importlib.util.find_spec("torch") is not None
+    except ImportError:
+        has_torch = False
+    if not has_torch and "torch" in impls:
+        impls.remove("torch")
+        print("# torch is not installed: no torch column", file=sys.stderr)
+    records = []
+    with tempfile.TemporaryDirectory() as refdir:
+        for impl in [i for i in IMPLS if i in impls]:
+            records += _run_child(impl, args, refdir, env)
+    _report(records, args, removed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
