@@ -6,7 +6,7 @@ r"""Tools for checking attention implementations, ours and other people's.
   candidate's attention result with the reference under the dtype-aware
   tolerance policy (:data:`TOLERANCES`, measured in ``docs/verify.md``) and
   explain a failure: where the worst element is, as (batch, head, query,
-  key/feature), and which convention difference usually causes the pattern.
+  key or feature), and which convention difference usually causes the pattern.
 - :func:`round_to_bfloat16`: emulate bfloat16 rounding in NumPy.
 """
 
@@ -340,7 +340,16 @@ def round_to_bfloat16(x: Any) -> NDArray[np.float32]:
     return np.where(np.isnan(a), a, y).reshape(a.shape)
 
 
-_DEFAULT_AXES = ("batch", "head", "query", "key/feature")
+#: Axis names of the attention quantities, for failure messages (last axes).
+_AXES = {
+    "out": ("batch", "head", "query", "feature"),
+    "dq": ("batch", "head", "query", "feature"),
+    "dk": ("batch", "head", "key", "feature"),
+    "dv": ("batch", "head", "key", "feature"),
+    "weights": ("batch", "head", "query", "key"),
+    "d_attn_mask": ("batch", "head", "query", "key"),
+    "lse": ("batch", "head", "query"),
+}
 
 
 @dataclass
@@ -365,7 +374,7 @@ class Comparison:
     shape_error: str = ""
 
     def where(self) -> str:
-        """The worst element as ``batch 0, head 2, query 3, key/feature 1``."""
+        """The worst element as ``batch 0, head 2, query 3, feature 1``."""
         return ", ".join(f"{a} {i}" for a, i in zip(self.axes, self.worst_index))
 
     def __str__(self) -> str:
@@ -389,14 +398,17 @@ class Comparison:
         return text
 
 
-def _axis_names(ndim: int, axes: tuple[str, ...] | None) -> tuple[str, ...]:
+def _axis_names(ndim: int, axes: tuple[str, ...] | None, quantity: str) -> tuple[str, ...]:
     if axes is not None:
         if len(axes) != ndim:
             raise ValueError(f"axes names {len(axes)} axes, the arrays have {ndim}")
         return tuple(axes)
-    tail = _DEFAULT_AXES[-ndim:] if ndim <= 4 else _DEFAULT_AXES[1:]
-    lead = tuple(f"batch{i}" for i in range(ndim - len(tail)))
-    return (lead + tail) if ndim > 4 else tail
+    names = _AXES.get(quantity)
+    if names is None:  # a layer's quantity: (B, L, E) activations, (in, out) weights, biases
+        names = {3: ("batch", "position", "feature"), 2: ("row", "column")}.get(ndim, ("index",))
+    if ndim <= len(names):
+        return names[len(names) - ndim :]
+    return tuple(f"batch{i}" for i in range(ndim - len(names) + 1)) + names[1:]
 
 
 def compare_attention(
@@ -425,8 +437,10 @@ def compare_attention(
     atol, rtol : float, optional
         Override the policy (``atol`` is still relative to ``max|desired|``).
     axes : tuple of str, optional
-        Names of the axes for the report. Default: the last four are
-        ``(batch, head, query, key/feature)``.
+        Names of the axes for the report. Default by quantity, e.g.
+        ``(batch, head, query, feature)`` for ``out``, ``(batch, head,
+        query, key)`` for ``weights``, ``(batch, head, key, feature)`` for
+        ``dk``.
 
     Returns
     -------
@@ -469,7 +483,7 @@ def compare_attention(
     if a.shape != d.shape:
         return Comparison(
             passed=False, quantity=quantity, dtype=name, max_abs=np.inf, max_rel=np.inf,
-            atol=atol, rtol=rtol, size=d.size, axes=_axis_names(d.ndim, axes),
+            atol=atol, rtol=rtol, size=d.size, axes=_axis_names(d.ndim, axes, quantity),
             shape_error=f"shape {a.shape} does not match the expected {d.shape}",
             hints=_shape_hints(a.shape, d.shape),
         )  # fmt: skip
@@ -485,7 +499,7 @@ def compare_attention(
         passed=not bool(bad.any()), quantity=quantity, dtype=name,
         max_abs=float(err.max()) if err.size else 0.0, max_rel=0.0,
         atol=atol * scale, rtol=rtol, n_bad=int(bad.sum()), size=int(d.size),
-        axes=_axis_names(d.ndim, axes),
+        axes=_axis_names(d.ndim, axes, quantity),
     )  # fmt: skip
     result.max_rel = result.max_abs / scale
     with np.errstate(invalid="ignore"):
@@ -518,7 +532,7 @@ def assert_attention_close(
 
     Like ``numpy.testing.assert_allclose``, with the tolerance chosen by the
     dtype the candidate computed in and a message that locates the worst
-    element as (batch, head, query, key/feature) and names the convention
+    element as (batch, head, query, key or feature) and names the convention
     difference that commonly causes the error pattern.
 
     Parameters

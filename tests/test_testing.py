@@ -139,7 +139,7 @@ def test_shape_mismatch_fails_without_raising() -> None:
 
 
 def test_failure_message_locates_the_worst_element() -> None:
-    """The message names (batch, head, query, key/feature) of the largest violation."""
+    """The message names (batch, head, query, feature) of the largest violation."""
     *_, out, _ = _case()
     a = out.copy()
     a[1, 2, 4, 0] += 1.0
@@ -148,7 +148,7 @@ def test_failure_message_locates_the_worst_element() -> None:
         assert_attention_close(a, out, dtype="float32", err_msg="my kernel")
     msg = str(e.value)
     assert msg.startswith("my kernel\n")
-    assert "batch 1, head 2, query 4, key/feature 0" in msg
+    assert "batch 1, head 2, query 4, feature 0" in msg
     assert "2 of 120 elements" in msg
 
 
@@ -268,3 +268,17 @@ def test_round_to_bfloat16_is_nearest(x: float) -> None:
     y = float(round_to_bfloat16(x))
     half_ulp = 2.0 ** (math.floor(math.log2(abs(x))) - 8) if x else 0.0
     assert abs(y - x) <= max(half_ulp, 2.0**-134)
+
+
+def test_axis_names_follow_the_quantity() -> None:
+    """Worst elements are named per quantity: lse has no key axis, dk's rows are keys."""
+    d = np.zeros((2, 3, 4))
+    a = d.copy()
+    a[1, 2, 3] = 1.0
+    assert compare_attention(a, d, quantity="lse").where() == "batch 1, head 2, query 3"
+    d4 = np.zeros((1, 2, 3, 4))
+    a4 = d4.copy()
+    a4[0, 1, 2, 3] = 1.0
+    assert compare_attention(a4, d4, quantity="dk").where() == "batch 0, head 1, key 2, feature 3"
+    assert compare_attention(a4, d4, quantity="weights").where().endswith("query 2, key 3")
+    assert compare_attention(a4[0, 1], d4[0, 1], quantity="d_w_q").where() == "row 2, column 3"

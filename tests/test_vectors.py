@@ -213,7 +213,7 @@ def test_one_wrong_quantity_fails_with_exit_1_and_is_located(tmp_path: Path, sui
     fails = [r for r in report["rows"] if r["status"] == "FAIL"]
     assert [(r["case"], r["quantity"]) for r in fails] == [("plain", "dq")]
     assert fails[0]["worst_index"] == [1, 0, 2, 3]
-    assert fails[0]["worst_where"] == "batch 1, head 0, query 2, key/feature 3"
+    assert fails[0]["worst_where"] == "batch 1, head 0, query 2, feature 3"
     assert fails[0]["bad_elements"] == 1
 
 
