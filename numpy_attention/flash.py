@@ -205,7 +205,7 @@ def _scores_block(
 ) -> Array | None:
     """Eq. (5.1): ``S_ij = (scale Q_i) K_j^T + B_ij``, ``-inf`` where masked.
 
-    Returns None when the boolean mask hides the whole block (it is skipped).
+    Returns None when the boolean mask hides the whole block (it is skipped, Eq. (5.2)).
     With ``check``, refuses a +-inf score as the core does (an overflow must
     not pass for a mask).
     """
