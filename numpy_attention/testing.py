@@ -753,7 +753,9 @@ def _head_hints(a: NDArray[np.floating], d: NDArray[np.floating], bad: NDArray[n
                 "repeat_interleave (0,0,1,1), or a (B, L, H, E) layout read as (B, H, L, E)"]
     bad_heads = np.flatnonzero(np.moveaxis(bad, -3, 0).reshape(H, -1).any(axis=1))
     if 0 < bad_heads.size < H:
-        return [f"only heads {bad_heads.tolist()} of {H} are wrong"]
+        return [f"only heads {bad_heads.tolist()} of {H} are wrong (with GQA, key/value heads "
+                "repeated in tile order instead of repeat_interleave leave exactly the heads "
+                "where both orders agree right)"]
     return []
 
 
