@@ -89,3 +89,18 @@ def test_gradcheck_rejects_a_gradient_of_the_wrong_shape():
 
     with pytest.raises(ValueError, match=r"gradient of q has shape \(3, 4\), expected \(2, 3, 4\)"):
         gradcheck(attention_forward, _inputs(), bad)
+
+
+def test_entrywise_check_catches_an_error_too_small_for_the_directions():
+    """An error of 5e-6 in one entry of dk passes the (10x looser) directional check but fails
+    the entry-by-entry one, which names input 'k' and the index."""
+
+    def slightly_wrong(d_out, cache):
+        g = attention_backward(d_out, cache)
+        dk = g.dk.copy()
+        dk[0, 4, 1] += 5e-6
+        return AttentionGrads(dq=g.dq, dk=dk, dv=g.dv, d_attn_mask=None)
+
+    report = gradcheck(attention_forward, _inputs(), slightly_wrong, raise_on_failure=False)
+    assert all(abs(n - a) <= 1e-6 + 1e-5 * abs(n) for n, a in report.directional)
+    assert not report.passed and report.worst_input == "k" and report.worst_index == (0, 4, 1)
