@@ -613,3 +613,17 @@ def test_lower_precision_is_close_to_float64(dtype, tol):
     for n in ("dq", "dk", "dv"):
         np.testing.assert_allclose(getattr(g, n), getattr(gref, n), rtol=0, atol=10 * tol)
     assert np.abs(out - out64).max() < 50 * tol and np.abs(g.dq - g64.dq).max() < 500 * tol
+
+
+@given(dims(1, 4), dims(1, 5), seeds)
+def test_bias_constant_along_keys_gets_zero_gradient(L, S, seed):
+    """Eqs. (2.13), (2.15): a bias of shape (L, 1) shifts whole rows, which softmax ignores, so its
+    gradient (a row sum of dS) is 0 and the output does not depend on it."""
+    rng = RNG(seed)
+    q, k, v = rng.normal(size=(2, L, 3)), rng.normal(size=(2, S, 3)), rng.normal(size=(2, S, 2))
+    bias = rng.normal(scale=5.0, size=(L, 1))
+    out, cache = attention_forward(q, k, v, bias)
+    np.testing.assert_allclose(out, scaled_dot_product_attention(q, k, v), rtol=0, atol=1e-13)
+    d_bias = attention_backward(_d_out(out, seed), cache).d_attn_mask
+    assert d_bias.shape == (L, 1)
+    np.testing.assert_allclose(d_bias, 0.0, atol=1e-13 * S)

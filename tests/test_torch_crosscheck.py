@@ -66,3 +66,17 @@ def test_matches_torch_sdpa_outputs_and_gradients(name):
         np.testing.assert_allclose(g.d_attn_mask, tm.grad.numpy(), rtol=0, atol=1e-10)
     else:
         assert g.d_attn_mask is None
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_lse_matches_torch_cpu_flash_kernel(is_causal):
+    """cache.lse (natural log, Eq. (2.3)) equals the logsumexp returned by torch's CPU flash op."""
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is None:
+        pytest.skip("this torch has no CPU flash attention op")
+    r = np.random.default_rng(2)
+    q, k, v = r.normal(size=(2, 3, 4, 8)), r.normal(size=(2, 3, 6, 8)), r.normal(size=(2, 3, 6, 8))
+    out, cache = attention_forward(q, k, v, is_causal=is_causal)
+    t_out, t_lse = op(*(torch.tensor(a) for a in (q, k, v)), 0.0, is_causal)[:2]
+    np.testing.assert_allclose(out, t_out.numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(cache.lse, t_lse.numpy(), rtol=0, atol=1e-12)
