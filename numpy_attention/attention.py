@@ -173,10 +173,10 @@ def check_inputs(
                 f"with enable_gqa=True, k and v must have the same number of heads: "
                 f"k has shape {ka.shape} (Hkv={hk}), v has shape {va.shape} (Hkv={hv})"
             )
-        if hk == 0 or hq % hk:
+        if hk == 0 or hq == 0 or hq % hk:
             raise ValueError(
                 f"with enable_gqa=True, the query heads Hq={hq} (q shape {qa.shape}) must be "
-                f"a multiple of the key/value heads Hkv={hk} (k shape {ka.shape})"
+                f"a positive multiple of the key/value heads Hkv={hk} (k shape {ka.shape})"
             )
         groups = hq // hk
         batch = _broadcast(arrays, 3, "the batch dimensions of q, k, v")

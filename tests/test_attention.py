@@ -473,6 +473,11 @@ BAD_INPUTS = {
     "gqa_Hq_not_multiple": (dict(q=np.ones((1, 3, 3, 4)), k=np.ones((1, 2, 5, 4)),
                                  v=np.ones((1, 2, 5, 6)), enable_gqa=True), ValueError,
                             r"Hq=3 \(q shape \(1, 3, 3, 4\)\) .* Hkv=2 \(k shape \(1, 2, 5, 4\)\)"),
+    "gqa_no_query_heads": (
+        dict(q=np.ones((0, 3, 4)), k=np.ones((2, 5, 4)), v=np.ones((2, 5, 6)), enable_gqa=True),
+        ValueError,
+        r"Hq=0 \(q shape \(0, 3, 4\)\) must be a positive multiple of .* Hkv=2",
+    ),
     "gqa_k_v_heads_differ": (dict(q=np.ones((4, 3, 4)), k=np.ones((2, 5, 4)),
                                   v=np.ones((1, 5, 6)), enable_gqa=True), ValueError,
                              r"k has shape \(2, 5, 4\) \(Hkv=2\), v has shape \(1, 5, 6\)"),
