@@ -59,7 +59,7 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.
 
 
 def tensor(a: np.ndarray, dtype: torch.dtype, grad: bool = False) -> torch.Tensor:
-    """A leaf tensor of ``dtype`` from a suite array (exact: suite inputs are bf16-representable)."""
+    """Make a leaf tensor of ``dtype`` from a suite array (exact: inputs are bf16-exact)."""
     t = torch.from_numpy(np.ascontiguousarray(a)).to(dtype)
     return t.requires_grad_(grad)
 
@@ -80,7 +80,7 @@ def to_numpy(t: torch.Tensor | None) -> np.ndarray | None:
 
 
 def allowed_keys(a: dict, L: int, S: int) -> np.ndarray:
-    """The suite's boolean 'may attend' pattern (True = attend), broadcastable to the scores."""
+    """Return the suite's boolean 'may attend' pattern (True = attend), broadcastable."""
     allowed = np.ones((L, S), dtype=bool)
     mask = a.get("attn_mask")
     if mask is not None and mask.dtype == bool:
@@ -139,7 +139,7 @@ def run_sdpa(a: dict, dtype: torch.dtype) -> dict:
 
 def flash_lse(a: dict, q: torch.Tensor, k: torch.Tensor, scale: float, dtype: torch.dtype
               ) -> torch.Tensor:  # fmt: skip
-    """The CPU flash kernel's natural-log lse, with fully masked rows mapped to -inf."""
+    """Return the CPU flash kernel's natural-log lse, fully masked rows mapped to -inf."""
     L, S = q.shape[-2], k.shape[-2]
     lead = q.shape[:-2]
     if k.shape[-3] != q.shape[-3]:  # the flash op has no GQA: repeat kv heads (interleave)
@@ -205,7 +205,7 @@ def key_padding(a: dict, S: int) -> torch.Tensor | None:
 
 
 def run_cross_attention(a: dict, dtype: torch.dtype) -> dict:
-    """The cross-attention layer case with nn.MultiheadAttention."""
+    """Run the cross-attention layer case with nn.MultiheadAttention."""
     x_q, x_kv = tensor(a["x_q"], dtype, grad=True), tensor(a["x_kv"], dtype, grad=True)
     mha = make_mha(a, "", dtype)
     out, w = mha(x_q, x_kv, x_kv, key_padding_mask=key_padding(a, x_kv.shape[1]),

@@ -71,7 +71,10 @@ class GradcheckReport:
 
 
 def _grad_of(grads: Any, name: str) -> NDArray[np.floating] | None:
-    """The analytic gradient for input ``name``: ``grads[name]``, ``grads.d<name>`` or ``.d_<name>``."""
+    """Return the analytic gradient of input ``name``, or None.
+
+    Looked up as ``grads[name]`` (a mapping), else ``grads.d<name>`` or ``grads.d_<name>``.
+    """
     if isinstance(grads, Mapping):
         return grads.get(name)
     for attr in (f"d{name}", f"d_{name}"):
@@ -202,7 +205,9 @@ def gradcheck(
         if abs(numeric - a) > atol * 10 + rtol * 10 * abs(numeric):
             report.passed = False
     if not report.passed and raise_on_failure:
-        raise AssertionError(str(report) + f"; directional (numeric, analytic): {report.directional}")
+        raise AssertionError(
+            str(report) + f"; directional (numeric, analytic): {report.directional}"
+        )
     return report
 
 
@@ -284,7 +289,7 @@ def _dtype_name(dtype: Any) -> str:
 
 
 def tolerance(dtype: Any = "float64", quantity: str = "out") -> Tolerance:
-    r"""The tolerance for ``quantity`` computed in ``dtype``.
+    r"""Return the tolerance for ``quantity`` computed in ``dtype``.
 
     Parameters
     ----------
@@ -335,7 +340,8 @@ def round_to_bfloat16(x: Any) -> NDArray[np.float32]:
     """
     a = np.asarray(x, dtype=np.float32)
     u = a.view(np.uint32).astype(np.uint64)
-    u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+    one, bias, high = np.uint64(1), np.uint64(0x7FFF), np.uint64(0xFFFF0000)
+    u = (u + bias + ((u >> np.uint64(16)) & one)) & high  # round to nearest, ties to even
     y = u.astype(np.uint32).view(np.float32)
     return np.where(np.isnan(a), a, y).reshape(a.shape)
 
@@ -374,8 +380,8 @@ class Comparison:
     shape_error: str = ""
 
     def where(self) -> str:
-        """The worst element as ``batch 0, head 2, query 3, feature 1``."""
-        return ", ".join(f"{a} {i}" for a, i in zip(self.axes, self.worst_index))
+        """Name the worst element, as ``batch 0, head 2, query 3, feature 1``."""
+        return ", ".join(f"{a} {i}" for a, i in zip(self.axes, self.worst_index, strict=True))
 
     def __str__(self) -> str:
         if self.shape_error:
@@ -491,7 +497,9 @@ def compare_attention(
     scale = float(np.max(np.abs(d[finite]))) if finite.any() else 0.0
     scale = scale if scale > 0 else 1.0
     with np.errstate(invalid="ignore"):
-        err = np.where(finite, np.abs(a - d), np.where((a == d) | (np.isnan(a) & np.isnan(d)), 0, np.inf))
+        err = np.where(
+            finite, np.abs(a - d), np.where((a == d) | (np.isnan(a) & np.isnan(d)), 0, np.inf)
+        )
     err = np.where(np.isnan(err), np.inf, err)
     bound = atol * scale + rtol * np.where(finite, np.abs(d), 0.0)
     bad = err > bound
@@ -599,8 +607,10 @@ def _shape_hints(shape_a: tuple[int, ...], shape_d: tuple[int, ...]) -> list[str
                 "the suite uses (B, H, L, E): swap axes -3 and -2"
             )
     if len(shape_a) == len(shape_d) - 1 and shape_a == shape_d[:-3] + shape_d[-2:]:
-        hints.append("the head axis is missing: weights averaged over heads? (nn.MultiheadAttention "
-                     "average_attn_weights=True); pass average_attn_weights=False")
+        hints.append(
+            "the head axis is missing: weights averaged over heads? (nn.MultiheadAttention "
+            "average_attn_weights=True); pass average_attn_weights=False"
+        )
     return hints
 
 
@@ -661,8 +671,7 @@ def _pattern_hints(
         resid = np.max(np.abs(aa - c * dd)) if aa.size else 0.0
         if abs(c - 1) > 1e-3 and resid <= 1e-3 * np.max(np.abs(dd)):
             hints.append(
-                f"actual = {c:.4g} x desired everywhere: a uniform scale factor "
-                + _scale_story(c)
+                f"actual = {c:.4g} x desired everywhere: a uniform scale factor " + _scale_story(c)
             )
     if quantity == "weights" and a.ndim >= 2:
         hints.extend(_weight_hints(a, d, bad))
@@ -672,12 +681,20 @@ def _pattern_hints(
         hints.extend(_row_hints(bad, quantity))
     elif quantity == "lse" and a.ndim >= 1:
         diff = (a - d)[ok]
-        if diff.size and np.ptp(diff) < 1e-3 * max(1.0, np.max(np.abs(dd))) and abs(diff.mean()) > 0:
+        if (
+            diff.size
+            and np.ptp(diff) < 1e-3 * max(1.0, np.max(np.abs(dd)))
+            and abs(diff.mean()) > 0
+        ):
             t = float(diff.mean())
-            hints.append(f"lse is off by a constant {t:.4g}" + (
-                ": log base 2 instead of natural log?" if np.allclose(a[ok], d[ok] / np.log(2), rtol=1e-3)
-                else ": a missing or extra constant shift (max not added back?)"
-            ))
+            hints.append(
+                f"lse is off by a constant {t:.4g}"
+                + (
+                    ": log base 2 instead of natural log?"
+                    if np.allclose(a[ok], d[ok] / np.log(2), rtol=1e-3)
+                    else ": a missing or extra constant shift (max not added back?)"
+                )
+            )
         elif np.allclose(a[ok], d[ok] / np.log(2), rtol=1e-3):
             hints.append("lse = desired / ln 2: base-2 log-sum-exp (Triton tutorial); report ln")
     return hints
@@ -685,13 +702,17 @@ def _pattern_hints(
 
 def _scale_story(c: float) -> str:
     if abs(c * np.log(2) - 1) < 1e-3:
-        return "(1/ln 2: a base-2 log-sum-exp, as the Triton tutorial stores; report the natural log)"
+        return (
+            "(1/ln 2: a base-2 log-sum-exp, as the Triton tutorial stores; report the natural log)"
+        )
     stories = []
     if 0 < c < 1:
         stories.append(f"dropout without the 1/(1-p) rescaling (1-p = {c:.3g})")
     if c == c and c != 0 and abs(c + 1) < 1e-3:
         return "(a sign error in the backward)"
-    stories.append("a gradient summed or averaged one time too many (e.g. over GQA groups or heads)")
+    stories.append(
+        "a gradient summed or averaged one time too many (e.g. over GQA groups or heads)"
+    )
     return "(" + "; or ".join(stories) + ")"
 
 
@@ -703,38 +724,49 @@ def _fully_masked_rows(d: NDArray[np.floating], quantity: str) -> NDArray[np.boo
     return None
 
 
-def _weight_hints(a: NDArray[np.floating], d: NDArray[np.floating], bad: NDArray[np.bool_]) -> list[str]:
+def _weight_hints(
+    a: NDArray[np.floating], d: NDArray[np.floating], bad: NDArray[np.bool_]
+) -> list[str]:
     hints = []
     rows = a.sum(axis=-1)
     live = d.sum(axis=-1) > 0.5
     if live.any() and not np.allclose(rows[live], 1.0, atol=1e-2):
         cols = a.sum(axis=-2)
         if np.allclose(cols[np.isfinite(cols)], 1.0, atol=1e-2):
-            hints.append("columns of the weights sum to 1, rows do not: softmax over the query "
-                         "axis instead of the key axis")
+            hints.append(
+                "columns of the weights sum to 1, rows do not: softmax over the query "
+                "axis instead of the key axis"
+            )
         else:
             hints.append("rows of the weights do not sum to 1")
     extra = bad & (d == 0) & (a != 0)
     missing = bad & (d != 0) & (a == 0)
     L, S = a.shape[-2:]
-    for what, where in (("attends to keys the reference masks", extra),
-                        ("masks keys the reference attends to", missing)):
+    for what, where in (
+        ("attends to keys the reference masks", extra),
+        ("masks keys the reference attends to", missing),
+    ):
         pos = np.argwhere(where.reshape(-1, L, S).any(axis=0))
         if pos.size:
             offsets = sorted(set((pos[:, 1] - pos[:, 0]).tolist()))
             if len(offsets) <= 2:
-                diag = ", ".join(f"j = i {'+' if o >= 0 else '-'} {abs(o)}" for o in offsets)
+                diag = ", ".join(f"j = i {'+-'[o < 0]} {abs(o)}" for o in offsets)
                 hints.append(
                     f"{what}, on the diagonal {diag}: a causal mask off by one (j < i vs j <= i) "
-                    f"or the other causal alignment (top-left offset 0, bottom-right S - L = {S - L})"
+                    "or the other causal alignment (top-left offset 0, bottom-right "
+                    f"S - L = {S - L})"
                 )
             else:
-                hints.append(f"{what}: inverted mask polarity (True = attend here), "
-                             "a wrong causal alignment or a missing mask")
+                hints.append(
+                    f"{what}: inverted mask polarity (True = attend here), "
+                    "a wrong causal alignment or a missing mask"
+                )
     return hints
 
 
-def _head_hints(a: NDArray[np.floating], d: NDArray[np.floating], bad: NDArray[np.bool_]) -> list[str]:
+def _head_hints(
+    a: NDArray[np.floating], d: NDArray[np.floating], bad: NDArray[np.bool_]
+) -> list[str]:
     H = a.shape[-3]
     if H < 2:
         return []
@@ -748,14 +780,18 @@ def _head_hints(a: NDArray[np.floating], d: NDArray[np.floating], bad: NDArray[n
     match = np.array([[np.max(np.abs(ah[i] - dh[j])) <= tol for j in range(H)] for i in range(H)])
     if not match.diagonal().all() and match.any(axis=1).all():
         perm = [int(np.argmax(match[i])) for i in range(H)]
-        return [f"heads are permuted: actual head h equals desired head {perm} for h = 0..{H - 1}: "
-                "GQA/MQA key-value heads repeated in tile order (0,1,0,1) instead of "
-                "repeat_interleave (0,0,1,1), or a (B, L, H, E) layout read as (B, H, L, E)"]
+        return [
+            f"heads are permuted: actual head h equals desired head {perm} for h = 0..{H - 1}: "
+            "GQA/MQA key-value heads repeated in tile order (0,1,0,1) instead of "
+            "repeat_interleave (0,0,1,1), or a (B, L, H, E) layout read as (B, H, L, E)"
+        ]
     bad_heads = np.flatnonzero(np.moveaxis(bad, -3, 0).reshape(H, -1).any(axis=1))
     if 0 < bad_heads.size < H:
-        return [f"only heads {bad_heads.tolist()} of {H} are wrong (with GQA, key/value heads "
-                "repeated in tile order instead of repeat_interleave leave exactly the heads "
-                "where both orders agree right)"]
+        return [
+            f"only heads {bad_heads.tolist()} of {H} are wrong (with GQA, key/value heads "
+            "repeated in tile order instead of repeat_interleave leave exactly the heads "
+            "where both orders agree right)"
+        ]
     return []
 
 
@@ -764,9 +800,16 @@ def _row_hints(bad: NDArray[np.bool_], quantity: str) -> list[str]:
     n = bad.shape[axis]
     rows = np.flatnonzero(np.moveaxis(bad, axis, 0).reshape(n, -1).any(axis=1))
     if 0 < rows.size < n:
-        name = "query" if quantity in ("out", "weights", "dq") else "key" if quantity in (
-            "dk", "dv") else "row"
-        return [f"only {name} positions {rows.tolist()[:12]} of {n} are wrong (in every batch and "
-                "head that fails): typical of causal alignment (top-left vs bottom-right), a "
-                "padding mask on the wrong side, or an edge case in the first/last rows"]
+        name = (
+            "query"
+            if quantity in ("out", "weights", "dq")
+            else "key"
+            if quantity in ("dk", "dv")
+            else "row"
+        )
+        return [
+            f"only {name} positions {rows.tolist()[:12]} of {n} are wrong (in every batch and "
+            "head that fails): typical of causal alignment (top-left vs bottom-right), a "
+            "padding mask on the wrong side, or an edge case in the first/last rows"
+        ]
     return []

@@ -41,7 +41,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .attention import attention_backward, attention_forward
-from .masks import causal_mask, padding_mask, sliding_window_mask
+from .masks import padding_mask, sliding_window_mask
 from .testing import DTYPES, TOLERANCES, Comparison, compare_attention, round_to_bfloat16
 
 __all__ = [
@@ -97,7 +97,7 @@ class Case:
     kind: str
     description: str
     inputs: dict[str, NDArray[Any]]
-    expected: dict[str, NDArray[np.float64]]
+    expected: dict[str, NDArray[Any]]
     flags: dict[str, Any] = field(default_factory=dict)
 
     def arrays(self) -> dict[str, NDArray[Any]]:
@@ -107,7 +107,7 @@ class Case:
         return out
 
     def manifest_entry(self) -> dict[str, Any]:
-        """The case's description in ``manifest.json``."""
+        """Describe the case for ``manifest.json``."""
         return {
             "name": self.name,
             "file": f"{self.name}.npz",
@@ -237,52 +237,183 @@ def _large_bias(rng: np.random.Generator) -> NDArray[np.float64]:
 def _sdpa_cases() -> list[Case]:
     c = _sdpa_case
     return [
-        c("plain", "Self-attention shapes, no mask: L = S, E = Ev.", 1, (2, 3, 6, 8), (2, 3, 6, 8), 8),
+        c(
+            "plain",
+            "Self-attention shapes, no mask: L = S, E = Ev.",
+            1,
+            (2, 3, 6, 8),
+            (2, 3, 6, 8),
+            8,
+        ),
         c("lengths_differ", "L != S: 4 queries over 9 keys.", 2, (2, 2, 4, 8), (2, 2, 9, 8), 8),
-        c("value_width", "E != Ev: query/key width 8, value width 3.", 3, (2, 2, 5, 8), (2, 2, 7, 8), 3),
-        c("batch_broadcast", "k and v have batch 1 and broadcast over q's batch 3; dk, dv are "
-          "summed over it.", 4, (3, 2, 5, 8), (1, 2, 7, 8), 8),
-        c("bool_mask", "Boolean attn_mask of shape (B, 1, L, S), True = attend, broadcast over "
-          "heads.", 5, (2, 2, 5, 8), (2, 2, 7, 8), 8,
-          attn_mask=lambda r: _row_mask(r, (2, 1, 5, 7), 0.5)),
-        c("float_bias", "Float attn_mask (1, H, L, S) added to the scores (ALiBi-like); its "
-          "gradient d_attn_mask is expected.", 6, (2, 2, 5, 8), (2, 2, 7, 8), 8,
-          attn_mask=_float_bias),
-        c("causal_square", "is_causal with L = S.", 7, (2, 2, 6, 8), (2, 2, 6, 8), 8,
-          is_causal=True),
-        c("causal_top_left_short", "is_causal, top-left aligned (torch), L = 4 < S = 7: query i "
-          "sees keys j <= i.", 8, (2, 2, 4, 8), (2, 2, 7, 8), 8, is_causal=True),
-        c("causal_top_left_tall", "is_causal, top-left aligned, L = 7 > S = 4.", 9,
-          (2, 2, 7, 8), (2, 2, 4, 8), 8, is_causal=True),
-        c("causal_bottom_right_short", "is_causal, bottom-right aligned (FlashAttention), "
-          "L = 4 < S = 7: query i sees keys j <= i + S - L.", 10, (2, 2, 4, 8), (2, 2, 7, 8), 8,
-          is_causal=True, causal_align="bottom_right"),
-        c("causal_bottom_right_tall", "is_causal, bottom-right aligned, L = 7 > S = 4: the "
-          "first 3 queries see no key (output 0, lse -inf).", 11, (2, 2, 7, 8), (2, 2, 4, 8),
-          8, is_causal=True, causal_align="bottom_right"),
-        c("key_padding", "Key padding: sequence b has lengths [7, 4, 1] real keys, mask "
-          "(B, 1, 1, S) True = real key.", 12, (3, 2, 5, 8), (3, 2, 7, 8), 8,
-          attn_mask=lambda r: padding_mask(np.array([7, 4, 1]), 7)),
-        c("sliding_window", "Sliding window: query i sees keys i-3 .. i+1 (mask (L, S)).", 13,
-          (2, 2, 9, 8), (2, 2, 9, 8), 8, attn_mask=lambda r: sliding_window_mask(9, 9, (3, 1))),
-        c("fully_masked_rows", "Boolean mask with rows whose every key is masked: output 0, "
-          "weights 0, lse -inf, zero gradients (PyTorch >= 2.5).", 14, (2, 2, 6, 8),
-          (2, 2, 6, 8), 8, attn_mask=_fully_masked),
-        c("gqa", "Grouped-query attention: Hq = 6 query heads share Hkv = 2 key/value heads, "
-          "query head h uses kv head h // 3 (repeat_interleave).", 15, (2, 6, 5, 8),
-          (2, 2, 7, 8), 8, enable_gqa=True),
-        c("mqa", "Multi-query attention: Hq = 4 query heads share one key/value head.", 16,
-          (2, 4, 5, 8), (2, 1, 7, 8), 8, enable_gqa=True),
-        c("dropout", "Dropout p = 0.25 with the given keep-mask dropout_mask (True = kept); kept "
-          "weights are scaled by 1/(1-p). 'weights' are before dropout.", 17, (2, 2, 5, 8),
-          (2, 2, 7, 8), 8, dropout_p=0.25),
-        c("large_logits", "Logits of 100 to 250 (a large float bias on O(1) scores): exp without "
-          "the max shift overflows float32, bfloat16 and float16.", 18, (1, 2, 6, 8),
-          (1, 2, 9, 8), 8, attn_mask=_large_bias),
-        c("single_key", "S = 1: every weight is 1, output = v, dq = dk = 0.", 19, (2, 2, 4, 8),
-          (2, 2, 1, 8), 8),
-        c("long_rows", "Long rows: S = 2048 keys (accumulation error grows with S).", 20,
-          (1, 2, 4, 16), (1, 2, 2048, 16), 16),
+        c(
+            "value_width",
+            "E != Ev: query/key width 8, value width 3.",
+            3,
+            (2, 2, 5, 8),
+            (2, 2, 7, 8),
+            3,
+        ),
+        c(
+            "batch_broadcast",
+            "k and v have batch 1 and broadcast over q's batch 3; dk, dv are summed over it.",
+            4,
+            (3, 2, 5, 8),
+            (1, 2, 7, 8),
+            8,
+        ),
+        c(
+            "bool_mask",
+            "Boolean attn_mask of shape (B, 1, L, S), True = attend, broadcast over heads.",
+            5,
+            (2, 2, 5, 8),
+            (2, 2, 7, 8),
+            8,
+            attn_mask=lambda r: _row_mask(r, (2, 1, 5, 7), 0.5),
+        ),
+        c(
+            "float_bias",
+            "Float attn_mask (1, H, L, S) added to the scores (ALiBi-like); its "
+            "gradient d_attn_mask is expected.",
+            6,
+            (2, 2, 5, 8),
+            (2, 2, 7, 8),
+            8,
+            attn_mask=_float_bias,
+        ),
+        c(
+            "causal_square",
+            "is_causal with L = S.",
+            7,
+            (2, 2, 6, 8),
+            (2, 2, 6, 8),
+            8,
+            is_causal=True,
+        ),
+        c(
+            "causal_top_left_short",
+            "is_causal, top-left aligned (torch), L = 4 < S = 7: query i sees keys j <= i.",
+            8,
+            (2, 2, 4, 8),
+            (2, 2, 7, 8),
+            8,
+            is_causal=True,
+        ),
+        c(
+            "causal_top_left_tall",
+            "is_causal, top-left aligned, L = 7 > S = 4.",
+            9,
+            (2, 2, 7, 8),
+            (2, 2, 4, 8),
+            8,
+            is_causal=True,
+        ),
+        c(
+            "causal_bottom_right_short",
+            "is_causal, bottom-right aligned (FlashAttention), "
+            "L = 4 < S = 7: query i sees keys j <= i + S - L.",
+            10,
+            (2, 2, 4, 8),
+            (2, 2, 7, 8),
+            8,
+            is_causal=True,
+            causal_align="bottom_right",
+        ),
+        c(
+            "causal_bottom_right_tall",
+            "is_causal, bottom-right aligned, L = 7 > S = 4: the "
+            "first 3 queries see no key (output 0, lse -inf).",
+            11,
+            (2, 2, 7, 8),
+            (2, 2, 4, 8),
+            8,
+            is_causal=True,
+            causal_align="bottom_right",
+        ),
+        c(
+            "key_padding",
+            "Key padding: sequence b has lengths [7, 4, 1] real keys, mask "
+            "(B, 1, 1, S) True = real key.",
+            12,
+            (3, 2, 5, 8),
+            (3, 2, 7, 8),
+            8,
+            attn_mask=lambda r: padding_mask(np.array([7, 4, 1]), 7),
+        ),
+        c(
+            "sliding_window",
+            "Sliding window: query i sees keys i-3 .. i+1 (mask (L, S)).",
+            13,
+            (2, 2, 9, 8),
+            (2, 2, 9, 8),
+            8,
+            attn_mask=lambda r: sliding_window_mask(9, 9, (3, 1)),
+        ),
+        c(
+            "fully_masked_rows",
+            "Boolean mask with rows whose every key is masked: output 0, "
+            "weights 0, lse -inf, zero gradients (PyTorch >= 2.5).",
+            14,
+            (2, 2, 6, 8),
+            (2, 2, 6, 8),
+            8,
+            attn_mask=_fully_masked,
+        ),
+        c(
+            "gqa",
+            "Grouped-query attention: Hq = 6 query heads share Hkv = 2 key/value heads, "
+            "query head h uses kv head h // 3 (repeat_interleave).",
+            15,
+            (2, 6, 5, 8),
+            (2, 2, 7, 8),
+            8,
+            enable_gqa=True,
+        ),
+        c(
+            "mqa",
+            "Multi-query attention: Hq = 4 query heads share one key/value head.",
+            16,
+            (2, 4, 5, 8),
+            (2, 1, 7, 8),
+            8,
+            enable_gqa=True,
+        ),
+        c(
+            "dropout",
+            "Dropout p = 0.25 with the given keep-mask dropout_mask (True = kept); kept "
+            "weights are scaled by 1/(1-p). 'weights' are before dropout.",
+            17,
+            (2, 2, 5, 8),
+            (2, 2, 7, 8),
+            8,
+            dropout_p=0.25,
+        ),
+        c(
+            "large_logits",
+            "Logits of 100 to 250 (a large float bias on O(1) scores): exp without "
+            "the max shift overflows float32, bfloat16 and float16.",
+            18,
+            (1, 2, 6, 8),
+            (1, 2, 9, 8),
+            8,
+            attn_mask=_large_bias,
+        ),
+        c(
+            "single_key",
+            "S = 1: every weight is 1, output = v, dq = dk = 0.",
+            19,
+            (2, 2, 4, 8),
+            (2, 2, 1, 8),
+            8,
+        ),
+        c(
+            "long_rows",
+            "Long rows: S = 2048 keys (accumulation error grows with S).",
+            20,
+            (1, 2, 4, 16),
+            (1, 2, 2048, 16),
+            16,
+        ),
     ]
 
 
@@ -304,8 +435,8 @@ def build_suite() -> list[Case]:
     Examples
     --------
     >>> cases = {c.name: c for c in build_suite()}
-    >>> cases["single_key"].expected["weights"].max()
-    np.float64(1.0)
+    >>> float(cases["single_key"].expected["weights"].min())
+    1.0
     """
     cases = _sdpa_cases()
     cases.extend(_layer_cases())
@@ -367,22 +498,24 @@ def _fusion_case() -> Case:
     d_out = _normal(rng, *y.shape)
     d_x, d_p = fusion_backward(d_out, cache)
     inputs: dict[str, NDArray[Any]] = {"x": x, "alpha": alpha}
-    expected: dict[str, NDArray[Any]] = {"out": y, "d_x": d_x, "d_alpha": d_p.alpha}
-    for i, (w, g) in enumerate(zip(ws, d_p.branches)):
+    expected: dict[str, NDArray[Any]] = {"out": y, "d_x": d_x, "d_alpha": np.asarray(d_p.alpha)}
+    for i, (w, g) in enumerate(zip(ws, d_p.branches, strict=True)):
         inputs.update({f"branch{i}_{n}": a for n, a in w.items()})
         expected.update({f"d_branch{i}_{n}": getattr(g, n) for n in w})
         expected[f"d_branch{i}_b_k"] = np.zeros(w["b_k"].shape)  # exactly 0, as in the layer case
     inputs.update(num_heads=np.array(H, dtype=np.int64), d_out=d_out)
     flags = {"num_branches": N, "num_heads": H, "alpha": alpha.tolist(),
              "formula": "out = sum_i alpha_i * SelfAttention_i(x), Eq. (4.1)"}  # fmt: skip
-    desc = ("Weighted fusion of 3 self-attention branches (own weights each, 2 heads) with "
-            "fixed weights alpha = [0.5, 0.25, 0.25]; gradients of x, alpha and every branch.")
+    desc = (
+        "Weighted fusion of 3 self-attention branches (own weights each, 2 heads) with "
+        "fixed weights alpha = [0.5, 0.25, 0.25]; gradients of x, alpha and every branch."
+    )
     expected = {n: np.asarray(a, dtype=np.float64) for n, a in expected.items()}
     return Case("weighted_fusion", "fusion", desc, inputs, expected, flags)
 
 
 def _layer_cases() -> list[Case]:
-    """The cross-attention layer and weighted-fusion cases (layers.py, fusion.py)."""
+    """Build the cross-attention layer and weighted-fusion cases (layers.py, fusion.py)."""
     return [_cross_attention_case(), _fusion_case()]
 
 
@@ -392,7 +525,7 @@ def _layer_cases() -> list[Case]:
 
 
 def _npz_bytes(arrays: dict[str, NDArray[Any]]) -> bytes:
-    """An uncompressed ``.npz`` with fixed entry dates and order: byte-identical every time."""
+    """Serialise an uncompressed ``.npz`` with fixed entry dates and order (byte-identical)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
         for name, a in arrays.items():
@@ -412,7 +545,7 @@ def _tolerance_table() -> dict[str, Any]:
 
 
 def manifest(cases: Iterable[Case]) -> dict[str, Any]:
-    """The contents of ``manifest.json`` for ``cases`` (see ``docs/verify.md``)."""
+    """Return the contents of ``manifest.json`` for ``cases`` (see ``docs/verify.md``)."""
     return {
         "format": SUITE_FORMAT,
         "version": SUITE_VERSION,
@@ -497,8 +630,10 @@ def _load_npz(path: Path, what: str) -> dict[str, NDArray[Any]]:
     except FileNotFoundError:
         raise UnusableInput(f"{what} {path} does not exist") from None
     except Exception as e:  # corrupt zip, bad header, pickled object arrays ...
-        raise UnusableInput(f"{what} {path} is not a readable .npz file ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else 'corrupt'})") from None
+        raise UnusableInput(
+            f"{what} {path} is not a readable .npz file ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else 'corrupt'})"
+        ) from None
 
 
 def load_suite(suite: str | Path | None = None) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
@@ -531,25 +666,30 @@ def load_suite(suite: str | Path | None = None) -> tuple[dict[str, Any], dict[st
     try:
         man = json.loads((root / "manifest.json").read_text())
     except FileNotFoundError:
-        raise UnusableInput(f"{root} has no manifest.json; write the suite with "
-                            "'numpy-attention vectors --out DIR'") from None
+        raise UnusableInput(
+            f"{root} has no manifest.json; write the suite with 'numpy-attention vectors --out DIR'"
+        ) from None
     except (ValueError, UnicodeDecodeError) as e:
         raise UnusableInput(f"{root / 'manifest.json'} is not valid JSON ({e})") from None
     if not isinstance(man, dict) or man.get("format") != SUITE_FORMAT:
         raise UnusableInput(f"{root / 'manifest.json'} is not a {SUITE_FORMAT} manifest")
     if man.get("version") != SUITE_VERSION:
-        raise UnusableInput(f"suite version {man.get('version')} in {root}, but this check "
-                            f"reads version {SUITE_VERSION}; rewrite the suite")
+        raise UnusableInput(
+            f"suite version {man.get('version')} in {root}, but this check "
+            f"reads version {SUITE_VERSION}; rewrite the suite"
+        )
     expected = {}
     for entry in man.get("cases", []):
         arrays = _load_npz(root / entry["file"], "suite file")
         expected[entry["name"]] = {
-            n[len("expected_"):]: a for n, a in arrays.items() if n.startswith("expected_")
+            n[len("expected_") :]: a for n, a in arrays.items() if n.startswith("expected_")
         }
     return man, expected
 
 
-def load_results(path: str | Path, case_names: Iterable[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+def load_results(
+    path: str | Path, case_names: Iterable[str]
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
     r"""Read a candidate's results: a directory of ``<case>.npz`` or one ``.npz``.
 
     Parameters
@@ -584,8 +724,10 @@ def load_results(path: str | Path, case_names: Iterable[str]) -> tuple[dict[str,
                 unknown.append(f.stem)
         return results, unknown
     if not p.exists():
-        raise UnusableInput(f"results {p} do not exist (expected a directory of <case>.npz "
-                            "files or one .npz with keys '<case>/<quantity>')")
+        raise UnusableInput(
+            f"results {p} do not exist (expected a directory of <case>.npz "
+            "files or one .npz with keys '<case>/<quantity>')"
+        )
     for key, a in _load_npz(p, "results file").items():
         case, sep, quantity = key.partition("/")
         if not sep:
@@ -613,7 +755,7 @@ class Row:
     note: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (infinities as strings)."""
+        """Return a JSON-ready dict (infinities as strings)."""
         c = self.comparison
         d: dict[str, Any] = {"case": self.case, "quantity": self.quantity, "status": self.status}
         if c is not None:
@@ -666,7 +808,7 @@ class CheckReport:
         return 0 if self.passed else 1
 
     def table(self) -> str:
-        """The human-readable table, failures explained below it."""
+        """Format the human-readable table, failures explained below it."""
         head = ("case", "quantity", "max abs err", "max rel err", "atol", "rtol", "result")
         lines = [head]
         for r in self.rows:
@@ -677,7 +819,10 @@ class CheckReport:
                 lines.append((r.case, r.quantity, f"{c.max_abs:.2e}", f"{c.max_rel:.2e}",
                               f"{c.atol:.1e}", f"{c.rtol:.1e}", r.status))  # fmt: skip
         widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
-        text = ["  ".join(s.ljust(w) for s, w in zip(row, widths)).rstrip() for row in lines]
+        text = [
+            "  ".join(s.ljust(w) for s, w in zip(row, widths, strict=True)).rstrip()
+            for row in lines
+        ]
         text.insert(1, "  ".join("-" * w for w in widths))
         fails = [r for r in self.rows if r.status == "FAIL"]
         if fails:
@@ -699,7 +844,7 @@ class CheckReport:
         return "\n".join(text)
 
     def as_json(self) -> dict[str, Any]:
-        """The report as a JSON-ready dict."""
+        """Return the report as a JSON-ready dict."""
         return {
             "dtype": self.dtype,
             "passed": self.passed,
@@ -779,14 +924,19 @@ def check_results(
 
 
 def _compare_one(
-    case: str, quantity: str, actual: Any, desired: Any, dtype: str, tolerances: dict[str, Any] | None
+    case: str,
+    quantity: str,
+    actual: Any,
+    desired: Any,
+    dtype: str,
+    tolerances: dict[str, Any] | None,
 ) -> Row:
     a = np.asarray(actual)
     if a.dtype.kind not in "fiub":
         c = Comparison(False, quantity, dtype, math.inf, math.inf, 0.0, 0.0,
                        shape_error=f"has dtype {a.dtype}, expected real numbers")  # fmt: skip
         return Row(case, quantity, "FAIL", c)
-    kw = {}
+    kw: dict[str, Any] = {}
     if tolerances is not None:
         group = tolerances["gradient" if quantity.startswith("d") else "forward"]
         kw = {"atol": float(group["atol"]), "rtol": float(group["rtol"])}
@@ -803,7 +953,9 @@ def _run_vectors(args: argparse.Namespace) -> int:
     try:
         paths = write_suite(args.out)
     except OSError as e:
-        print(f"numpy-attention vectors: cannot write {args.out}: {e.strerror or e}", file=sys.stderr)
+        print(
+            f"numpy-attention vectors: cannot write {args.out}: {e.strerror or e}", file=sys.stderr
+        )
         return 2
     print(f"wrote {len(paths) - 1} cases and manifest.json (suite version {SUITE_VERSION}) "
           f"to {args.out}")  # fmt: skip
@@ -825,6 +977,13 @@ def _run_check(args: argparse.Namespace) -> int:
     tolerances = man.get("tolerances", {}).get(args.dtype)
     report = check_results(results, expected, dtype=args.dtype, tolerances=tolerances,
                            unknown=unknown, strict=args.strict)  # fmt: skip
+    if not any(r.comparison is not None for r in report.rows):
+        print(
+            f"numpy-attention check: no quantity of the suite found in {args.results} (name "
+            "arrays out, weights, lse, dq, ... without the 'expected_' prefix)",
+            file=sys.stderr,
+        )
+        return 2
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
     else:
@@ -864,11 +1023,20 @@ def register(subparsers: Any) -> None:
         "input.",
     )
     chk.add_argument("results", metavar="RESULTS", help="results directory or .npz file")
-    chk.add_argument("--suite", metavar="DIR", default=None,
-                     help="suite written by 'vectors' (default: build it in memory)")
-    chk.add_argument("--dtype", choices=DTYPES, default="float32",
-                     help="dtype the candidate computed in (default float32)")
+    chk.add_argument(
+        "--suite",
+        metavar="DIR",
+        default=None,
+        help="suite written by 'vectors' (default: build it in memory)",
+    )
+    chk.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="float32",
+        help="dtype the candidate computed in (default float32)",
+    )
     chk.add_argument("--json", action="store_true", help="print the report as JSON")
-    chk.add_argument("--strict", action="store_true",
-                     help="count missing cases and quantities as failures")
+    chk.add_argument(
+        "--strict", action="store_true", help="count missing cases and quantities as failures"
+    )
     chk.set_defaults(func=_run_check)

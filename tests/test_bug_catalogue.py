@@ -108,8 +108,9 @@ def candidate(a: dict[str, Any], bug: str | None = None) -> dict[str, np.ndarray
         dq = scale * dS @ kk
         dk_full = scale * np.swapaxes(dS, -1, -2) @ q
     if G > 1:
-        dk, dv = np.zeros(dk_full.shape[:-3] + k.shape[-3:], f32), np.zeros(
-            dv_full.shape[:-3] + v.shape[-3:], f32
+        dk, dv = (
+            np.zeros(dk_full.shape[:-3] + k.shape[-3:], f32),
+            np.zeros(dv_full.shape[:-3] + v.shape[-3:], f32),
         )
         if bug == "gqa_grads_not_summed":
             dk, dv = dk_full[..., ::G, :, :], dv_full[..., ::G, :, :]
@@ -157,7 +158,9 @@ def test_planted_bug_fails_check(suite: list, bug: str, dtype: str) -> None:
 
 
 def _adapter() -> Any:
-    spec = importlib.util.spec_from_file_location("torch_adapter", ROOT / "examples" / "torch_adapter.py")
+    spec = importlib.util.spec_from_file_location(
+        "torch_adapter", ROOT / "examples" / "torch_adapter.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

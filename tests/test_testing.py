@@ -23,7 +23,11 @@ from numpy_attention.testing import (
 def _case(seed: int = 0, shape: tuple[int, ...] = (2, 3, 5, 7), **kw):
     rng = np.random.default_rng(seed)
     B, H, L, S = shape
-    q, k, v = rng.normal(size=(B, H, L, 8)), rng.normal(size=(B, H, S, 8)), rng.normal(size=(B, H, S, 4))
+    q, k, v = (
+        rng.normal(size=(B, H, L, 8)),
+        rng.normal(size=(B, H, S, 8)),
+        rng.normal(size=(B, H, S, 4)),
+    )
     out, cache = attention_forward(q, k, v, **kw)
     return q, k, v, out, cache
 
@@ -96,7 +100,10 @@ def test_comparison_is_invariant_to_the_scale_of_the_arrays(c: float, seed: int)
     rng = np.random.default_rng(seed)
     d = rng.normal(size=(3, 4))
     a = d + rng.normal(size=d.shape) * 1e-5
-    r1, r2 = compare_attention(a, d, dtype="float32"), compare_attention(c * a, c * d, dtype="float32")
+    r1, r2 = (
+        compare_attention(a, d, dtype="float32"),
+        compare_attention(c * a, c * d, dtype="float32"),
+    )
     assert r1.passed == r2.passed
     assert math.isclose(r1.needed, r2.needed, rel_tol=1e-9)
 
@@ -199,7 +206,11 @@ def test_hint_one_query_row_wrong() -> None:
 def test_hint_fully_masked_rows_mean_of_v() -> None:
     """A fully masked row given mean(V) instead of 0: the convention is named."""
     rng = np.random.default_rng(0)
-    q, k, v = rng.normal(size=(1, 1, 3, 4)), rng.normal(size=(1, 1, 5, 4)), rng.normal(size=(1, 1, 5, 2))
+    q, k, v = (
+        rng.normal(size=(1, 1, 3, 4)),
+        rng.normal(size=(1, 1, 5, 4)),
+        rng.normal(size=(1, 1, 5, 2)),
+    )
     mask = np.ones((3, 5), bool)
     mask[1] = False
     out, _ = attention_forward(q, k, v, mask)
@@ -211,7 +222,11 @@ def test_hint_fully_masked_rows_mean_of_v() -> None:
 def test_hint_gqa_tile_order() -> None:
     """Key/value heads repeated as tile (0,1,0,1) instead of repeat_interleave (0,0,1,1)."""
     rng = np.random.default_rng(0)
-    q, k, v = rng.normal(size=(1, 4, 3, 4)), rng.normal(size=(1, 2, 5, 4)), rng.normal(size=(1, 2, 5, 2))
+    q, k, v = (
+        rng.normal(size=(1, 4, 3, 4)),
+        rng.normal(size=(1, 2, 5, 4)),
+        rng.normal(size=(1, 2, 5, 2)),
+    )
     out, _ = attention_forward(q, k, v, enable_gqa=True)
     tiled, _ = attention_forward(q, np.tile(k, (1, 2, 1, 1)), np.tile(v, (1, 2, 1, 1)))
     h = _hints(tiled, out)
@@ -262,7 +277,7 @@ def test_round_to_bfloat16_keeps_8_significant_bits_ties_to_even() -> None:
     assert np.isnan(round_to_bfloat16(np.nan))
 
 
-@given(st.floats(-2.0**100, 2.0**100, allow_nan=False, width=32))
+@given(st.floats(-(2.0**100), 2.0**100, allow_nan=False, width=32))
 def test_round_to_bfloat16_is_nearest(x: float) -> None:
     """The result is within half a bfloat16 ulp of the input (ulp 2^(e-7) in binade 2^e)."""
     y = float(round_to_bfloat16(x))

@@ -77,7 +77,9 @@ def test_cases_exercise_what_their_names_say(suite: list) -> None:
     c = {x.name: x for x in suite}
     assert c["lengths_differ"].inputs["q"].shape[-2] != c["lengths_differ"].inputs["k"].shape[-2]
     assert c["value_width"].inputs["v"].shape[-1] != c["value_width"].inputs["q"].shape[-1]
-    assert c["batch_broadcast"].inputs["k"].shape[0] == 1 < c["batch_broadcast"].inputs["q"].shape[0]
+    assert (
+        c["batch_broadcast"].inputs["k"].shape[0] == 1 < c["batch_broadcast"].inputs["q"].shape[0]
+    )
     for n in ("causal_top_left_short", "causal_bottom_right_short"):
         assert c[n].inputs["q"].shape[-2] < c[n].inputs["k"].shape[-2]
     for n in ("causal_top_left_tall", "causal_bottom_right_tall"):
@@ -193,7 +195,9 @@ def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
 def test_exact_results_pass_with_exit_0(tmp_path: Path, suite_dir: Path, capsys) -> None:
     """The expected values themselves pass at the strictest (float64) tolerance: exit 0."""
     res = write_results(tmp_path / "r", suite_dir)
-    code, out, _ = run_cli(capsys, "check", str(res), "--suite", str(suite_dir), "--dtype", "float64")
+    code, out, _ = run_cli(
+        capsys, "check", str(res), "--suite", str(suite_dir), "--dtype", "float64"
+    )
     assert code == 0, out
     assert "FAIL" not in out and out.strip().splitlines()[-1].startswith("PASS")
 
@@ -201,6 +205,7 @@ def test_exact_results_pass_with_exit_0(tmp_path: Path, suite_dir: Path, capsys)
 def test_one_wrong_quantity_fails_with_exit_1_and_is_located(tmp_path: Path, suite_dir: Path,
                                                              capsys) -> None:  # fmt: skip
     """One perturbed element fails exactly that (case, quantity), located by its index."""
+
     def bump(a: np.ndarray) -> np.ndarray:
         a = a.copy()
         a[1, 0, 2, 3] += 0.5
@@ -258,10 +263,12 @@ def test_check_without_suite_builds_it_in_memory(tmp_path: Path, suite_dir: Path
     assert code == 0
 
 
-def test_wrong_shape_is_a_failure_with_a_layout_hint(tmp_path: Path, suite_dir: Path, capsys) -> None:
+def test_wrong_shape_is_a_failure_with_a_layout_hint(
+    tmp_path: Path, suite_dir: Path, capsys
+) -> None:
     """A (B, L, H, E) output is a FAIL with the layout named, not a crash."""
-    res = write_results(tmp_path / "r", suite_dir,
-                        change={("lengths_differ", "out"): lambda a: np.swapaxes(a, 1, 2)})  # fmt: skip
+    swap = {("lengths_differ", "out"): lambda a: np.swapaxes(a, 1, 2)}
+    res = write_results(tmp_path / "r", suite_dir, change=swap)
     code, out, _ = run_cli(capsys, "check", str(res), "--suite", str(suite_dir))
     assert code == 1
     assert "(B, L, H, E)" in out
@@ -269,7 +276,7 @@ def test_wrong_shape_is_a_failure_with_a_layout_hint(tmp_path: Path, suite_dir: 
 
 @pytest.mark.parametrize("breakage", ["missing", "corrupt_results", "no_manifest", "bad_manifest",
                                       "corrupt_suite_file", "other_version", "nothing_matches",
-                                      "pickled"])  # fmt: skip
+                                      "pickled", "expected_prefix_kept"])  # fmt: skip
 def test_unusable_input_exits_2_with_one_line(tmp_path: Path, suite_dir: Path, capsys,
                                               breakage: str) -> None:  # fmt: skip
     """Unusable input: exit 2, one line on stderr, no traceback."""
@@ -296,6 +303,9 @@ def test_unusable_input_exits_2_with_one_line(tmp_path: Path, suite_dir: Path, c
         shutil.rmtree(res)
         res.mkdir()
         np.savez(res / "unrelated.npz", out=np.zeros(3))
+    elif breakage == "expected_prefix_kept":  # the suite's files copied as results
+        shutil.rmtree(res)
+        shutil.copytree(suite, res)
     elif breakage == "pickled":
         np.savez(res / "plain.npz", out=np.array([{"a": 1}], dtype=object))
     code, out, err = run_cli(capsys, "check", str(res), "--suite", str(suite))
