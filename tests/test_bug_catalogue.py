@@ -210,3 +210,9 @@ def catalogue_table() -> str:
 if __name__ == "__main__":
     print(catalogue_table())
     sys.exit(0)
+
+
+def test_docs_show_the_current_catalogue_table() -> None:
+    """docs/verify.md holds exactly the table this module computes (no stale claims)."""
+    text = (ROOT / "docs" / "verify.md").read_text()
+    assert catalogue_table() in text

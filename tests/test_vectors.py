@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from oracles import attention_backward_oracle, attention_oracle
 
 from numpy_attention.cli import main
 from numpy_attention.testing import round_to_bfloat16
@@ -20,7 +21,6 @@ from numpy_attention.vectors import (
     load_suite,
     write_suite,
 )
-from tests.oracles import attention_backward_oracle, attention_oracle
 
 #: Every case the issue requires, by the name it has in the suite.
 REQUIRED = {
