@@ -664,3 +664,39 @@ def test_torch_is_optional_for_the_doc_blocks():
                 if re.search(r"^\s*(import|from)\s+torch", b.code, re.M)
                 and "torch" not in b.requires]  # fmt: skip
     _fail(problems, "unmarked torch blocks")
+
+
+# ---------------------------------------------------------------------------
+# (e) Docstrings: every public function shows a runnable example
+# ---------------------------------------------------------------------------
+
+
+#: The command's modules: their functions are an interface, tested through the command itself.
+_COMMAND_LINE = {"cli", "demo"}
+
+
+def _public_functions() -> list:
+    import importlib
+    import inspect
+
+    found = []
+    for path in _code_files():
+        if path.name.startswith("_") or path.stem in _COMMAND_LINE:
+            continue
+        module = importlib.import_module(f"numpy_attention.{path.stem}")
+        for name in getattr(module, "__all__", []):
+            obj = getattr(module, name)
+            if inspect.isfunction(obj) and obj.__module__ == module.__name__:
+                found.append(pytest.param(obj, id=f"{path.stem}.{name}"))
+    return found
+
+
+@pytest.mark.parametrize("fn", _public_functions())
+def test_public_function_docstring_has_a_runnable_example(fn):
+    """Each function in a library module's ``__all__`` (not the command's modules) has a numpydoc
+    ``Examples`` section with a doctest (run by ``--doctest-modules``), so a reader sees it used."""
+    doc = fn.__doc__ or ""
+    examples = re.search(r"^\s*Examples\n\s*-{8,}\n(.*)", doc, re.M | re.S)
+    assert examples and ">>>" in examples.group(1), (
+        f"{fn.__module__}.{fn.__name__} has no 'Examples' section with a >>> example"
+    )
