@@ -131,6 +131,20 @@ def check_inputs(
 ) -> AttentionInputs:
     """Validate and convert the arguments shared by every attention function.
 
+    Parameters
+    ----------
+    q, k, v, attn_mask, is_causal, scale, enable_gqa, causal_align
+        As in :func:`attention_forward`.
+
+    Returns
+    -------
+    inputs : AttentionInputs
+        ``q``, ``k``, ``v`` in the compute dtype (float16 -> float32, integers
+        -> float64); the mask split into a float ``bias`` or a boolean
+        ``keep`` (each in its own shape); the resolved ``scale``; the GQA
+        group size ``groups``; the result ``dtype``; and ``scores_shape``
+        ``(..., Hq, L, S)``, the broadcast shape of the scores.
+
     Raises
     ------
     TypeError
@@ -139,8 +153,21 @@ def check_inputs(
     ValueError
         Fewer than 2 dimensions (3 with ``enable_gqa``); ``E`` of ``q`` and
         ``k`` differ; ``S`` of ``k`` and ``v`` differ; batch dimensions or the
-        mask do not broadcast; ``Hq`` is not a multiple of ``Hkv`` with
-        ``enable_gqa``; ``+inf`` in a float mask; unknown ``causal_align``.
+        mask do not broadcast; ``Hq`` is not a positive multiple of ``Hkv``
+        with ``enable_gqa``; ``+inf`` in a float mask; a non-finite ``scale``;
+        unknown ``causal_align``. Each message names the argument and the
+        shapes seen and expected.
+
+    Examples
+    --------
+    >>> x = check_inputs(np.ones((2, 4, 3, 8)), np.ones((2, 2, 5, 8)),
+    ...                  np.ones((2, 2, 5, 6)), enable_gqa=True)
+    >>> x.scores_shape, x.groups, x.scale, x.out_shape
+    ((2, 4, 3, 5), 2, 0.3535533905932738, (2, 4, 3, 6))
+    >>> check_inputs(np.ones((3, 8)), np.ones((5, 7)), np.ones((5, 6)))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: q and k must share the last dimension E: q has shape (3, 8) (E=8), ...
     """
     arrays = {n: as_float_array(a, n) for n, a in (("q", q), ("k", k), ("v", v))}
     min_ndim = 3 if enable_gqa else 2
