@@ -656,6 +656,12 @@ def load_suite(suite: str | Path | None = None) -> tuple[dict[str, Any], dict[st
     UnusableInput
         Missing directory or manifest, unreadable JSON, another format or
         version, or a case file that is missing or corrupt.
+
+    Examples
+    --------
+    >>> man, expected = load_suite()
+    >>> man["version"] == SUITE_VERSION, expected["gqa"]["dk"].shape
+    (True, (2, 2, 7, 8))
     """
     if suite is None:
         cases = build_suite()
@@ -711,6 +717,16 @@ def load_results(
     ------
     UnusableInput
         If ``path`` does not exist or a file in it is not a readable ``.npz``.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     f = pathlib.Path(d) / "results.npz"
+    ...     np.savez(f, **{"plain/out": np.zeros(3), "other/out": np.zeros(1)})
+    ...     results, unknown = load_results(f, ["plain", "gqa"])
+    >>> list(results["plain"]), unknown
+    (['out'], ['other'])
     """
     p = Path(path)
     names = set(case_names)
