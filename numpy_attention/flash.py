@@ -51,9 +51,10 @@ __all__ = ["FlashCache", "flash_attention_forward", "flash_attention_backward"]
 
 Array = NDArray[np.floating]
 
-#: Largest default block side, and the most scores one default block holds (all heads together).
-_MAX_SIDE = 512
-_MAX_BLOCK = 2**20
+#: The default tiling starts from 256 x 512 and keeps one block of scores, all heads
+#: together, at most this large (2 MiB in float32): big enough for efficient matmuls,
+#: small enough for the CPU caches.
+_BLOCK_Q, _BLOCK_K, _MAX_BLOCK = 256, 512, 2**19
 
 
 # ---------------------------------------------------------------------------
@@ -70,16 +71,16 @@ def _check_block(value: object, name: str) -> int:
 
 
 def _default_blocks(scores_shape: tuple[int, ...]) -> tuple[int, int]:
-    """Default ``(bq, bk)``: a block holds at most 1/32 of the scores and at most 2**20 of them.
+    """Default ``(bq, bk)``: from 256 x 512, halve the larger side until a block is small enough.
 
-    Start from 512 x 512 and halve the larger side (``bq`` on a tie) until the
-    block fits, never below 16; then cap each side at ``L`` and ``S``.
+    A block of all heads holds at most ``2**19`` scores (one 16 x 16 tile per head at
+    least; ``bq`` is halved on a tie); then each side is capped at ``L`` and ``S``.
+    The memory of a call is thus bounded independently of ``L`` and ``S``.
     """
     *lead, L, S = scores_shape
     heads = max(1, int(np.prod(lead)))
-    area = min(L * S // 32, _MAX_BLOCK // heads)
-    bq = bk = _MAX_SIDE
-    while bq * bk > area and max(bq, bk) > 16:
+    bq, bk = _BLOCK_Q, _BLOCK_K
+    while heads * bq * bk > _MAX_BLOCK and max(bq, bk) > 16:
         if bq >= bk:
             bq //= 2
         else:
@@ -371,9 +372,9 @@ def flash_attention_forward(
         Where the causal diagonal sits when ``L != S`` (see ``causal_mask``).
     block_q, block_k : int, optional
         Queries and keys per block (any size >= 1; they need not divide
-        ``L`` or ``S``). Default: sides from 16 to 512 (powers of two) chosen
-        so that one block holds at most 1/32 of the ``(..., Hq, L, S)``
-        scores and at most ``2**20`` of them.
+        ``L`` or ``S``). Default: from 256 x 512, the larger side halved
+        until one block of all heads holds at most ``2**19`` scores (2 MiB
+        in float32), each side capped at ``L`` and ``S``.
     workers : int, optional
         Process query blocks in this many threads (NumPy releases the GIL);
         BLAS is limited to one thread meanwhile if ``threadpoolctl`` is

@@ -255,16 +255,17 @@ def test_threads_give_the_same_result():
 
 @given(st.lists(st.integers(1, 5000), min_size=2, max_size=5))
 @settings(max_examples=40)
-def test_default_blocks_hold_at_most_a_32nd_of_the_scores(shape):
-    """The default tiling keeps one block at most max(1/32 of the scores, 16 x 16 per head)
-    and at most 2**20 scores over all heads (or one 16 x 16 tile per head), inside L x S."""
+def test_default_blocks_are_bounded_independently_of_L_and_S(shape):
+    """The default tiling keeps one block (all heads) at most 2**19 scores, or one 16 x 16 tile
+    per head when there are more heads than that allows, and inside L x S: the memory of a
+    call does not grow with L x S."""
     shape = tuple(shape)
     *lead, L, S = shape
     heads = int(np.prod(lead))
     bq, bk = _default_blocks(shape)
     assert 1 <= bq <= L and 1 <= bk <= S
-    assert bq * bk <= max(L * S / 32, 256)
-    assert heads * bq * bk <= max(2**20, heads * 256)
+    assert heads * bq * bk <= max(2**19, heads * 16 * 16)
+    assert bq >= min(L, 16) and bk >= min(S, 16)
 
 
 def test_cache_holds_no_score_sized_array():
