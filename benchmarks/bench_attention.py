@@ -180,8 +180,12 @@ def _arrays_of(result):
                 walk(y, depth + 1)
 
     walk(result)
-    # inputs the cache keeps are the caller's arrays (views), not new memory
-    return [a for a in found if a.base is None]
+    roots = {}
+    for a in found:  # a returned view (a reshaped gradient) holds its whole base alive
+        while isinstance(a.base, np.ndarray):
+            a = a.base
+        roots[id(a)] = a
+    return list(roots.values())
 
 
 def _errors(refdir, shape, dtype, out, grads):
