@@ -399,7 +399,7 @@ def _report(records, args, removed):
             row = [",".join(map(str, shape)), dtype]
             for i in impls:
                 r = times.get((i, shape, dtype))
-                row.append("-" if r is None else f"{r['err']['max_abs']:.1e}")
+                row.append("-" if r is None else f"{r['err']['max_abs']:.2e}")
                 if r is not None:
                     refs.add(r["err"]["reference"])
             print("| " + " | ".join(row) + " |")
