@@ -33,12 +33,14 @@ Semantics, validation and precision are those of
 
 from __future__ import annotations
 
+import functools
 import numbers
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -166,7 +168,7 @@ def _block_visible(x: AttentionInputs, i0: int, i1: int, j0: int) -> bool:
     return j0 <= i1 - 1 + d
 
 
-def _mask_block(mask: NDArray, i0: int, i1: int, j0: int, j1: int) -> NDArray:
+def _mask_block(mask: np.ndarray, i0: int, i1: int, j0: int, j1: int) -> np.ndarray:
     """Block ``[i0:i1, j0:j1]`` of a mask in its own shape: a view that broadcasts to the block.
 
     The same values as ``np.broadcast_to(mask, scores_shape)[..., i0:i1, j0:j1]``,
@@ -243,18 +245,24 @@ def _scores_block(
 # ---------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> Any:
+    """Return threadpoolctl's view of the loaded BLAS libraries (made once), or None without it."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    return ThreadpoolController()
+
+
 @contextmanager
 def _one_blas_thread(workers: int) -> Iterator[None]:
     """Limit BLAS to one thread while ``workers > 1`` threads run (with threadpoolctl, if any)."""
-    if workers == 1:
+    controller = _blas_controller() if workers > 1 else None
+    if controller is None:
         yield
         return
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
+    with controller.limit(limits=1, user_api="blas"):
         yield
 
 
@@ -528,7 +536,7 @@ class _KeyGrads:
         with self.lock:
             self.dk[..., j0:j1, :] += dk_j
             self.dv[..., j0:j1, :] += dv_j
-            if self.d_bias is not None:
+            if self.d_bias is not None and dS is not None:
                 target = _mask_block(self.d_bias, i0, i1, j0, j1)
                 target += sum_to_shape(dS, target.shape)
 
@@ -624,7 +632,9 @@ def flash_attention_backward(d_out: ArrayLike, cache: FlashCache) -> AttentionGr
             dq[..., i0:i1, :] = lay.unrows(dq_rows, i1 - i0)
 
     _map_blocks(task, lay.L, bq, cache.workers)
-    d_mask = None if grads.d_bias is None else grads.d_bias.reshape(x.bias.shape).astype(x.dtype)
+    d_mask = None
+    if grads.d_bias is not None and x.bias is not None:
+        d_mask = grads.d_bias.reshape(x.bias.shape).astype(x.dtype)
     return AttentionGrads(
         dq=sum_to_shape(dq, x.q.shape).astype(x.dtype, copy=False),
         dk=sum_to_shape(grads.dk, x.k.shape).astype(x.dtype, copy=False),
