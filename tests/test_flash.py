@@ -312,3 +312,37 @@ def test_overflowing_scores_are_refused_as_in_the_core():
         attention_forward(q, q, np.ones((2, 1)))
     with pytest.raises(ValueError, match="overflow"):
         flash_attention_forward(q, q, np.ones((2, 1)))
+
+
+# ---------------------------------------------------------------------------
+# Optional: against torch's SDPA directly
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("align", ["top_left", "bottom_right"])
+def test_tiled_matches_torch_sdpa_over_many_blocks(align):
+    """Several blocks each way (70 queries, 90 keys, blocks of 16 x 32), GQA, causal, a float
+    bias broadcast over heads: out, dq, dk, dv and dB equal torch's float64 SDPA to 1e-12."""
+    torch = pytest.importorskip("torch")
+    rng = RNG(10)
+    q, k, v = (rng.normal(size=(2, n, m, 16)) for n, m in ((4, 70), (2, 90), (2, 90)))
+    bias = rng.normal(size=(2, 1, 70, 90))
+    out, cache = flash_attention_forward(q, k, v, attn_mask=bias, is_causal=True,
+                                         causal_align=align, enable_gqa=True, block_q=16,
+                                         block_k=32, workers=2)  # fmt: skip
+    d_out = rng.normal(size=out.shape)
+    g = flash_attention_backward(d_out, cache)
+
+    t = {n: torch.tensor(a, requires_grad=True) for n, a in (("q", q), ("k", k), ("v", v))}
+    t_bias = torch.tensor(bias, requires_grad=True)
+    d = 90 - 70 if align == "bottom_right" else 0  # Eq. (2.6): key j visible when j <= i + d
+    causal = torch.ones(70, 90, dtype=torch.bool).tril(diagonal=d)
+    t_mask = t_bias.masked_fill(~causal, float("-inf"))
+    t_out = torch.nn.functional.scaled_dot_product_attention(
+        t["q"], t["k"], t["v"], attn_mask=t_mask, enable_gqa=True
+    )
+    t_out.backward(torch.tensor(d_out))
+    np.testing.assert_allclose(out, t_out.detach().numpy(), rtol=0, atol=1e-12)
+    for name, ref in (("dq", t["q"]), ("dk", t["k"]), ("dv", t["v"]), ("d_attn_mask", t_bias)):
+        np.testing.assert_allclose(getattr(g, name), ref.grad.numpy(), rtol=0, atol=1e-12,
+                                   err_msg=name)  # fmt: skip
