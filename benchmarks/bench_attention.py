@@ -5,13 +5,16 @@ Usage (from the repository root)::
     python benchmarks/bench_attention.py            # the full table of docs/benchmarks.md
     python benchmarks/bench_attention.py --quick    # a smoke run: small shapes, 2 repeats
 
-Each implementation runs in its own child process, one after the other, on the same inputs
+Each implementation runs in its own child processes, one after the other, on the same inputs
 (drawn from a fixed seed in each process):
 
 - ``core``:  numpy_attention.attention.attention_forward / attention_backward (BLAS threads);
 - ``tiled``: numpy_attention.flash.flash_attention_forward / _backward with ``workers`` = the
   number of CPUs (BLAS limited to one thread meanwhile, via threadpoolctl when installed);
 - ``torch``: torch.nn.functional.scaled_dot_product_attention on the CPU, when torch imports.
+
+One child per implementation and shape, the three implementations back to back for each shape,
+so that they meet the same machine load.
 
 For each shape (B, H, L, E) and dtype it reports the median time of the forward and of
 forward + backward (after a warm-up), the ratio to torch, the achieved GFLOP/s as a fraction of
@@ -274,14 +277,14 @@ def _torch_child(shapes, dtypes, repeat, refdir):
 # ---------------------------------------------------------------------------
 
 
-def _run_child(impl, args, refdir, env):
-    shapes = ";".join(",".join(map(str, s)) for s in args.shape_list)
+def _run_child(impl, shape, args, refdir, env, big):
+    """One child process: one implementation, one shape, every dtype."""
     cmd = [sys.executable, __file__, "--child", impl, "--refdir", refdir,
-           "--repeat", str(args.repeat), "--shapes", shapes,
+           "--repeat", str(args.repeat), "--shapes", ",".join(map(str, shape)),
            "--dtypes", ",".join(args.dtype_list)]  # fmt: skip
-    if args.big:
+    if big:
         cmd.append("--big")
-    print(f"# running {impl} ...", file=sys.stderr, flush=True)
+    print(f"# running {impl} at {shape} ...", file=sys.stderr, flush=True)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         print(f"# {impl} failed:\n{proc.stderr}", file=sys.stderr)
@@ -306,7 +309,7 @@ def _report(records, args, removed):
           f"torch {env.get('torch', {}).get('torch', 'not installed')}")  # fmt: skip
     print(
         f"- command: `python benchmarks/bench_attention.py{' --quick' if args.quick else ''}`; "
-        f"median of {args.repeat} runs after a warm-up, one process per implementation"
+        f"median of {args.repeat} runs after a warm-up, one process per implementation and shape"
     )
     print(f"- BLAS environment: {removed}")
     print(f"- numpy BLAS: {numpy_env.get('blas')}")
@@ -484,8 +487,11 @@ def main(argv=None):
         print("# torch is not installed: no torch column", file=sys.stderr)
     records = []
     with tempfile.TemporaryDirectory() as refdir:
-        for impl in [i for i in IMPLS if i in impls]:
-            records += _run_child(impl, args, refdir, env)
+        # shape by shape, the implementations one after the other: they see the same load
+        for n, shape in enumerate(args.shape_list):
+            for impl in [i for i in IMPLS if i in impls]:
+                big = args.big and impl == "tiled" and n == len(args.shape_list) - 1
+                records += _run_child(impl, shape, args, refdir, env, big)
     _report(records, args, removed)
     return 0
 
