@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["as_float_array", "sum_to_shape", "compute_dtype"]
+__all__ = ["as_float_array", "sum_to_shape", "compute_dtype", "broadcasts_to"]
 
 
 def as_float_array(x: ArrayLike, name: str) -> NDArray[np.floating]:
@@ -48,3 +48,17 @@ def sum_to_shape(g: NDArray[np.floating], shape: tuple[int, ...]) -> NDArray[np.
     if axes:
         g = g.sum(axis=axes, keepdims=True)
     return g.reshape(shape)
+
+
+def broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    """Tell whether an array of ``shape`` broadcasts to exactly ``target`` (a mask to scores).
+
+    Examples
+    --------
+    >>> broadcasts_to((1, 5), (2, 3, 4, 5)), broadcasts_to((2, 1, 1), (3, 1))
+    (True, False)
+    """
+    try:
+        return np.broadcast_shapes(shape, target) == target
+    except ValueError:
+        return False

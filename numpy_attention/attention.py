@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ._arrays import as_float_array, compute_dtype, sum_to_shape
+from ._arrays import as_float_array, broadcasts_to, compute_dtype, sum_to_shape
 from .masks import ALIGNMENTS, causal_mask
 
 __all__ = [
@@ -103,11 +103,7 @@ def _check_mask(
             f"attn_mask must be bool (True = attend) or floating (an additive bias), "
             f"got dtype {m.dtype}; integer masks are ambiguous"
         )
-    try:
-        ok = np.broadcast_shapes(m.shape, scores_shape) == scores_shape
-    except ValueError:
-        ok = False
-    if not ok:
+    if not broadcasts_to(m.shape, scores_shape):
         raise ValueError(
             f"attn_mask has shape {m.shape}, expected a shape that broadcasts to the "
             f"scores' shape (..., Hq, L, S) = {scores_shape}"
@@ -253,11 +249,7 @@ def _check_dropout(
         raise TypeError(f"dropout_mask must be a bool keep-mask (True = kept), got dtype {z.dtype}")
     if dropout_p == 0.0:
         raise ValueError("dropout_mask was given but dropout_p is 0; pass the dropout rate")
-    try:
-        ok = np.broadcast_shapes(z.shape, scores_shape) == scores_shape
-    except ValueError:
-        ok = False
-    if not ok:
+    if not broadcasts_to(z.shape, scores_shape):
         raise ValueError(
             f"dropout_mask has shape {z.shape}, expected a shape that broadcasts to the "
             f"attention weights' shape (..., Hq, L, S) = {scores_shape}"

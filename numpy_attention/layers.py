@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ._arrays import as_float_array, compute_dtype
+from ._arrays import as_float_array, broadcasts_to, compute_dtype
 from .attention import AttentionCache, attention_backward, attention_forward
 from .masks import padding_mask
 
@@ -335,11 +335,7 @@ def _key_mask(
     B, _, _, S = scores_shape
     m = None if attn_mask is None else np.asarray(attn_mask)
     if m is not None:
-        try:
-            ok = np.broadcast_shapes(m.shape, scores_shape) == scores_shape
-        except ValueError:
-            ok = False
-        if not ok:
+        if not broadcasts_to(m.shape, scores_shape):
             raise ValueError(
                 f"attn_mask has shape {m.shape}, expected a shape that broadcasts to the "
                 f"attention weights' shape (B, H, L, S) = {scores_shape}"

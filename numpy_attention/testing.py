@@ -12,6 +12,7 @@ r"""Tools for checking attention implementations, ours and other people's.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -279,10 +280,8 @@ TOLERANCES: dict[str, dict[str, Tolerance]] = {
 def _dtype_name(dtype: Any) -> str:
     name = str(dtype).replace("torch.", "")
     if name not in DTYPES:
-        try:
+        with contextlib.suppress(TypeError):
             name = np.dtype(dtype).name
-        except TypeError:
-            pass
     if name not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     return name
