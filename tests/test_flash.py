@@ -346,3 +346,20 @@ def test_tiled_matches_torch_sdpa_over_many_blocks(align):
     for name, ref in (("dq", t["q"]), ("dk", t["k"]), ("dv", t["v"]), ("d_attn_mask", t_bias)):
         np.testing.assert_allclose(getattr(g, name), ref.grad.numpy(), rtol=0, atol=1e-12,
                                    err_msg=name)  # fmt: skip
+
+
+def test_threads_work_without_threadpoolctl(monkeypatch):
+    """threadpoolctl is optional: without it, workers > 1 still runs (BLAS keeps its threads)."""
+    import sys
+
+    from numpy_attention import flash
+
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)  # import now raises ImportError
+    flash._blas_controller.cache_clear()
+    try:
+        assert flash._blas_controller() is None
+        q = RNG(11).normal(size=(2, 20, 4))
+        out, _ = flash_attention_forward(q, q, q, block_q=3, workers=2)
+        np.testing.assert_allclose(out, attention_forward(q, q, q)[0], atol=1e-14)
+    finally:
+        flash._blas_controller.cache_clear()
