@@ -5,6 +5,7 @@ Read ``docs/README.md`` first; the modules, bottom to top:
 - :mod:`numpy_attention.softmax`: softmax, log-softmax, log-sum-exp and their backward.
 - :mod:`numpy_attention.masks`: boolean masks (causal, padding, sliding window).
 - :mod:`numpy_attention.attention`: scaled dot-product attention, forward and backward.
+- :mod:`numpy_attention.flash`: FlashAttention's tiled online softmax (no L x S array).
 - :mod:`numpy_attention.layers`: multi-head cross-/self-attention layers, forward and backward.
 - :mod:`numpy_attention.fusion`: weighted fusion of attention branches (and concat + linear).
 - :mod:`numpy_attention.testing`: ``gradcheck`` and ``assert_attention_close``.
@@ -20,6 +21,7 @@ from .attention import (
     attention_forward,
     scaled_dot_product_attention,
 )
+from .flash import FlashCache, flash_attention_backward, flash_attention_forward
 from .fusion import (
     ConcatFusionParams,
     FusionParams,
@@ -53,6 +55,9 @@ __all__ = [
     "attention_backward",
     "attention_forward",
     "scaled_dot_product_attention",
+    "FlashCache",
+    "flash_attention_backward",
+    "flash_attention_forward",
     "ConcatFusionParams",
     "FusionParams",
     "concat_fusion_backward",

@@ -326,11 +326,27 @@ class AttentionCache:
         return _apply_dropout(self.P, self.keep, self.dropout_p)
 
 
+def _may_overflow(x: AttentionInputs) -> bool:
+    """Tell whether a score may reach +-inf; ``|scale q_i . k_j| <= |scale| E max|q| max|k|``.
+
+    Then the blocks need no check for overflow (the bound holds for every
+    partial sum of the dot product too); inf or NaN inputs make it True.
+    """
+    if x.q.size == 0 or x.k.size == 0:
+        return False
+    with np.errstate(over="ignore", invalid="ignore"):
+        q_max = max(float(x.q.max()), -float(x.q.min()))
+        k_max = max(float(x.k.max()), -float(x.k.min()))
+        bound = abs(x.scale) * x.q.shape[-1] * q_max * k_max
+    return not bound < float(np.finfo(x.q.dtype).max) / 4
+
+
 def _masked_scores(x: AttentionInputs) -> Array:
     """Eqs. (2.1)-(2.2): ``scale * q k^T + bias``, with ``-inf`` where masked."""
     with np.errstate(over="ignore"):
         s = _per_query_head(x.q * x.scale, np.swapaxes(x.k, -1, -2), x.groups)  # Eq. (2.1)
-    if np.isinf(s).any():  # -inf would pass for "masked", +inf gives NaN: refuse both
+    # -inf would pass for "masked", +inf gives NaN: refuse both (scanned only when possible)
+    if _may_overflow(x) and np.isinf(s).any():
         raise ValueError(
             f"attention scores scale * q k^T overflow {s.dtype} (a score is +-inf; inf in q "
             "or k, or too large inputs); scale the inputs down or compute in float64"

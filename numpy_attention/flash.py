@@ -46,7 +46,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from ._arrays import as_float_array, sum_to_shape
-from .attention import AttentionGrads, AttentionInputs, check_inputs
+from .attention import AttentionGrads, AttentionInputs, _may_overflow, check_inputs
 from .masks import _offset
 
 __all__ = ["FlashCache", "flash_attention_forward", "flash_attention_backward"]
@@ -179,21 +179,6 @@ def _mask_block(mask: np.ndarray, i0: int, i1: int, j0: int, j1: int) -> np.ndar
     rows = slice(None) if mask.shape[-2] == 1 else slice(i0, i1)
     cols = slice(None) if mask.shape[-1] == 1 else slice(j0, j1)
     return mask[..., rows, cols]
-
-
-def _may_overflow(x: AttentionInputs) -> bool:
-    """Tell whether a score may reach +-inf; ``|scale q_i . k_j| <= |scale| E max|q| max|k|``.
-
-    Then the blocks need no check for overflow (the bound holds for every
-    partial sum of the dot product too); inf or NaN inputs make it True.
-    """
-    if x.q.size == 0 or x.k.size == 0:
-        return False
-    with np.errstate(over="ignore", invalid="ignore"):
-        q_max = max(float(x.q.max()), -float(x.q.min()))
-        k_max = max(float(x.k.max()), -float(x.k.min()))
-        bound = abs(x.scale) * x.q.shape[-1] * q_max * k_max
-    return not bound < float(np.finfo(x.q.dtype).max) / 4
 
 
 def _scores_block(
