@@ -53,9 +53,10 @@ __all__ = ["FlashCache", "flash_attention_forward", "flash_attention_backward"]
 
 Array = NDArray[np.floating]
 
-#: The default tiling starts from 256 x 512 and keeps one block of scores, all heads
-#: together, at most this large (2 MiB in float32): big enough for efficient matmuls,
-#: small enough for the CPU caches.
+#: The default tiling starts from 256 x 512 and keeps the blocks of scores a thread holds
+#: at once, all heads together, at most this large (2 MiB in float32): one block in the
+#: forward, two (P and dP) of half this size in the backward. Big enough for efficient
+#: matmuls, small enough for the CPU caches.
 _BLOCK_Q, _BLOCK_K, _MAX_BLOCK = 256, 512, 2**19
 
 
@@ -72,22 +73,32 @@ def _check_block(value: object, name: str) -> int:
     return int(value)
 
 
-def _default_blocks(scores_shape: tuple[int, ...]) -> tuple[int, int]:
+def _default_blocks(scores_shape: tuple[int, ...], budget: int = _MAX_BLOCK) -> tuple[int, int]:
     """Default ``(bq, bk)``: from 256 x 512, halve the larger side until a block is small enough.
 
-    A block of all heads holds at most ``2**19`` scores (one 16 x 16 tile per head at
+    A block of all heads holds at most ``budget`` scores (one 16 x 16 tile per head at
     least; ``bq`` is halved on a tie); then each side is capped at ``L`` and ``S``.
     The memory of a call is thus bounded independently of ``L`` and ``S``.
     """
     *lead, L, S = scores_shape
     heads = max(1, int(np.prod(lead)))
     bq, bk = _BLOCK_Q, _BLOCK_K
-    while heads * bq * bk > _MAX_BLOCK and max(bq, bk) > 16:
+    while heads * bq * bk > budget and max(bq, bk) > 16:
         if bq >= bk:
             bq //= 2
         else:
             bk //= 2
     return max(1, min(bq, L)), max(1, min(bk, S))
+
+
+def _tiling(
+    scores_shape: tuple[int, ...], block_q: object, block_k: object, budget: int
+) -> tuple[int, int]:
+    """Return the caller's block sizes where given, the defaults for ``budget`` elsewhere."""
+    auto_q, auto_k = _default_blocks(scores_shape, budget)
+    bq = auto_q if block_q is None else _check_block(block_q, "block_q")
+    bk = auto_k if block_k is None else _check_block(block_k, "block_k")
+    return bq, bk
 
 
 def _check_workers(workers: object) -> int:
@@ -280,8 +291,12 @@ class FlashCache:
     lse : ndarray, shape (..., Hq, L)
         Natural-log log-sum-exp of each row of masked scores, Eq. (5.6);
         ``-inf`` for a fully masked row.
-    block_q, block_k, workers : int
-        The tiling used by the forward, reused by the backward.
+    block_q, block_k : int
+        The backward's tiling: the caller's block sizes if given to the
+        forward, else defaults with half the forward's block of scores (the
+        backward holds two blocks at once, ``P_ij`` and ``dP_ij``).
+    workers : int
+        The forward's threads, reused by the backward.
     """
 
     inputs: AttentionInputs
@@ -367,7 +382,9 @@ def flash_attention_forward(
         Queries and keys per block (any size >= 1; they need not divide
         ``L`` or ``S``). Default: from 256 x 512, the larger side halved
         until one block of all heads holds at most ``2**19`` scores (2 MiB
-        in float32), each side capped at ``L`` and ``S``.
+        in float32), each side capped at ``L`` and ``S``; the backward's
+        default blocks hold ``2**18`` (it keeps two blocks at once). Sizes
+        given here are used by the backward too.
     workers : int, optional
         Process query blocks in this many threads (NumPy releases the GIL);
         BLAS is limited to one thread meanwhile if ``threadpoolctl`` is
@@ -434,9 +451,8 @@ def flash_attention_forward(
     n_workers = _check_workers(workers)
     x = check_inputs(q, k, v, attn_mask, is_causal, scale, enable_gqa, causal_align)
     lay = _Layout(x.scores_shape, x.groups)
-    auto_q, auto_k = _default_blocks(x.scores_shape)
-    bq = auto_q if block_q is None else _check_block(block_q, "block_q")
-    bk = auto_k if block_k is None else _check_block(block_k, "block_k")
+    bq, bk = _tiling(x.scores_shape, block_q, block_k, _MAX_BLOCK)  # one block per thread
+    back_q, back_k = _tiling(x.scores_shape, block_q, block_k, _MAX_BLOCK // 2)  # two blocks
     check = _may_overflow(x)
     out = np.zeros(x.out_shape, dtype=x.q.dtype)
     lse = np.empty(x.scores_shape[:-1], dtype=x.q.dtype)
@@ -449,7 +465,8 @@ def flash_attention_forward(
             lse[..., i0:i1] = lay.unrows(lse_rows, i1 - i0)[..., 0]
 
     _map_blocks(task, lay.L, bq, n_workers)
-    cache = FlashCache(inputs=x, out=out, lse=lse, block_q=bq, block_k=bk, workers=n_workers)
+    cache = FlashCache(inputs=x, out=out, lse=lse, block_q=back_q, block_k=back_k,
+                       workers=n_workers)  # fmt: skip
     return out.astype(x.dtype, copy=False), cache
 
 
@@ -484,8 +501,8 @@ def _backward_rows(
         s -= shift
         P = np.exp(s, out=s)
         # O_i = sum_j P_ij V_j  (Eqs. 5.5-5.6)  ->  dV_j += P_ij^T dO_i, dP_ij = dO_i V_j^T
-        # (Eq. 5.9)
-        dv_j = np.swapaxes(P, -1, -2) @ dO_rows
+        # (Eq. 5.9); each term is added as soon as it is made, to hold one at a time
+        grads.add_dv(j0, j1, np.swapaxes(P, -1, -2) @ dO_rows)
         dP = dO_rows @ np.swapaxes(x.v[..., j0:j1, :], -1, -2)
         # P_ij = softmax rows (Eq. 5.8)  ->  dS_ij = P_ij * (dP_ij - D_i)  (Eq. 5.10)
         dP -= D_rows
@@ -494,9 +511,9 @@ def _backward_rows(
         # S_ij = (scale Q_i) K_j^T  (Eq. 5.1)
         #   ->  dQ_i += scale dS_ij K_j,  dK_j += dS_ij^T (scale Q_i)  (Eq. 5.11)
         dq += dS @ x.k[..., j0:j1, :]
-        dk_j = np.swapaxes(dS, -1, -2) @ q_rows
+        grads.add_dk(j0, j1, np.swapaxes(dS, -1, -2) @ q_rows)
         # S_ij = B_ij + ...  (Eq. 5.1)  ->  dB_ij = dS_ij summed to B's shape  (Eq. 5.12)
-        grads.add(j0, j1, dk_j, dv_j, lay.split(dS, i1 - i0), i0, i1)
+        grads.add_d_bias(lay.split(dS, i1 - i0), i0, i1, j0, j1)
         del s, P, dP, dS  # free this block before the next one is computed
     dq *= x.q.dtype.type(x.scale)  # Eq. (5.11), the scale of dQ
     return dq
@@ -515,15 +532,21 @@ class _KeyGrads:
     d_bias: Array | None  # the bias's shape, left-padded with 1s to the scores' ndim
     lock: threading.Lock
 
-    def add(
-        self, j0: int, j1: int, dk_j: Array, dv_j: Array, dS: Array | None, i0: int, i1: int
-    ) -> None:
+    def add_dv(self, j0: int, j1: int, dv_j: Array) -> None:
+        with self.lock:
+            self.dv[..., j0:j1, :] += dv_j
+
+    def add_dk(self, j0: int, j1: int, dk_j: Array) -> None:
         with self.lock:
             self.dk[..., j0:j1, :] += dk_j
-            self.dv[..., j0:j1, :] += dv_j
-            if self.d_bias is not None and dS is not None:
-                target = _mask_block(self.d_bias, i0, i1, j0, j1)
-                target += sum_to_shape(dS, target.shape)
+
+    def add_d_bias(self, dS: Array, i0: int, i1: int, j0: int, j1: int) -> None:
+        if self.d_bias is None:
+            return
+        target = _mask_block(self.d_bias, i0, i1, j0, j1)
+        summed = sum_to_shape(dS, target.shape)
+        with self.lock:
+            target += summed
 
 
 def flash_attention_backward(d_out: ArrayLike, cache: FlashCache) -> AttentionGrads:

@@ -232,6 +232,42 @@ def test_memory_stays_far_below_one_score_matrix():
     assert grads.dq.shape == q.shape
 
 
+def test_work_space_is_at_most_15_percent_of_the_scores_with_two_threads():
+    """The benchmark's (B, H, L, E) = (2, 8, 1024, 64) in float32 with workers = 2: what forward
+    and backward allocate beyond the arrays they return (out and the gradients) is at most 15%
+    of the (B, H, L, S) scores the plain formula would hold (64 MiB). Two threads hold a block
+    each in the forward and two half-size blocks each (P and dP) in the backward."""
+    rng = RNG(10)
+    shape = (2, 8, 1024, 64)
+    q, k, v, d_out = (rng.standard_normal(shape, dtype=np.float32) for _ in range(4))
+    scores = 2 * 8 * 1024 * 1024 * 4
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        out, cache = flash_attention_forward(q, k, v, workers=2)
+        grads = flash_attention_backward(d_out, cache)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    returned = out.nbytes + grads.dq.nbytes + grads.dk.nbytes + grads.dv.nbytes
+    work = peak - returned
+    assert work <= 0.15 * scores, f"work space {work / 2**20:.1f} MiB > 15% of 64 MiB"
+    assert np.isfinite(grads.dk).all()
+
+
+def test_backward_default_blocks_hold_half_the_forward_block():
+    """By default the backward, which keeps P_ij and dP_ij at once, tiles with half the forward's
+    block of scores (2**18 against 2**19 scores with all heads); block sizes given to the
+    forward are used by both."""
+    q = np.ones((2, 8, 1024, 4))
+    _, cache = flash_attention_forward(q, q, q)
+    assert 16 * cache.block_q * cache.block_k == 2**18
+    assert _default_blocks((2, 8, 1024, 1024)) == (128, 256)
+    _, cache = flash_attention_forward(q, q, q, block_q=64, block_k=32)
+    assert (cache.block_q, cache.block_k) == (64, 32)
+
+
 def test_threads_give_the_same_result():
     """workers > 1 (query blocks in threads, shared dK/dV/dB sums under a lock) gives the
     one-thread result: forward bit for bit, sums over blocks to 1e-13."""
