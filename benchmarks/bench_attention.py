@@ -11,9 +11,14 @@ Each implementation runs in its own child processes, one after the other, on the
 - ``core``:  numpy_attention.attention.attention_forward / attention_backward (BLAS threads);
 - ``tiled``: numpy_attention.flash.flash_attention_forward / _backward with ``workers`` = the
   number of CPUs (BLAS limited to one thread meanwhile, via threadpoolctl when installed);
-- ``torch``: torch.nn.functional.scaled_dot_product_attention on the CPU, when torch imports.
+- ``torch``: torch.nn.functional.scaled_dot_product_attention on the CPU, when torch imports;
+- ``products``: the matrix products alone, whole-size ``np.matmul`` calls into preallocated
+  arrays (BLAS threads), no softmax: the 2 of the forward and the 7 of a FlashAttention forward
+  + backward (the core computes 6 of them). A floor that no NumPy attention built on
+  ``np.matmul`` can go below on this machine, so its ratio to torch says which targets can be
+  met here at all.
 
-One child per implementation and shape, the three implementations back to back for each shape,
+One child per implementation and shape, the implementations back to back for each shape,
 so that they meet the same machine load.
 
 For each shape (B, H, L, E) and dtype it reports the median time of the forward and of
@@ -46,7 +51,7 @@ from pathlib import Path
 SHAPES = [(4, 8, 512, 64), (2, 8, 1024, 64), (1, 8, 2048, 64), (1, 4, 4096, 128)]
 QUICK_SHAPES = [(2, 4, 256, 32), (1, 4, 512, 64)]
 DTYPES = ["float32", "float64"]
-IMPLS = ["torch", "core", "tiled"]
+IMPLS = ["torch", "core", "tiled", "products"]
 BLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 SEED = 0
 
@@ -229,6 +234,51 @@ def _big_memory_check(fwd, bwd, workers):
            "seconds": seconds, "scores_bytes": 16384 * 16384 * 8})  # fmt: skip
 
 
+def _product_runs(q, k, v, g):
+    """The forward's 2 products, the core's 6 and FlashAttention's 7, into preallocated arrays.
+
+    Returns the three runs and the arrays they write (``s`` holds S, then dP).
+    """
+    import numpy as np
+
+    kT, vT = np.swapaxes(k, -1, -2), np.swapaxes(v, -1, -2)
+    s = q @ kT  # (B, H, L, S), reused for P, dP and dS: no page faults in the timing
+    sT = np.swapaxes(s, -1, -2)
+    o = np.empty(q.shape[:-1] + v.shape[-1:], q.dtype)
+    dq, dk, dv = (np.empty_like(a) for a in (q, k, v))
+
+    def run_fwd():
+        np.matmul(q, kT, out=s)  # S = Q K^T
+        np.matmul(s, v, out=o)  # O = P V
+
+    def run_backward():
+        np.matmul(sT, g, out=dv)  # dV = P^T dO
+        np.matmul(g, vT, out=s)  # dP = dO V^T
+        np.matmul(s, k, out=dq)  # dQ = dS K
+        np.matmul(sT, q, out=dk)  # dK = dS^T Q
+
+    def run_six():
+        run_fwd()
+        run_backward()
+
+    def run_seven():
+        run_fwd()
+        np.matmul(q, kT, out=s)  # FlashAttention's backward recomputes S
+        run_backward()
+
+    return run_fwd, run_six, run_seven, {"s": s, "o": o, "dq": dq, "dk": dk, "dv": dv}
+
+
+def _products_child(shapes, dtypes, repeat):
+    """Time the matrix products of attention alone (see the module docstring), nothing else."""
+    for shape in shapes:
+        for dtype in dtypes:
+            run_fwd, run_six, run_seven, _ = _product_runs(*_inputs(shape, dtype))
+            _emit({"impl": "products", "kind": "time", "shape": shape, "dtype": dtype,
+                   "fwd_ms": _median_ms(run_fwd, repeat), "both_ms": _median_ms(run_seven, repeat),
+                   "six_ms": _median_ms(run_six, repeat), "mem": None, "err": None})  # fmt: skip
+
+
 def _torch_child(shapes, dtypes, repeat, refdir):
     import numpy as np
     import torch
@@ -344,6 +394,7 @@ def _report(records, args, removed):
                     else:
                         row.append(f"{r[key]:.1f} ({r[key] / t_ref[key]:.2f}x)")
             print("| " + " | ".join(row) + " |")
+    _report_floor(times, args)
     print()
     print("## Achieved GFLOP/s as a fraction of the np.matmul peak")
     print()
@@ -372,7 +423,7 @@ def _report(records, args, removed):
     print("'all' counts everything allocated during the call, results included (out and cache, "
           "or out and gradients); 'work' excludes the arrays the call returns.")  # fmt: skip
     print()
-    numpy_impls = [i for i in impls if i != "torch"]
+    numpy_impls = [i for i in impls if i not in ("torch", "products")]
     head = ["B,H,L,E", "dtype", "scores MiB"]
     head += [f"{i} {p}" for i in numpy_impls for p in ("fwd all", "fwd+bwd all", "fwd+bwd work")]
     print("| " + " | ".join(head) + " |")
@@ -396,14 +447,15 @@ def _report(records, args, removed):
     print()
     print("## Largest |error| of out, dq, dk, dv against the float64 reference")
     print()
-    head = ["B,H,L,E", "dtype"] + impls
+    checked = [i for i in impls if i != "products"]
+    head = ["B,H,L,E", "dtype"] + checked
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     refs = set()
     for shape in args.shape_list:
         for dtype in args.dtype_list:
             row = [",".join(map(str, shape)), dtype]
-            for i in impls:
+            for i in checked:
                 r = times.get((i, shape, dtype))
                 row.append("-" if r is None else f"{r['err']['max_abs']:.2e}")
                 if r is not None:
@@ -415,6 +467,34 @@ def _report(records, args, removed):
             print(f"\nTiled, L = S = 16384, H = 1, E = 64, float64, forward + backward: "
                   f"{r['seconds']:.1f} s, peak extra memory {_mib(r['peak'])} MiB "
                   f"({r['peak'] / r['scores_bytes']:.1%} of one 2 GiB score matrix).")  # fmt: skip
+
+
+def _report_floor(times, args):
+    """The products alone against torch: can any NumPy attention meet the issue's targets here?"""
+    rows = []
+    for shape in args.shape_list:
+        for dtype in args.dtype_list:
+            fl, t = times.get(("products", shape, dtype)), times.get(("torch", shape, dtype))
+            if fl is not None and t is not None:
+                rows.append([",".join(map(str, shape)), dtype,
+                             f"{fl['fwd_ms'] / t['fwd_ms']:.2f}x",
+                             f"{fl['both_ms'] / t['both_ms']:.2f}x",
+                             f"{fl['six_ms'] / t['both_ms']:.2f}x"])  # fmt: skip
+    if not rows:
+        return
+    print()
+    print("## The matrix products alone, as a ratio to torch's whole attention")
+    print()
+    print("Each figure is a floor for a NumPy implementation: it still has the softmax to do. "
+          "A target below the floor cannot be met on this machine.")  # fmt: skip
+    print()
+    head = ["B,H,L,E", "dtype", "2 products / torch fwd (tiled fwd target: 0.8x)",
+            "7 products / torch fwd+bwd (tiled target: 0.7x)",
+            "6 products / torch fwd+bwd (core target: 1.0x)"]  # fmt: skip
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
 
 
 def _cpu_name():
@@ -431,7 +511,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="small shapes, 2 repeats: a smoke run")
     p.add_argument("--repeat", type=int, default=None, help="timed runs per case (default 5)")
-    p.add_argument("--impl", default=",".join(IMPLS), help="comma-separated: torch,core,tiled")
+    p.add_argument("--impl", default=",".join(IMPLS),
+                   help="comma-separated: torch,core,tiled,products")  # fmt: skip
     p.add_argument("--dtypes", default=",".join(DTYPES))
     p.add_argument("--shapes", default=None, help="e.g. '2,8,1024,64;1,8,2048,64'")
     p.add_argument(
@@ -459,6 +540,8 @@ def main(argv=None):
     if args.child:
         if args.child == "torch":
             _torch_child(args.shape_list, args.dtype_list, args.repeat, args.refdir)
+        elif args.child == "products":
+            _products_child(args.shape_list, args.dtype_list, args.repeat)
         else:
             _numpy_child(args.child, args.shape_list, args.dtype_list, args.repeat, args.refdir,
                          bool(args.big))  # fmt: skip
