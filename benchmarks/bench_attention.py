@@ -12,11 +12,12 @@ Each implementation runs in its own child processes, one after the other, on the
 - ``tiled``: numpy_attention.flash.flash_attention_forward / _backward with ``workers`` = the
   number of CPUs (BLAS limited to one thread meanwhile, via threadpoolctl when installed);
 - ``torch``: torch.nn.functional.scaled_dot_product_attention on the CPU, when torch imports;
-- ``products``: the matrix products alone, whole-size ``np.matmul`` calls into preallocated
-  arrays (BLAS threads), no softmax: the 2 of the forward and the 7 of a FlashAttention forward
-  + backward (the core computes 6 of them). A floor that no NumPy attention built on
-  ``np.matmul`` can go below on this machine, so its ratio to torch says which targets can be
-  met here at all.
+- ``products``: the matrix products alone, no softmax: the 2 of the forward and the 7 of a
+  FlashAttention forward + backward (the core computes 6 of them), each timed two ways, the
+  faster reported: whole-size ``np.matmul`` calls into preallocated arrays (BLAS threads), and
+  the tiled functions' blocks in their threads (BLAS on one thread each). A floor for a NumPy
+  attention built on ``np.matmul`` on this machine, so its ratio to torch says which targets
+  can be met here at all.
 
 One child per implementation and shape, the implementations back to back for each shape,
 so that they meet the same machine load.
@@ -269,14 +270,73 @@ def _product_runs(q, k, v, g):
     return run_fwd, run_six, run_seven, {"s": s, "o": o, "dq": dq, "dk": dk, "dv": dv}
 
 
+def _blocked_product_runs(q, k, v, g, workers):
+    """The tiled functions' 2 + 5 products alone, in their default blocks and threads.
+
+    Each of ``workers`` threads (BLAS on one thread) takes every ``workers``-th query block and
+    multiplies it with every key block, each product a fresh array, as ``flash.py`` does; no
+    softmax, no masks. Returns the forward run and the forward + backward run.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    from numpy_attention.flash import _MAX_BLOCK, _default_blocks
+
+    B, H, L, E = q.shape
+    scores = (B, H, L, k.shape[-2])
+    fwd_blocks, bwd_blocks = _default_blocks(scores), _default_blocks(scores, _MAX_BLOCK // 2)
+    kT, vT = np.swapaxes(k, -1, -2), np.swapaxes(v, -1, -2)
+
+    def forward_rows(starts, bq, bk):
+        for i0 in starts:
+            qi, acc = q[..., i0 : i0 + bq, :], 0.0
+            for j0 in range(0, L, bk):
+                s = qi @ kT[..., j0 : j0 + bk]  # S_ij
+                acc = acc + s @ v[..., j0 : j0 + bk, :]  # P_ij V_j
+
+    def backward_rows(starts, bq, bk):
+        for i0 in starts:
+            qi, gi, dq = q[..., i0 : i0 + bq, :], g[..., i0 : i0 + bq, :], 0.0
+            for j0 in range(0, L, bk):
+                s = qi @ kT[..., j0 : j0 + bk]  # S_ij, recomputed
+                np.swapaxes(s, -1, -2) @ gi  # dV_j term
+                dp = gi @ vT[..., j0 : j0 + bk]  # dP_ij
+                dq = dq + dp @ k[..., j0 : j0 + bk, :]  # dQ_i term
+                np.swapaxes(dp, -1, -2) @ qi  # dK_j term
+
+    def threaded(rows, blocks):
+        bq, bk = blocks
+        starts = list(range(0, L, bq))
+        with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+            list(pool.map(lambda w: rows(starts[w::workers], bq, bk), range(workers)))
+
+    def run_fwd():
+        threaded(forward_rows, fwd_blocks)
+
+    def run_seven():
+        run_fwd()
+        threaded(backward_rows, bwd_blocks)
+
+    return run_fwd, run_seven
+
+
 def _products_child(shapes, dtypes, repeat):
     """Time the matrix products of attention alone (see the module docstring), nothing else."""
+    workers = os.cpu_count() or 1
     for shape in shapes:
         for dtype in dtypes:
-            run_fwd, run_six, run_seven, _ = _product_runs(*_inputs(shape, dtype))
+            inputs = _inputs(shape, dtype)
+            run_fwd, run_six, run_seven, _ = _product_runs(*inputs)
+            tiled_fwd, tiled_seven = _blocked_product_runs(*inputs, workers)
+            t = {"whole_fwd": run_fwd, "whole_seven": run_seven, "six_ms": run_six,
+                 "tiled_fwd": tiled_fwd, "tiled_seven": tiled_seven}  # fmt: skip
+            ms = {name: _median_ms(fn, repeat) for name, fn in t.items()}
             _emit({"impl": "products", "kind": "time", "shape": shape, "dtype": dtype,
-                   "fwd_ms": _median_ms(run_fwd, repeat), "both_ms": _median_ms(run_seven, repeat),
-                   "six_ms": _median_ms(run_six, repeat), "mem": None, "err": None})  # fmt: skip
+                   "fwd_ms": min(ms["whole_fwd"], ms["tiled_fwd"]),
+                   "both_ms": min(ms["whole_seven"], ms["tiled_seven"]),
+                   "six_ms": ms["six_ms"], "each_ms": ms, "mem": None, "err": None})  # fmt: skip
 
 
 def _torch_child(shapes, dtypes, repeat, refdir):
@@ -417,33 +477,9 @@ def _report(records, args, removed):
                         gf = fl / (r[key] / 1e3) / 1e9
                         row.append(f"{gf:.0f} ({gf / peaks[dtype]:.0%})")
             print("| " + " | ".join(row) + " |")
-    print()
-    print("## Peak extra memory per call (tracemalloc, MiB) and % of the scores (B·H·L·S)")
-    print()
-    print("'all' counts everything allocated during the call, results included (out and cache, "
-          "or out and gradients); 'work' excludes the arrays the call returns.")  # fmt: skip
-    print()
     numpy_impls = [i for i in impls if i not in ("torch", "products")]
-    head = ["B,H,L,E", "dtype", "scores MiB"]
-    head += [f"{i} {p}" for i in numpy_impls for p in ("fwd all", "fwd+bwd all", "fwd+bwd work")]
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
-    for shape in args.shape_list:
-        for dtype in args.dtype_list:
-            B, H, L, _ = shape
-            scores = B * H * L * L * (4 if dtype == "float32" else 8)
-            row = [",".join(map(str, shape)), dtype, _mib(scores)]
-            for i in numpy_impls:
-                r = times.get((i, shape, dtype))
-                if r is None:
-                    row += ["-"] * 3
-                    continue
-                m1, m2 = r["mem"]["fwd"], r["mem"]["fwd+bwd"]
-                work = m2["peak"] - m2["results"]
-                row += [f"{_mib(m1['peak'])} ({m1['peak'] / scores:.0%})",
-                        f"{_mib(m2['peak'])} ({m2['peak'] / scores:.0%})",
-                        f"{_mib(work)} ({work / scores:.0%})"]  # fmt: skip
-            print("| " + " | ".join(row) + " |")
+    if numpy_impls:
+        _report_memory(times, args, numpy_impls)
     print()
     print("## Largest |error| of out, dq, dk, dv against the float64 reference")
     print()
@@ -467,6 +503,36 @@ def _report(records, args, removed):
             print(f"\nTiled, L = S = 16384, H = 1, E = 64, float64, forward + backward: "
                   f"{r['seconds']:.1f} s, peak extra memory {_mib(r['peak'])} MiB "
                   f"({r['peak'] / r['scores_bytes']:.1%} of one 2 GiB score matrix).")  # fmt: skip
+
+
+def _report_memory(times, args, numpy_impls):
+    """The tracemalloc table of the NumPy implementations."""
+    print()
+    print("## Peak extra memory per call (tracemalloc, MiB) and % of the scores (B·H·L·S)")
+    print()
+    print("'all' counts everything allocated during the call, results included (out and cache, "
+          "or out and gradients); 'work' excludes the arrays the call returns.")  # fmt: skip
+    print()
+    head = ["B,H,L,E", "dtype", "scores MiB"]
+    head += [f"{i} {p}" for i in numpy_impls for p in ("fwd all", "fwd+bwd all", "fwd+bwd work")]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for shape in args.shape_list:
+        for dtype in args.dtype_list:
+            B, H, L, _ = shape
+            scores = B * H * L * L * (4 if dtype == "float32" else 8)
+            row = [",".join(map(str, shape)), dtype, _mib(scores)]
+            for i in numpy_impls:
+                r = times.get((i, shape, dtype))
+                if r is None:
+                    row += ["-"] * 3
+                    continue
+                m1, m2 = r["mem"]["fwd"], r["mem"]["fwd+bwd"]
+                work = m2["peak"] - m2["results"]
+                row += [f"{_mib(m1['peak'])} ({m1['peak'] / scores:.0%})",
+                        f"{_mib(m2['peak'])} ({m2['peak'] / scores:.0%})",
+                        f"{_mib(work)} ({work / scores:.0%})"]  # fmt: skip
+            print("| " + " | ".join(row) + " |")
 
 
 def _report_floor(times, args):
