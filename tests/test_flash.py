@@ -289,6 +289,50 @@ def test_threads_give_the_same_result():
         np.testing.assert_allclose(getattr(g1, name), getattr(g2, name), rtol=1e-13, atol=1e-13)
 
 
+class _GuardedSum(np.ndarray):
+    """An array whose in-place additions fail unless the lock in ``.guard`` is held."""
+
+    guard = None
+    added: list[int] = []
+
+    def __array_finalize__(self, obj):
+        self.guard, self.added = getattr(obj, "guard", None), getattr(obj, "added", [])
+
+    def __iadd__(self, other):
+        assert self.guard is not None and self.guard.locked(), "a shared sum added without lock"
+        self.added.append(1)
+        return super().__iadd__(other)
+
+
+def test_shared_key_gradients_are_added_under_the_lock(monkeypatch):
+    """With workers > 1 the threads add their dK_j, dV_j and dB terms into shared sums; every
+    such in-place addition happens while the _KeyGrads lock is held (a race would otherwise
+    lose terms now and then, which a comparison of results cannot catch reliably)."""
+    import numpy_attention.flash as flash
+
+    added: list[int] = []
+    base = flash._KeyGrads
+
+    class Guarded(base):
+        def __init__(self, **fields):
+            super().__init__(**fields)
+            for name in ("dk", "dv", "d_bias"):
+                arr = getattr(self, name)
+                if arr is not None:
+                    arr = arr.view(_GuardedSum)
+                    arr.guard, arr.added = self.lock, added
+                    setattr(self, name, arr)
+
+    monkeypatch.setattr(flash, "_KeyGrads", Guarded)
+    rng = RNG(11)
+    q, k, v = rng.normal(size=(2, 20, 4)), rng.normal(size=(2, 16, 4)), rng.normal(size=(2, 16, 4))
+    bias = rng.normal(size=(20, 16))
+    out, cache = flash_attention_forward(q, k, v, attn_mask=bias, block_q=5, block_k=4, workers=2)
+    grads = flash_attention_backward(rng.normal(size=out.shape), cache)
+    assert len(added) == 3 * 4 * 4  # dK, dV and dB for each of the 4 x 4 blocks
+    assert np.isfinite(grads.dk).all() and grads.d_attn_mask.shape == bias.shape
+
+
 @given(st.lists(st.integers(1, 5000), min_size=2, max_size=5))
 @settings(max_examples=40)
 def test_default_blocks_are_bounded_independently_of_L_and_S(shape):
