@@ -128,7 +128,7 @@ def run_sdpa(a: dict, dtype: torch.dtype) -> dict:
     out.backward(tensor(a["d_out"], dtype))
     with torch.no_grad():
         res = {"out": out, "dq": q.grad, "dk": k.grad, "dv": v.grad}
-        if mask is not None and mask.dtype != bool:
+        if m is not None and mask is not None and mask.dtype != bool:
             res["d_attn_mask"] = m.grad
         res["weights"] = torch.ops.aten._scaled_dot_product_attention_math(
             q, k, v, attn_mask=additive_mask(a, L, S, dtype), scale=scale, enable_gqa=gqa
@@ -180,20 +180,27 @@ def make_mha(a: dict, prefix: str, dtype: torch.dtype) -> torch.nn.MultiheadAtte
     return mha
 
 
+def _grad(t: torch.Tensor | None) -> torch.Tensor:
+    """Return the gradient of a parameter that took part in the backward (None is a bug)."""
+    assert t is not None and t.grad is not None, "a parameter received no gradient"
+    return t.grad
+
+
 def mha_grads(mha: torch.nn.MultiheadAttention, prefix: str) -> dict:
     """Parameter gradients under the suite's names and layout (``x @ W + b``)."""
     E = mha.embed_dim
     if mha._qkv_same_embed_dim:
-        w = mha.in_proj_weight.grad
+        w = _grad(mha.in_proj_weight)
         wq, wk, wv = w[:E], w[E : 2 * E], w[2 * E :]
     else:
-        wq, wk, wv = mha.q_proj_weight.grad, mha.k_proj_weight.grad, mha.v_proj_weight.grad
-    b = mha.in_proj_bias.grad
+        wq, wk, wv = (_grad(mha.q_proj_weight), _grad(mha.k_proj_weight),
+                      _grad(mha.v_proj_weight))  # fmt: skip
+    b = _grad(mha.in_proj_bias)
     return {
         f"d_{prefix}w_q": wq.T, f"d_{prefix}w_k": wk.T, f"d_{prefix}w_v": wv.T,
-        f"d_{prefix}w_o": mha.out_proj.weight.grad.T,
+        f"d_{prefix}w_o": _grad(mha.out_proj.weight).T,
         f"d_{prefix}b_q": b[:E], f"d_{prefix}b_k": b[E : 2 * E], f"d_{prefix}b_v": b[2 * E :],
-        f"d_{prefix}b_o": mha.out_proj.bias.grad,
+        f"d_{prefix}b_o": _grad(mha.out_proj.bias),
     }  # fmt: skip
 
 
