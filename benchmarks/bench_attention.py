@@ -273,16 +273,16 @@ def _product_runs(q, k, v, g):
 def _blocked_product_runs(q, k, v, g, workers):
     """The tiled functions' 2 + 5 products alone, in their default blocks and threads.
 
-    Each of ``workers`` threads (BLAS on one thread) takes every ``workers``-th query block and
-    multiplies it with every key block, each product a fresh array, as ``flash.py`` does; no
-    softmax, no masks. Returns the forward run and the forward + backward run.
+    Each of ``workers`` threads (BLAS on one thread, with threadpoolctl) takes every
+    ``workers``-th query block and multiplies it with every key block, each product a fresh
+    array, as ``flash.py`` does; no softmax, no masks. Returns the forward run and the
+    forward + backward run.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
-    from threadpoolctl import threadpool_limits
 
-    from numpy_attention.flash import _MAX_BLOCK, _default_blocks
+    from numpy_attention.flash import _MAX_BLOCK, _default_blocks, _one_blas_thread
 
     B, H, L, E = q.shape
     scores = (B, H, L, k.shape[-2])
@@ -309,7 +309,7 @@ def _blocked_product_runs(q, k, v, g, workers):
     def threaded(rows, blocks):
         bq, bk = blocks
         starts = list(range(0, L, bq))
-        with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        with _one_blas_thread(workers), ThreadPoolExecutor(workers) as pool:
             list(pool.map(lambda w: rows(starts[w::workers], bq, bk), range(workers)))
 
     def run_fwd():

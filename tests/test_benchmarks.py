@@ -52,5 +52,5 @@ def test_benchmark_script_prints_every_table():
     for title in ("## Time (ms, median)", "## Achieved GFLOP/s", "## Peak extra memory",
                   "## Largest |error|"):  # fmt: skip
         assert title in out, out
-    assert "core fwd" in out and "tiled fwd" in out and "products fwd" in out
+    assert "core fwd" in out and "tiled fwd" in out and "products fwd" in out, proc.stderr
     assert "| 1,2,32,8 | float64 |" in out
