@@ -289,6 +289,21 @@ def test_threads_give_the_same_result():
         np.testing.assert_allclose(getattr(g1, name), getattr(g2, name), rtol=1e-13, atol=1e-13)
 
 
+def test_default_tiling_differs_between_passes_and_still_equals_the_core():
+    """With 64 heads the default forward blocks are 64 x 100 and the backward's 64 x 64 (half the
+    scores), neither dividing L = S = 100: out, lse and every gradient (float bias, causal, GQA,
+    two threads) still equal the core's to 1e-12."""
+    rng = RNG(12)
+    q = rng.normal(size=(2, 32, 100, 4))
+    k, v = rng.normal(size=(2, 16, 100, 4)), rng.normal(size=(2, 16, 100, 3))
+    kwargs = dict(q=q, k=k, v=v, attn_mask=rng.normal(size=(32, 1, 100)), is_causal=True,
+                  enable_gqa=True)  # fmt: skip
+    flash, core = _run_both(kwargs, workers=2)
+    assert (flash[1].block_q, flash[1].block_k) == (64, 64)
+    assert _default_blocks((2, 32, 100, 100)) == (64, 100)
+    _assert_same(flash, core)
+
+
 class _GuardedSum(np.ndarray):
     """An array whose in-place additions fail unless the lock in ``.guard`` is held."""
 
