@@ -8,7 +8,10 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["as_float_array", "sum_to_shape", "compute_dtype", "broadcasts_to"]
+__all__ = ["Array", "as_float_array", "sum_to_shape", "compute_dtype", "broadcasts_to"]
+
+#: The one alias for a floating array, used by every module.
+Array = NDArray[np.floating]
 
 
 def as_float_array(x: ArrayLike, name: str) -> NDArray[np.floating]:
