@@ -8,7 +8,16 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["Array", "as_float_array", "sum_to_shape", "compute_dtype", "broadcasts_to"]
+__all__ = [
+    "Array",
+    "as_float_array",
+    "sum_to_shape",
+    "compute_dtype",
+    "broadcasts_to",
+    "pow2_exponent",
+    "block_view",
+    "absmax",
+]
 
 #: The one alias for a floating array, used by every module.
 Array = NDArray[np.floating]
@@ -65,3 +74,53 @@ def broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
         return np.broadcast_shapes(shape, target) == target
     except ValueError:
         return False
+
+
+def pow2_exponent(bound: float, dtype: np.dtype) -> int:
+    """Smallest ``e >= 0`` with ``bound / 2^e`` below a quarter of ``dtype``'s range.
+
+    Dividing by ``2^e`` is exact (only the exponent changes), so a sum that
+    could overflow is computed on scaled terms and scaled back once it is small.
+    A non-finite ``bound`` (inf or NaN inputs) gives 0: there is nothing to save.
+
+    Examples
+    --------
+    >>> pow2_exponent(10.0, np.dtype(np.float64)), pow2_exponent(1e308, np.dtype(np.float64))
+    (0, 3)
+    """
+    limit = float(np.finfo(dtype).max) / 4
+    if not (np.isfinite(bound) and bound >= limit):
+        return 0
+    return int(np.ceil(np.log2(bound / limit))) + 1
+
+
+def block_view(a: np.ndarray, i0: int, j0: int, n: int, m: int) -> np.ndarray:
+    """Block ``[i0:i0+n, j0:j0+m]`` of a mask in its own shape: a view that broadcasts to the block.
+
+    The same values as ``np.broadcast_to(a, scores_shape)[..., i0:i0+n, j0:j0+m]``,
+    without reading the broadcast copies (size-1 axes stay size 1).
+
+    Examples
+    --------
+    >>> block_view(np.arange(12).reshape(3, 4), 1, 2, 2, 2).tolist()
+    [[6, 7], [10, 11]]
+    >>> block_view(np.ones((1, 4)), 1, 2, 2, 2).shape
+    (1, 2)
+    """
+    if a.ndim < 2:
+        a = a.reshape((1,) * (2 - a.ndim) + a.shape)
+    rows = slice(None) if a.shape[-2] == 1 else slice(i0, i0 + n)
+    cols = slice(None) if a.shape[-1] == 1 else slice(j0, j0 + m)
+    return a[..., rows, cols]
+
+
+def absmax(a: np.ndarray) -> float:
+    """``max |a|`` without an ``|a|`` temporary; NaN if ``a`` holds NaN, 0 if empty.
+
+    Examples
+    --------
+    >>> absmax(np.array([1.0, -3.0])), absmax(np.zeros(0))
+    (3.0, 0.0)
+    """
+    with np.errstate(invalid="ignore"):
+        return max(float(np.max(a, initial=-np.inf)), -float(np.min(a, initial=np.inf)), 0.0)
