@@ -76,22 +76,24 @@ def broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
         return False
 
 
-def pow2_exponent(bound: float, dtype: np.dtype) -> int:
-    """Smallest ``e >= 0`` with ``bound / 2^e`` below a quarter of ``dtype``'s range.
+def pow2_exponent(factors: tuple[float, ...], dtype: np.dtype) -> int:
+    """Smallest ``e >= 0`` with ``prod(factors) / 2^e`` below a quarter of ``dtype``'s range.
 
+    The product is bounded in log2 space, so it may itself exceed the range.
     Dividing by ``2^e`` is exact (only the exponent changes), so a sum that
     could overflow is computed on scaled terms and scaled back once it is small.
-    A non-finite ``bound`` (inf or NaN inputs) gives 0: there is nothing to save.
+    A zero or non-finite factor (inf or NaN inputs) gives 0: nothing to save.
 
     Examples
     --------
-    >>> pow2_exponent(10.0, np.dtype(np.float64)), pow2_exponent(1e308, np.dtype(np.float64))
+    >>> f64 = np.dtype(np.float64)
+    >>> pow2_exponent((10.0, 3.0), f64), pow2_exponent((2.0, 1e308), f64)
     (0, 3)
     """
-    limit = float(np.finfo(dtype).max) / 4
-    if not (np.isfinite(bound) and bound >= limit):
+    if not all(np.isfinite(f) and f > 0 for f in factors):
         return 0
-    return int(np.ceil(np.log2(bound / limit))) + 1
+    excess = sum(float(np.log2(f)) for f in factors) - float(np.log2(np.finfo(dtype).max / 4))
+    return 0 if excess < 0 else int(np.floor(excess)) + 1
 
 
 def block_view(a: np.ndarray, i0: int, j0: int, n: int, m: int) -> np.ndarray:

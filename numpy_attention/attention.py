@@ -194,10 +194,11 @@ def score_pipeline(x: AttentionInputs, S: Array, i0: int = 0, j0: int = 0) -> Ar
     S_c = S.copy() if mods.keeps_scores else None
     if mods.score_mod is not None:
         S[...] = _mod_result(mods.score_mod(S_c, *idx), "score_mod", S.shape, "f")  # Eq. (8.2)
-    if x.bias is not None:
-        S += block_view(x.bias, i0, j0, *S.shape[-2:])  # Eq. (2.2): + B
-    if mods.alibi is not None:
-        S -= mods.alibi * np.abs(idx[2] + x.pos.offset - idx[3])  # Eq. (8.3): - m_h |i + d - j|
+    with np.errstate(over="ignore"):  # an overflow here is refused by check_scores
+        if x.bias is not None:
+            S += block_view(x.bias, i0, j0, *S.shape[-2:])  # Eq. (2.2): + B
+        if mods.alibi is not None:
+            S -= mods.alibi * np.abs(idx[2] + x.pos.offset - idx[3])  # (8.3): - m_h |i + d - j|
     allowed = _visible(x, S, i0, j0, idx)
     if allowed is not None:
         np.copyto(S, -np.inf, where=~allowed)  # Eqs. (2.2), (8.4): -inf where masked
@@ -552,9 +553,7 @@ def _scaled_values(v: Array, out: Array, dO: Array) -> tuple[Array, Array, int]:
     ``|dP_ij| <= Ev max|dO| max|v|``; dividing by a power of two is exact, and
     ``dS = P (dP - D)`` is multiplied back by ``2^e`` once it is small.
     """
-    with np.errstate(over="ignore", invalid="ignore"):
-        bound = v.shape[-1] * absmax(dO) * max(absmax(v), absmax(out))
-    e = pow2_exponent(bound, v.dtype)
+    e = pow2_exponent((v.shape[-1], absmax(dO), max(absmax(v), absmax(out))), v.dtype)
     return (v, out, 0) if e == 0 else (np.ldexp(v, -e), np.ldexp(out, -e), e)
 
 

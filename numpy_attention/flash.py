@@ -511,7 +511,7 @@ def flash_attention_forward(
     bq, bk = _tiling(x.scores_shape, block_q, block_k, MAX_BLOCK)  # one block per thread
     back_q, back_k = _tiling(x.scores_shape, block_q, block_k, MAX_BLOCK // 2)  # two blocks
     # the running sum of l <= S + 1 terms times v may overflow: v / 2^e, exact
-    e = pow2_exponent((lay.S + 1) * absmax(x.v), x.v.dtype)
+    e = pow2_exponent((lay.S + 1, absmax(x.v)), x.v.dtype)
     drop = (keep, float(dropout_p), np.ldexp(x.v, -e) if e else x.v)
     out = np.zeros(x.out_shape, dtype=x.q.dtype)
     m, l = (np.empty(x.scores_shape[:-1], dtype=x.q.dtype) for _ in range(2))  # noqa: E741
@@ -679,9 +679,8 @@ def flash_attention_backward(d_out: ArrayLike, cache: FlashCache) -> AttentionGr
     x = cache.inputs
     lay = _Layout(x.scores_shape, x.groups)
     dO = check_grad(d_out, "d_out", cache.out.shape, cache.out.dtype)
-    with np.errstate(over="ignore", invalid="ignore"):  # dO v^T may overflow: v / 2^e, exact
-        bound = x.v.shape[-1] * absmax(dO) * max(absmax(x.v), absmax(cache.out))
-    e = pow2_exponent(bound, x.v.dtype)
+    # dO v^T may overflow: v / 2^e, exact
+    e = pow2_exponent((x.v.shape[-1], absmax(dO), max(absmax(x.v), absmax(cache.out))), x.v.dtype)
     v, out = (np.ldexp(x.v, -e), np.ldexp(cache.out, -e)) if e else (x.v, cache.out)
     l_safe = np.where(cache.l > 0, cache.l, 1.0)[..., None]  # a row with no key: l = 0
     D = np.empty(cache.l.shape + (1,), dtype=dO.dtype)
