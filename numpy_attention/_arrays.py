@@ -15,6 +15,7 @@ __all__ = [
     "compute_dtype",
     "broadcasts_to",
     "pow2_exponent",
+    "pow2_scaled",
     "block_view",
     "absmax",
 ]
@@ -94,6 +95,22 @@ def pow2_exponent(factors: tuple[float, ...], dtype: np.dtype) -> int:
         return 0
     excess = sum(float(np.log2(f)) for f in factors) - float(np.log2(np.finfo(dtype).max / 4))
     return 0 if excess < 0 else int(np.floor(excess)) + 1
+
+
+def pow2_scaled(arrays: tuple[np.ndarray, ...], factors: tuple[float, ...]) -> tuple[list, int]:
+    """Divide ``arrays`` by ``2^e``, ``e`` from :func:`pow2_exponent` of ``factors`` and their max.
+
+    ``e = 0`` (nothing could overflow) returns the arrays themselves.
+
+    Examples
+    --------
+    >>> (v,), e = pow2_scaled((np.array([1e308]),), (4.0,))
+    >>> e, float(np.ldexp(v[0], e))
+    (4, 1e+308)
+    """
+    big = max(absmax(a) for a in arrays)
+    e = pow2_exponent(factors + (big,), arrays[0].dtype)
+    return ([np.ldexp(a, -e) for a in arrays] if e else list(arrays)), e
 
 
 def block_view(a: np.ndarray, i0: int, j0: int, n: int, m: int) -> np.ndarray:

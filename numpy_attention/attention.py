@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ._arrays import Array, absmax, block_view, pow2_exponent, sum_to_shape
+from ._arrays import Array, absmax, block_view, pow2_scaled, sum_to_shape
 from ._inputs import AttentionInputs, check_dropout, check_inputs
 from ._validate import check_grad, check_instance
 from .softmax import softmax_lse_inplace
@@ -515,7 +515,8 @@ def attention_backward(d_out: ArrayLike, cache: AttentionCache) -> AttentionGrad
     check_instance(cache, AttentionCache, "cache", "attention_forward")
     x, P, G = cache.inputs, cache.P, cache.inputs.groups
     dO = check_grad(d_out, "d_out", cache.out.shape, P.dtype)
-    v, out, e = _scaled_values(x.v, cache.out, dO)  # v / 2^e when dO v^T could overflow
+    # |dP| <= Ev max|dO| max|v| could overflow: v and out / 2^e (exact), dS * 2^e once small
+    (v, out), e = pow2_scaled((x.v, cache.out), (x.v.shape[-1], absmax(dO)))
     # out = P_d @ v  (Eq. (2.5))  ->  dv = P_d^T dO,  dP_d = dO v^T  (Eq. (2.10))
     dv = _per_kv_head(np.swapaxes(cache.weights, -1, -2), dO, G)
     dP = _per_query_head(dO, np.swapaxes(v, -1, -2), G)
@@ -545,16 +546,6 @@ def attention_backward(d_out: ArrayLike, cache: AttentionCache) -> AttentionGrad
         d_attn_mask=d_mask,
         d_sinks=d_sinks,
     )
-
-
-def _scaled_values(v: Array, out: Array, dO: Array) -> tuple[Array, Array, int]:
-    """``v``, ``out`` divided by ``2^e`` when ``dO v^T`` could overflow (``e = 0``: unchanged).
-
-    ``|dP_ij| <= Ev max|dO| max|v|``; dividing by a power of two is exact, and
-    ``dS = P (dP - D)`` is multiplied back by ``2^e`` once it is small.
-    """
-    e = pow2_exponent((v.shape[-1], absmax(dO), max(absmax(v), absmax(out))), v.dtype)
-    return (v, out, 0) if e == 0 else (np.ldexp(v, -e), np.ldexp(out, -e), e)
 
 
 def _sink_grad(x: AttentionInputs, lse: Array, D: Array, e: int) -> Array | None:

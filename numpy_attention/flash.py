@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ._arrays import Array, absmax, block_view, pow2_exponent, sum_to_shape
+from ._arrays import Array, absmax, block_view, pow2_scaled, sum_to_shape
 from ._inputs import AttentionInputs, check_dropout, check_inputs
 from ._validate import check_grad, check_instance, check_int
 from .attention import (
@@ -385,6 +385,26 @@ def _forward_rows(
     return acc, m, l
 
 
+def _forward_all(
+    x: AttentionInputs, lay: _Layout, blocks: tuple[int, int], drop: tuple, workers: int
+) -> tuple[Array, Array, Array]:
+    """Run :func:`_forward_rows` over every query block (in ``workers`` threads): ``out, m, l``."""
+    bq, bk = blocks
+    out = np.zeros(x.out_shape, dtype=x.q.dtype)
+    m, l = (np.empty(x.scores_shape[:-1], dtype=x.q.dtype) for _ in range(2))  # noqa: E741
+
+    def task(starts: list[int]) -> None:
+        for i0 in starts:
+            i1 = min(i0 + bq, lay.L)
+            o_rows, m_rows, l_rows = _forward_rows(x, lay, i0, i1, bk, drop)
+            out[..., i0:i1, :] = lay.unrows(o_rows, i1 - i0)
+            m[..., i0:i1] = lay.unrows(m_rows, i1 - i0)[..., 0]
+            l[..., i0:i1] = lay.unrows(l_rows, i1 - i0)[..., 0]
+
+    _map_blocks(task, lay.L, bq, workers)
+    return out, m, l
+
+
 def flash_attention_forward(
     q: ArrayLike,
     k: ArrayLike,
@@ -510,21 +530,9 @@ def flash_attention_forward(
     lay = _Layout(x.scores_shape, x.groups)
     bq, bk = _tiling(x.scores_shape, block_q, block_k, MAX_BLOCK)  # one block per thread
     back_q, back_k = _tiling(x.scores_shape, block_q, block_k, MAX_BLOCK // 2)  # two blocks
-    # the running sum of l <= S + 1 terms times v may overflow: v / 2^e, exact
-    e = pow2_exponent((lay.S + 1, absmax(x.v)), x.v.dtype)
-    drop = (keep, float(dropout_p), np.ldexp(x.v, -e) if e else x.v)
-    out = np.zeros(x.out_shape, dtype=x.q.dtype)
-    m, l = (np.empty(x.scores_shape[:-1], dtype=x.q.dtype) for _ in range(2))  # noqa: E741
-
-    def task(starts: list[int]) -> None:
-        for i0 in starts:
-            i1 = min(i0 + bq, lay.L)
-            o_rows, m_rows, l_rows = _forward_rows(x, lay, i0, i1, bk, drop)
-            out[..., i0:i1, :] = lay.unrows(o_rows, i1 - i0)
-            m[..., i0:i1] = lay.unrows(m_rows, i1 - i0)[..., 0]
-            l[..., i0:i1] = lay.unrows(l_rows, i1 - i0)[..., 0]
-
-    _map_blocks(task, lay.L, bq, n_workers)
+    (v,), e = pow2_scaled((x.v,), (lay.S + 1,))  # l <= S + 1 terms times v: v / 2^e, exact
+    drop = (keep, float(dropout_p), v)
+    out, m, l = _forward_all(x, lay, (bq, bk), drop, n_workers)  # noqa: E741
     if e:
         np.ldexp(out, e, out=out)
     with np.errstate(divide="ignore"):
@@ -679,9 +687,8 @@ def flash_attention_backward(d_out: ArrayLike, cache: FlashCache) -> AttentionGr
     x = cache.inputs
     lay = _Layout(x.scores_shape, x.groups)
     dO = check_grad(d_out, "d_out", cache.out.shape, cache.out.dtype)
-    # dO v^T may overflow: v / 2^e, exact
-    e = pow2_exponent((x.v.shape[-1], absmax(dO), max(absmax(x.v), absmax(cache.out))), x.v.dtype)
-    v, out = (np.ldexp(x.v, -e), np.ldexp(cache.out, -e)) if e else (x.v, cache.out)
+    # |dP| <= Ev max|dO| max|v| could overflow: v and out / 2^e (exact), dS * 2^e once small
+    (v, out), e = pow2_scaled((x.v, cache.out), (x.v.shape[-1], absmax(dO)))
     l_safe = np.where(cache.l > 0, cache.l, 1.0)[..., None]  # a row with no key: l = 0
     D = np.empty(cache.l.shape + (1,), dtype=dO.dtype)
     grads = _key_grads(x, lay, dO.dtype)
