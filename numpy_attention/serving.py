@@ -454,6 +454,11 @@ def _variant_kwargs(given: dict[str, Any], b: int, B: int) -> dict[str, Any]:
     kw = {n: v for n, v in given.items() if v is not None}
     if not kw:
         return kw
+    if "alibi_slopes" in kw and np.ndim(kw["alibi_slopes"]) == 2:
+        a = np.asarray(kw["alibi_slopes"])
+        if a.shape[0] != B:
+            raise ValueError(f"alibi_slopes has shape {a.shape}, expected (Hq,) or (B, Hq), B={B}")
+        kw["alibi_slopes"] = a[b]
     params = inspect.signature(attention_forward).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     missing = [n for n in kw if n not in params and not takes_any]
@@ -462,11 +467,6 @@ def _variant_kwargs(given: dict[str, Any], b: int, B: int) -> dict[str, Any]:
             f"{missing[0]} needs the Variants keywords of attention_forward (issue 12), "
             "which this version of the core does not take"
         )
-    if "alibi_slopes" in kw and np.ndim(kw["alibi_slopes"]) == 2:
-        a = np.asarray(kw["alibi_slopes"])
-        if a.shape[0] != B:
-            raise ValueError(f"alibi_slopes has shape {a.shape}, expected (Hq,) or (B, Hq), B={B}")
-        kw["alibi_slopes"] = a[b]
     return kw
 
 
