@@ -189,6 +189,7 @@ def test_rotated_dot_product_depends_only_on_the_position_difference(seed, m, n,
         return float(qa @ rotary_embedding(k, cb, sb, interleaved=interleaved))
 
     assert math.isclose(dot(m, n), dot(m + t, n + t), rel_tol=1e-9, abs_tol=1e-9)
+    assert not math.isclose(dot(m, n), dot(m, n + 1), rel_tol=1e-9, abs_tol=1e-9)  # it does
 
 
 @pytest.mark.parametrize("interleaved", [False, True])
@@ -357,6 +358,19 @@ def test_varlen_backward_passes_gradcheck(is_causal):
                                         enable_gqa=True)  # fmt: skip
 
     assert gradcheck(fn, {"q": q, "k": k, "v": v}, varlen_attention_backward).passed
+
+
+def test_varlen_default_causal_mask_is_flash_attn_varlen_funcs_per_sequence_bottom_right():
+    """With the default causal_align, the keys each query sees (read off the output with one-hot
+    values) are the two masks drawn in flash_attn_varlen_func's docstring: (L, S) = (2, 5) and
+    (5, 2), packed in one call."""
+    lq, lk = [2, 5], [5, 2]
+    q, k, _, cu_q, cu_k = _varlen_inputs(seed=25, Hq=1, Hkv=1, lq=lq, lk=lk)
+    v = np.concatenate([np.eye(5), np.eye(2, 5)])[:, None, :]  # key j's value: one-hot e_j
+    out, _ = varlen_attention_forward(q, k, v, cu_q, cu_k, is_causal=True)
+    seen = (out[:, 0] > 0).astype(int)
+    np.testing.assert_array_equal(seen[:2], [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
+    np.testing.assert_array_equal(seen[2:, :2], [[0, 0], [0, 0], [0, 0], [1, 0], [1, 1]])
 
 
 def test_varlen_causal_is_per_sequence_not_one_global_bottom_right_mask():
