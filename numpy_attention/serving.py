@@ -662,14 +662,14 @@ def varlen_attention_forward(
         rq, rk = slice(cq[b], cq[b + 1]), slice(ck[b], ck[b + 1])
         o, c = attention_forward(
             np.swapaxes(qa[rq], 0, 1), np.swapaxes(ka[rk], 0, 1), np.swapaxes(va[rk], 0, 1),
-            dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa,
+            dropout_p=dropout_p, is_causal=check_bool(is_causal, "is_causal"), scale=scale,
+            enable_gqa=enable_gqa,
             dropout_mask=_sequence_dropout(dropout_mask, b, rq.stop - rq.start, rk.stop - rk.start),
             rng=rng, causal_align=causal_align, **_variant_kwargs(variants, b, B),
         )  # fmt: skip
         out[rq], lse[:, rq] = np.swapaxes(o, 0, 1), c.lse
         caches.append(c)
-    cache = VarlenCache(tuple(caches), cq, ck, lse, qa.shape, ka.shape, va.shape, dtype)
-    return out, cache
+    return out, VarlenCache(tuple(caches), cq, ck, lse, qa.shape, ka.shape, va.shape, dtype)
 
 
 def varlen_attention_backward(d_out: ArrayLike, cache: VarlenCache) -> VarlenGrads:
