@@ -6,6 +6,8 @@ Read ``docs/README.md`` first; the modules, bottom to top:
 - :mod:`numpy_attention.masks`: boolean masks (causal, padding, sliding window).
 - :mod:`numpy_attention.attention`: scaled dot-product attention, forward and backward.
 - :mod:`numpy_attention.flash`: FlashAttention's tiled online softmax (no L x S array).
+- :mod:`numpy_attention.serving`: varlen (packed) attention, KV-cache decoding, split-KV merge,
+  rotary embeddings.
 - :mod:`numpy_attention.layers`: multi-head cross-/self-attention layers, forward and backward.
 - :mod:`numpy_attention.fusion`: weighted fusion of attention branches (and concat + linear).
 - :mod:`numpy_attention.testing`: ``gradcheck`` and ``assert_attention_close``.
@@ -44,6 +46,22 @@ from .layers import (
 )
 from .masks import causal_mask, padding_mask, sliding_window_mask
 from .model import train
+from .serving import (
+    VarlenCache,
+    VarlenGrads,
+    document_mask,
+    kvcache_attention,
+    merge_attention_states,
+    merge_attention_states_backward,
+    merge_attention_states_forward,
+    pack,
+    rotary_cos_sin,
+    rotary_embedding,
+    rotary_embedding_backward,
+    unpack,
+    varlen_attention_backward,
+    varlen_attention_forward,
+)
 from .softmax import log_softmax, log_softmax_backward, logsumexp, softmax, softmax_backward
 from .testing import assert_attention_close, gradcheck
 
@@ -77,6 +95,20 @@ __all__ = [
     "causal_mask",
     "padding_mask",
     "sliding_window_mask",
+    "VarlenCache",
+    "VarlenGrads",
+    "document_mask",
+    "kvcache_attention",
+    "merge_attention_states",
+    "merge_attention_states_backward",
+    "merge_attention_states_forward",
+    "pack",
+    "rotary_cos_sin",
+    "rotary_embedding",
+    "rotary_embedding_backward",
+    "unpack",
+    "varlen_attention_backward",
+    "varlen_attention_forward",
     "log_softmax",
     "log_softmax_backward",
     "logsumexp",
