@@ -54,6 +54,7 @@ __all__ = [
     "score_pipeline",
     "score_pipeline_backward",
     "sink_weights",
+    "sink_grad",
 ]
 
 
@@ -153,7 +154,7 @@ def _visible(x: AttentionInputs, S: Array, i0: int, j0: int, idx: tuple) -> Any:
     """Eq. (8.4): bool attn_mask AND positions (causal, window, chunk, sinks) AND mask_mod."""
     n, m = S.shape[-2:]
     allowed = None if x.keep is None else block_view(x.keep, i0, j0, n, m)
-    if x.pos.block(i0, i0 + n, j0, j0 + m) != "all":
+    if x.pos.active and x.pos.block(i0, i0 + n, j0, j0 + m) != "all":
         pos = x.pos.mask(idx[2], idx[3])
         allowed = pos if allowed is None else allowed & pos
     if x.mods.mask_mod is not None:
@@ -531,7 +532,7 @@ def attention_backward(d_out: ArrayLike, cache: AttentionCache) -> AttentionGrad
     if e:
         np.ldexp(dS_masked, e, out=dS_masked)  # undo the scaling of v
     #   ->  d_sinks = -sum P_sink * D  (Eq. (8.11): the sink's column has dP = 0)
-    d_sinks = _sink_grad(x, cache.lse, D[..., 0], e)
+    d_sinks = sink_grad(x, cache.lse, D[..., 0], e)
     # S_masked = S_c + B ...  (Eq. (2.2))  ->  dB = dS_masked summed to B's shape  (Eq. (2.15))
     d_mask = None if x.bias is None else sum_to_shape(dS_masked, x.bias.shape).astype(x.dtype)
     # S_c = softcap, score_mod of S  (Eqs. (8.1)-(8.2))  ->  dS  (Eqs. (8.9)-(8.10))
@@ -548,12 +549,22 @@ def attention_backward(d_out: ArrayLike, cache: AttentionCache) -> AttentionGrad
     )
 
 
-def _sink_grad(x: AttentionInputs, lse: Array, D: Array, e: int) -> Array | None:
-    """Eq. (8.11): ``d sink_h = -sum_{batch, i} P_sink_i D_i`` (``D`` divided by ``2^e``)."""
+def sink_grad(x: AttentionInputs, lse: Array, D: Array, e: int = 0) -> Array | None:
+    """Eq. (8.11): ``d sink_h = -sum_{batch, i} P_sink_i D_i`` (``D (..., Hq, L)`` given / ``2^e``).
+
+    Shared by the core and the tiled backward; None without sinks.
+
+    Examples
+    --------
+    >>> out, cache = attention_forward(np.zeros((1, 1, 1)), np.zeros((1, 1, 1)),
+    ...                                np.ones((1, 1, 1)), sinks=[0.0])
+    >>> sink_grad(cache.inputs, cache.lse, np.ones((1, 1))).tolist()  # -P_sink * D
+    [-0.5]
+    """
     if x.mods.sinks is None:
         return None
-    g = -(sink_weights(x, lse) * D)
-    g = g.reshape((-1,) + g.shape[-2:]).sum(axis=(0, 2))
+    g = -(sink_weights(x, lse) * D).sum(axis=-1)  # (..., Hq)
+    g = g.sum(axis=tuple(range(g.ndim - 1)))
     return np.ldexp(g, e).astype(x.dtype, copy=False) if e else g.astype(x.dtype, copy=False)
 
 

@@ -55,7 +55,7 @@ from .attention import (
     check_scores,
     score_pipeline,
     score_pipeline_backward,
-    sink_weights,
+    sink_grad,
 )
 from .softmax import row_shift
 
@@ -730,15 +730,10 @@ def _flash_grads(
     d_mask = None
     if grads.d_bias is not None and x.bias is not None:
         d_mask = grads.d_bias.reshape(x.bias.shape).astype(x.dtype)
-    d_sinks = None
-    if x.mods.sinks is not None:
-        g = -(sink_weights(x, cache.lse) * D[..., 0])
-        g = g.reshape((-1,) + g.shape[-2:]).sum(axis=(0, 2))
-        d_sinks = (np.ldexp(g, e) if e else g).astype(x.dtype, copy=False)
     return AttentionGrads(
         dq=sum_to_shape(dq, x.q.shape).astype(x.dtype, copy=False),
         dk=sum_to_shape(grads.dk, x.k.shape).astype(x.dtype, copy=False),
         dv=sum_to_shape(grads.dv, x.v.shape).astype(x.dtype, copy=False),
         d_attn_mask=d_mask,
-        d_sinks=d_sinks,
+        d_sinks=sink_grad(x, cache.lse, D[..., 0], e),
     )

@@ -26,7 +26,6 @@ Logarithms are natural; a row with no key to attend to has output 0 and ``lse = 
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -459,14 +458,6 @@ def _variant_kwargs(given: dict[str, Any], b: int, B: int) -> dict[str, Any]:
         if a.shape[0] != B:
             raise ValueError(f"alibi_slopes has shape {a.shape}, expected (Hq,) or (B, Hq), B={B}")
         kw["alibi_slopes"] = a[b]
-    params = inspect.signature(attention_forward).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    missing = [n for n in kw if n not in params and not takes_any]
-    if missing:
-        raise TypeError(
-            f"{missing[0]} needs the Variants keywords of attention_forward (issue 12), "
-            "which this version of the core does not take"
-        )
     return kw
 
 

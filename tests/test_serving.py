@@ -3,14 +3,10 @@
 Rotary embeddings, packing, varlen attention, KV-cache attention and the split-KV merge, each
 against an independent float64 torch reference built from per-sequence dense attention (to
 1e-12, skipped without torch), finite-difference gradient checks, properties and bad input.
-
-Tests marked ``awaiting_variants`` need the Variants keywords (window, softcap, alibi_slopes,
-sinks) of the core's ``attention_forward`` (issue 12); they are skipped until the core has them.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 import tracemalloc
 
@@ -42,13 +38,6 @@ from numpy_attention.testing import gradcheck
 
 RNG = np.random.default_rng
 TOL = dict(rtol=0, atol=1e-12)
-
-CORE_HAS_VARIANTS = "window" in inspect.signature(attention_forward).parameters
-awaiting_variants = pytest.mark.skipif(
-    not CORE_HAS_VARIANTS,
-    reason="awaiting the lead's Variants keywords (window, softcap, alibi_slopes, sinks) "
-    "in attention_forward",
-)
 
 
 def _cu(lengths):
@@ -472,14 +461,6 @@ def test_variant_keywords_reach_the_core_only_when_given(monkeypatch):
     assert [sorted(c) for c in spy.calls] == [["alibi_slopes"]] * 2
 
 
-@pytest.mark.skipif(CORE_HAS_VARIANTS, reason="the core takes the Variants keywords")
-def test_variant_keyword_the_core_lacks_is_a_type_error_naming_it():
-    """Until the core has the Variants keywords, giving one says which and why."""
-    q, k, v, cu_q, cu_k = _varlen_inputs()
-    with pytest.raises(TypeError, match="softcap needs the Variants keywords"):
-        varlen_attention_forward(q, k, v, cu_q, cu_k, enable_gqa=True, softcap=5.0)
-
-
 def _window_keep(L, S, window, d):
     torch = _torch()
     i, j = torch.arange(L)[:, None], torch.arange(S)[None, :]
@@ -498,7 +479,6 @@ def _alibi_bias(slopes, L, S, d):
     return -slopes[:, None, None] * (i + d - j).abs().to(torch.float64)
 
 
-@awaiting_variants
 @pytest.mark.parametrize("is_causal", [False, True])
 def test_varlen_variants_match_torch_per_sequence_reference(is_causal):
     """Window, softcap, (B, Hq) ALiBi slopes and sinks aligned bottom-right per sequence equal
@@ -528,7 +508,6 @@ def test_varlen_variants_match_torch_per_sequence_reference(is_causal):
         np.testing.assert_allclose(mine, t.grad.numpy(), **TOL)
 
 
-@awaiting_variants
 def test_varlen_window_matches_the_core_with_a_per_sequence_bool_mask():
     """window=(l, r) in varlen is the mask i + d_b - l <= j <= i + d_b + r per sequence."""
     q, k, v, cu_q, cu_k = _varlen_inputs(seed=11)
@@ -712,7 +691,6 @@ def test_noncausal_kvcache_rotates_every_query_at_cache_seqlens():
                                **TOL)  # fmt: skip
 
 
-@awaiting_variants
 @pytest.mark.parametrize("is_causal", [False, True])
 def test_kvcache_variants_match_the_flash_attention_test_reference(is_causal):
     """Window (which also makes the queries rotate at n_b + i), ALiBi (B, Hq), softcap and
