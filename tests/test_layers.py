@@ -397,7 +397,7 @@ def _bad_cases():
 @pytest.mark.parametrize(
     ("change", "exc", "match"),
     [
-        (lambda p, q, kv: (p, q[..., :2], kv, {}), ValueError, r"x_q has width Eq=2.*w_q"),
+        (lambda p, q, kv: (p, q[..., :2], kv, {}), ValueError, r"x_q has width Dq=2.*w_q"),
         (lambda p, q, kv: (p, q, kv[..., :3], {}), ValueError, r"params\.w_k.*x_kv of width 3"),
         (lambda p, q, kv: (p, q, kv[:1], {}), ValueError, r"x_q and x_kv.*batch size"),
         (lambda p, q, kv: (p, q[0], kv, {}), ValueError, r"x_q must have shape \(B, length"),
@@ -575,3 +575,118 @@ def test_key_bias_gradient_vanishes():
     _, _, g = cross_attention_backward(rng.normal(size=out.shape), cache)
     np.testing.assert_allclose(g.b_k, 0.0, rtol=0, atol=1e-13)
     assert np.abs(g.b_q).max() > 1e-3 and np.abs(g.b_v).max() > 1e-3
+
+
+# ---------------------------------------------------------------------------
+# Hardening (issue 14): clear errors for wrong arguments, caches that own their arrays
+# ---------------------------------------------------------------------------
+
+
+def _grads(d_x_q, d_x_kv, d_params):
+    """The backward's results as one dict of arrays (biases included)."""
+    return {"x_q": d_x_q, "x_kv": d_x_kv, **{n: getattr(d_params, n) for n in NAMES}}
+
+
+def test_params_given_as_nested_lists_are_stored_as_arrays_and_work():
+    """CrossAttentionParams accepts array_like weights and biases (nested lists): they are stored
+    as ndarrays, and the layer gives bit for bit the output and gradients of the ndarray params."""
+    rng = np.random.default_rng(30)
+    p = random_params(rng, e_q=3, e_kv=2, H=2)
+    as_lists = CrossAttentionParams(**{n: getattr(p, n).tolist() for n in NAMES}, num_heads=2)
+    assert all(isinstance(getattr(as_lists, n), np.ndarray) for n in NAMES)
+    xq, xkv = rng.normal(size=(2, 3, 3)), rng.normal(size=(2, 4, 2))
+    out, cache = cross_attention_forward(p, xq, xkv)
+    out_l, cache_l = cross_attention_forward(as_lists, xq, xkv)
+    np.testing.assert_array_equal(out_l, out)
+    G = rng.normal(size=out.shape)
+    ref, got = (_grads(*cross_attention_backward(G, c)) for c in (cache, cache_l))
+    for n in ref:
+        np.testing.assert_array_equal(got[n], ref[n])
+
+
+def _foreign_caches():
+    rng = np.random.default_rng(31)
+    q = rng.normal(size=(1, 1, 2, 3))
+    return {"None": None, "str": "cache", "core AttentionCache": attention_forward(q, q, q)[1]}
+
+
+@pytest.mark.parametrize("what", list(_foreign_caches()))
+@pytest.mark.parametrize(
+    ("backward", "made_by"),
+    [
+        (cross_attention_backward, "cross_attention_forward"),
+        (self_attention_backward, "self_attention_forward"),
+    ],
+)
+def test_backward_refuses_a_foreign_cache_with_a_type_error_naming_it(backward, made_by, what):
+    """None, a string or the core's AttentionCache passed as the cache is a TypeError naming the
+    cache and the forward that makes one (not an AttributeError or a misleading ValueError)."""
+    cache = _foreign_caches()[what]
+    with pytest.raises(TypeError, match=rf"cache must be the CrossAttentionCache .*{made_by}"):
+        backward(np.ones((1, 2, 3)), cache)
+
+
+@pytest.mark.parametrize(
+    "rng", [None, 42, np.random.RandomState(0)], ids=["None", "int seed", "RandomState"]
+)
+def test_init_refuses_an_rng_that_is_not_a_generator(rng):
+    """init_cross_attention needs a numpy.random.Generator: None, a bare seed or the legacy
+    RandomState is a TypeError that says so (today's rule: no hidden draws from a seed)."""
+    with pytest.raises(TypeError, match=r"rng must be the Generator .*numpy\.random\.default_rng"):
+        init_cross_attention(rng, 4, 4, num_heads=2)
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    ["U3", np.int64, np.complex128, bool, "no such dtype"],
+    ids=["U3", "int64", "complex128", "bool", "no such dtype"],
+)
+def test_init_refuses_a_dtype_that_is_not_real_floating(dtype):
+    """Strings, integers (which would truncate the weights to 0), complex and bool are refused
+    with a TypeError naming dtype, instead of returning such weights."""
+    with pytest.raises(TypeError, match=r"dtype must be a real floating dtype"):
+        init_cross_attention(np.random.default_rng(0), 4, 4, num_heads=2, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, "float64"])
+def test_init_makes_weights_of_any_real_floating_dtype(dtype):
+    """The dtype check lets every real floating dtype through, given as a type or a name."""
+    p = init_cross_attention(np.random.default_rng(0), 4, 4, num_heads=2, dtype=dtype)
+    assert {getattr(p, n).dtype for n in NAMES} == {np.dtype(dtype)}
+
+
+def test_editing_the_returned_output_in_place_leaves_the_backward_unchanged():
+    """The output is a fresh array that the cache does not hold: a residual add into it
+    (out += ...) changes no gradient, for cross- and self-attention."""
+    rng = np.random.default_rng(32)
+    p = random_params(rng, e_q=3, e_kv=3, H=1, D=3, Dv=3, e_out=3)
+    xq, xkv = rng.normal(size=(2, 3, 3)), rng.normal(size=(2, 4, 3))
+    G = rng.normal(size=(2, 3, 3))
+    out, cache = cross_attention_forward(p, xq, xkv)
+    ref = _grads(*cross_attention_backward(G, cross_attention_forward(p, xq, xkv)[1]))
+    out += 100.0 * xq
+    got = _grads(*cross_attention_backward(G, cache))
+    for n in ref:
+        np.testing.assert_array_equal(got[n], ref[n])
+    out_s, cache_s = self_attention_forward(p, xq)
+    d_x_ref, _ = self_attention_backward(G, self_attention_forward(p, xq)[1])
+    out_s *= -3.0
+    np.testing.assert_array_equal(self_attention_backward(G, cache_s)[0], d_x_ref)
+
+
+def test_editing_the_inputs_and_params_in_place_leaves_the_backward_unchanged():
+    """The cache holds its own copies of the inputs and parameters: a residual x += out and an
+    in-place optimizer step on every weight and bias after the forward change no gradient."""
+    rng = np.random.default_rng(33)
+    p = random_params(rng, e_q=3, e_kv=2, H=2, e_out=3)
+    xq, xkv = rng.normal(size=(2, 3, 3)), rng.normal(size=(2, 4, 2))
+    G = rng.normal(size=(2, 3, 3))
+    ref = _grads(*cross_attention_backward(G, cross_attention_forward(p, xq, xkv)[1]))
+    out, cache = cross_attention_forward(p, xq, xkv)
+    xq += out  # a residual connection, in place
+    xkv *= 2.0
+    for n in NAMES:
+        getattr(p, n)[...] -= 0.1  # an optimizer step, in place
+    got = _grads(*cross_attention_backward(G, cache))
+    for n in ref:
+        np.testing.assert_array_equal(got[n], ref[n])
