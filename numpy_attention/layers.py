@@ -618,7 +618,7 @@ def cross_attention_backward(
     Raises
     ------
     TypeError
-        If ``cache`` is not a ``CrossAttentionCache``.
+        If ``cache`` is not a ``CrossAttentionCache`` (from the forward).
     ValueError
         If ``d_out`` does not have the output's shape.
 
