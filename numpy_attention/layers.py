@@ -187,6 +187,25 @@ def _xavier(rng: np.random.Generator, fan_in: int, fan_out: int, dtype) -> Array
     return _uniform(rng, (fan_in, fan_out), math.sqrt(6.0 / (fan_in + fan_out)), dtype)
 
 
+def _init_sizes(
+    e_q: object, e_kv: object, num_heads: object, embed_dim: object, e_out: object, kv: object
+) -> tuple[int, int, int, int, int, int]:
+    """Check the sizes given to :func:`init_cross_attention`; return ``Dq, Dkv, Do, H, Hkv, E``."""
+    d_q, d_kv = check_int(e_q, "e_q", minimum=1), check_int(e_kv, "e_kv", minimum=1)
+    H = check_int(num_heads, "num_heads", minimum=1)
+    width = d_q if embed_dim is None else check_int(embed_dim, "embed_dim", minimum=1)
+    d_o = d_q if e_out is None else check_int(e_out, "e_out", minimum=1)
+    Hkv = H if kv is None else check_int(kv, "num_kv_heads", minimum=1)
+    if width % H:
+        raise ValueError(
+            f"num_heads={H} must divide the projection width embed_dim={width} "
+            f"(head width E = embed_dim / num_heads)"
+        )
+    if H % Hkv:
+        raise ValueError(f"num_kv_heads={Hkv} must divide num_heads={H}")
+    return d_q, d_kv, d_o, H, Hkv, width // H
+
+
 def init_cross_attention(
     rng: np.random.Generator,
     e_q: int,
@@ -253,20 +272,8 @@ def init_cross_attention(
     ((8, 8), (6, 4), (6, 4), (8, 8), True)
     """
     rng = check_instance(rng, np.random.Generator, "rng", "numpy.random.default_rng")
-    d_q, d_kv = check_int(e_q, "e_q", minimum=1), check_int(e_kv, "e_kv", minimum=1)
-    H = check_int(num_heads, "num_heads", minimum=1)
-    width = d_q if embed_dim is None else check_int(embed_dim, "embed_dim", minimum=1)
-    d_o = d_q if e_out is None else check_int(e_out, "e_out", minimum=1)
-    Hkv = H if num_kv_heads is None else check_int(num_kv_heads, "num_kv_heads", minimum=1)
+    d_q, d_kv, d_o, H, Hkv, E = _init_sizes(e_q, e_kv, num_heads, embed_dim, e_out, num_kv_heads)
     bias, dt = check_bool(bias, "bias"), _float_dtype(dtype)
-    if width % H:
-        raise ValueError(
-            f"num_heads={H} must divide the projection width embed_dim={width} "
-            f"(head width E = embed_dim / num_heads)"
-        )
-    if H % Hkv:
-        raise ValueError(f"num_kv_heads={Hkv} must divide num_heads={H}")
-    E = width // H
     params = CrossAttentionParams(
         w_q=_xavier(rng, d_q, H * E, dt),
         w_k=_xavier(rng, d_kv, Hkv * E, dt),

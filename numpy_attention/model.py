@@ -628,6 +628,22 @@ def evaluate(
     }
 
 
+def _check_train(
+    seed: object, steps: object, batch: object, length: object, width: object, lr: object,
+    log: object, log_every: object, test_size: object,
+) -> None:  # fmt: skip
+    """Refuse the arguments of :func:`train` that would divide by zero, give NaN or fail late."""
+    check_int(seed, "seed")
+    check_int(steps, "steps")
+    for name, size in (("batch", batch), ("length", length), ("log_every", log_every)):
+        check_int(size, name, minimum=1)
+    check_int(test_size, "test_size", minimum=1)  # an empty test set has no accuracy
+    positional_encoding(0, check_int(width, "width"))  # refuses an odd or non-positive width
+    check_real(lr, "lr", low=0.0)
+    if log is not None and not callable(log):
+        raise TypeError(f"log must be callable (such as print) or None, got {type(log).__name__}")
+
+
 def train(
     seed: int = 0,
     steps: int = 400,
@@ -681,15 +697,7 @@ def train(
     >>> r.losses.shape
     (3,)
     """
-    check_int(seed, "seed")
-    check_int(steps, "steps")
-    for name, size in (("batch", batch), ("length", length), ("log_every", log_every)):
-        check_int(size, name, minimum=1)
-    check_int(test_size, "test_size", minimum=1)  # an empty test set has no accuracy
-    positional_encoding(0, width)  # refuses a width that is not a positive even integer
-    check_real(lr, "lr", low=0.0)
-    if log is not None and not callable(log):
-        raise TypeError(f"log must be callable (such as print) or None, got {type(log).__name__}")
+    _check_train(seed, steps, batch, length, width, lr, log, log_every, test_size)
     rng = np.random.default_rng(seed)
     params = init_model(rng, vocab, width, width)
     test_x, test_y = reverse_task(np.random.default_rng([seed, 1]), test_size, length, vocab)
