@@ -37,10 +37,10 @@ from numpy_attention.layers import (
 from numpy_attention.testing import gradcheck
 
 
-def random_branches(rng, N, E=3, e_out=3, heads=(1, 2, 2), kv_heads=(None, None, 1)):
+def random_branches(rng, N, Dm=3, e_out=3, heads=(1, 2, 2), kv_heads=(None, None, 1)):
     """N self-attention branches with random weights and biases; branch 2 uses GQA."""
     return tuple(
-        random_params(rng, E, E, heads[i % 3], D=2, Dv=2, Hkv=kv_heads[i % 3], e_out=e_out)
+        random_params(rng, Dm, Dm, heads[i % 3], E=2, Ev=2, Hkv=kv_heads[i % 3], e_out=e_out)
         for i in range(N)
     )
 
@@ -373,10 +373,10 @@ def test_concat_of_one_head_branches_is_multi_head_attention():
     (w_o = I) is multi-head attention with H = N: the heads' projections are the branches'
     side by side, and the linear layer is W_o."""
     rng = np.random.default_rng(29)
-    E, D, N = 4, 2, 3
-    heads = [random_params(rng, E, E, 1, D=D, Dv=D, e_out=D) for _ in range(N)]
-    branches = tuple(replace(h, w_o=np.eye(D), b_o=None) for h in heads)
-    w_o, b_o = rng.normal(size=(N * D, 5)), rng.normal(size=5)
+    Dm, E, N = 4, 2, 3
+    heads = [random_params(rng, Dm, Dm, 1, E=E, Ev=E, e_out=E) for _ in range(N)]
+    branches = tuple(replace(h, w_o=np.eye(E), b_o=None) for h in heads)
+    w_o, b_o = rng.normal(size=(N * E, 5)), rng.normal(size=5)
     mha = CrossAttentionParams(
         **{n: np.concatenate([getattr(h, n) for h in heads], axis=-1) for n in NAMES[:3]},
         **{n: np.concatenate([getattr(h, n) for h in heads]) for n in ("b_q", "b_k", "b_v")},
@@ -384,7 +384,7 @@ def test_concat_of_one_head_branches_is_multi_head_attention():
         b_o=b_o,
         num_heads=N,
     )
-    x = rng.normal(size=(2, 4, E))
+    x = rng.normal(size=(2, 4, Dm))
     y, cache = concat_fusion_forward(ConcatFusionParams(branches, w=w_o, b=b_o), x, is_causal=True)
     ref, ref_cache = self_attention_forward(mha, x, is_causal=True)
     np.testing.assert_allclose(y, ref, rtol=0, atol=1e-14)

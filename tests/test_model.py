@@ -19,11 +19,11 @@ from numpy_attention.model import (
 from numpy_attention.testing import gradcheck
 
 
-def _small(seed=0, B=3, L=5, V=6, D=6, E=4):
+def _small(seed=0, B=3, L=5, Nv=6, Dm=6, E=4):
     rng = np.random.default_rng(seed)
-    params = init_model(rng, vocab=V, width=D, head_width=E)
-    params["b_o"] = rng.normal(size=V)  # a non-zero bias, so its role is exercised
-    x, y = reverse_task(rng, B, L, V)
+    params = init_model(rng, vocab=Nv, width=Dm, head_width=E)
+    params["b_o"] = rng.normal(size=Nv)  # a non-zero bias, so its role is exercised
+    x, y = reverse_task(rng, B, L, Nv)
     return params, x, y
 
 
@@ -55,7 +55,7 @@ def test_readout_bias_gradient_sums_to_zero():
 
 def test_embedding_gradient_is_zero_exactly_for_unused_tokens():
     """Eq. (6.10): a token absent from the batch receives no gradient; present tokens do."""
-    params, _, _ = _small(3, V=8)
+    params, _, _ = _small(3, Nv=8)
     x = np.array([[0, 1, 2, 1]])
     g = model_backward(model_forward(params, x, x[:, ::-1])[1])
     assert np.all(g["embed"][3:] == 0.0)
@@ -113,7 +113,7 @@ def test_adam_first_step_moves_each_entry_by_lr_against_the_gradient_sign():
 
 
 def test_model_forward_rejects_bad_tokens():
-    """Principle 5: tokens outside [0, V), float tokens, or mismatched shapes raise clearly."""
+    """Principle 5: tokens outside [0, Nv), float tokens, or mismatched shapes raise clearly."""
     params, x, y = _small()
     with pytest.raises(ValueError, match=r"tokens must lie in \[0, Nv=6\)"):
         model_forward(params, x + 6, y)
