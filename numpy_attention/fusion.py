@@ -443,7 +443,8 @@ def fusion_forward(
         raise TypeError(f"params must be a FusionParams, got {type(params).__name__}")
     _check_branches(params.branches)
     a, learned = _fusion_alpha(params, alpha, convex)  # a = softmax(beta)  (Eq. (4.2)), or fixed
-    A_list, caches = _branches_forward(params.branches, x, kwargs, "fused")  # A_i  (Eq. (3.11))
+    # A_i = SelfAttn_i(X) for every branch  (Eq. (3.11))
+    A_list, caches = _branches_forward(params.branches, x, kwargs, "fused")
     A = np.stack(A_list)  # (N, B, T, Do)
     Y = np.tensordot(a.astype(A.dtype, copy=False), A, axes=1)  # Y = sum_i a_i A_i  (Eq. (4.1))
     return Y, FusionCache(alpha=a, learned=learned, outputs=A, branch_caches=caches)
@@ -667,7 +668,8 @@ def concat_fusion_forward(
     if not isinstance(params, ConcatFusionParams):
         raise TypeError(f"params must be a ConcatFusionParams, got {type(params).__name__}")
     branches = _check_branches(params.branches)
-    A, caches = _branches_forward(branches, x, kwargs, "concatenated")  # A_i  (Eq. (3.11))
+    # A_i = SelfAttn_i(X) for every branch  (Eq. (3.11))
+    A, caches = _branches_forward(branches, x, kwargs, "concatenated")
     C = np.concatenate(A, axis=-1)  # C = [A_1, ..., A_N], (B, T, N*Do)  (Eq. (4.6))
     w, b = _check_linear(params, len(branches), A[0].shape[-1])
     Y = C @ w if b is None else C @ w + b  # Y = C @ w + b  (Eq. (4.6))

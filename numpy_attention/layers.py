@@ -728,7 +728,8 @@ def self_attention_forward(
     [1.0, 0.0, 0.0]
     """
     xa = _check_x(x, "x")
-    Y, cache = cross_attention_forward(params, xa, xa, **kwargs)  # Y = CrossAttn(x, x)  (Eq. 3.11)
+    # Y = CrossAttn(x, x)  (Eq. (3.11))
+    Y, cache = cross_attention_forward(params, xa, xa, **kwargs)
     return Y, replace(cache, is_self=True)
 
 
