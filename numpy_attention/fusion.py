@@ -186,7 +186,7 @@ def weighted_fusion_backward(
     # Shapes: dY (...) one output's shape, A (N, ...), alpha (N,) -> dA (N, ...), d_alpha (N,)
     A = _stack_outputs(outputs)
     a = _check_alpha(alpha, A.shape[0], convex=False).astype(A.dtype, copy=False)
-    dY = check_grad(d_y, "d_y", A.shape[1:])
+    dY = check_grad(d_y, "d_y", A.shape[1:], what="one output's shape")
     # Y = sum_i a_i A_i  (Eq. (4.1))  ->  dA_i = a_i dY, d_alpha_i = <dY, A_i>  (Eq. (4.3))
     d_alpha = A.reshape(A.shape[0], -1) @ dY.reshape(-1).astype(A.dtype, copy=False)
     d_A = a.reshape((-1,) + (1,) * dY.ndim) * dY
