@@ -123,6 +123,8 @@ def _check_mask(
         return None, m
     if np.any(m == np.inf):
         raise ValueError("attn_mask (a float bias) must not contain +inf; use -inf to mask")
+    if np.isnan(m).any():
+        raise ValueError("attn_mask (a float bias) contains NaN; use -inf to mask a key")
     return m.astype(cdtype, copy=False), None
 
 
@@ -182,14 +184,13 @@ def _may_overflow(
     The bound holds for every partial sum of the dot product too; the bias and
     ALiBi (at most ``max|slope| * extent``) add theirs, and a ``score_mod`` may
     return anything. When the bound is below the dtype's range no score needs
-    a scan. Also returns whether ``q``, ``k`` and the bias hold no NaN and
-    ``q``, ``k`` no inf (non-finite inputs propagate instead of raising).
+    a scan. Also returns whether ``q`` and ``k`` are finite (NaN inputs
+    propagate instead of raising).
     """
     q_max, k_max = absmax(q), absmax(k)
     finite = math.isfinite(q_max) and math.isfinite(k_max)
     b_max = 0.0
     if bias is not None:
-        finite = finite and not np.isnan(bias).any()
         b_max = absmax(np.where(np.isinf(bias), 0.0, bias)) if bias.size else 0.0
     if mods.alibi is not None:
         b_max += absmax(mods.alibi) * extent
