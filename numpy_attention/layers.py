@@ -49,6 +49,7 @@ __all__ = [
 
 _WEIGHTS = ("w_q", "w_k", "w_v", "w_o")
 _BIASES = ("b_q", "b_k", "b_v", "b_o")
+_SINKS = ("sinks",)  # a learned logit per query head in every row's softmax (Eq. (8.5))
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,9 @@ class CrossAttentionParams:
     num_kv_heads : int or None
         ``Hkv``, the number of key/value heads (grouped-query attention);
         None means ``H``. The forward's ``num_kv_heads`` argument overrides it.
+    sinks : ndarray, shape (H,), or None
+        Learned attention sinks (gpt-oss): one logit per query head that joins
+        every row's softmax denominator, Eq. (8.5); it gets a gradient.
 
     Notes
     -----
@@ -102,10 +106,11 @@ class CrossAttentionParams:
     b_o: Array | None = None
     num_heads: int = 1
     num_kv_heads: int | None = None
+    sinks: Array | None = None
 
     def __post_init__(self) -> None:
         """Store every array_like weight and bias as an ndarray (None stays None)."""
-        for name in _WEIGHTS + _BIASES:
+        for name in _WEIGHTS + _BIASES + _SINKS:
             value = getattr(self, name)
             if value is not None and not isinstance(value, np.ndarray):
                 try:
@@ -395,7 +400,7 @@ def _prepare(
     H, Hkv = _check_heads(params, num_kv_heads)
     dims = _check_weights(params, xq.shape[-1], xkv.shape[-1], H, Hkv)
     _check_biases(params, dims)
-    arrays = {n: getattr(params, n) for n in _WEIGHTS + _BIASES}
+    arrays = {n: getattr(params, n) for n in _WEIGHTS + _BIASES + _SINKS}
     floats = {n: as_float_array(a, f"params.{n}") for n, a in arrays.items() if a is not None}
     dtype = np.result_type(xq, xkv, *floats.values())
     cdtype = compute_dtype(dtype)
@@ -496,6 +501,9 @@ def cross_attention_forward(
     dropout_mask: ArrayLike | None = None,
     rng: np.random.Generator | None = None,
     causal_align: str = "top_left",
+    window: tuple[int | None, int | None] | None = None,
+    softcap: float | None = None,
+    alibi_slopes: ArrayLike | None = None,
 ) -> tuple[Array, CrossAttentionCache]:
     r"""Multi-head cross-attention: queries from ``x_q``, keys and values from ``x_kv``.
 
@@ -528,7 +536,11 @@ def cross_attention_forward(
     dropout_p, dropout_mask, rng : optional
         Dropout on the attention weights, passed to the core (Eq. (2.4)).
     causal_align : {"top_left", "bottom_right"}, optional
-        Diagonal alignment of ``is_causal`` when ``L != S``.
+        Diagonal alignment of ``is_causal`` (and of ``window``, ALiBi) when ``L != S``.
+    window, softcap, alibi_slopes : optional
+        Passed to the core (docs/variants.md): a sliding ``window=(left, right)``,
+        logit soft-capping ``softcap=c``, ALiBi slopes ``(H,)``. The layer's own
+        ``params.sinks`` (if any) are passed too, and get a gradient.
 
     Returns
     -------
@@ -589,9 +601,11 @@ def cross_attention_forward(
     k = _split_heads(K, dims.Hkv)  # k_g = K[..., g*E:(g+1)*E]  (Eq. (3.2))
     v = _split_heads(V, dims.Hkv)  # v_g = V[..., g*Ev:(g+1)*Ev]  (Eq. (3.2))
     # o_h = softmax(q_h k_g(h)^T * scale + M) v_g(h), the core's Eqs. (2.1)-(2.5)  (Eq. (3.3))
+    variants = dict(window=window, softcap=softcap, alibi_slopes=alibi_slopes, sinks=p.sinks)
     o, attn = attention_forward(
         q, k, v, mask, dropout_p, is_causal, scale, dims.Hkv != dims.H,
         dropout_mask=dropout_mask, rng=rng, causal_align=causal_align,
+        **{n: a for n, a in variants.items() if a is not None},
     )  # fmt: skip
     C = _merge_heads(o)  # C = merge_heads(o) = [o_1, ..., o_H]  (Eq. (3.4))
     Y = _project(C, p.w_o, p.b_o)  # Y = C @ w_o + b_o  (Eq. (3.5))
@@ -680,7 +694,7 @@ def cross_attention_backward(
     d_w_v, d_b_v, d_x_kv_v = _project_backward(dV, c.x_kv, p.w_v, p.b_v)
     d_x_kv = d_x_kv_k + d_x_kv_v  # x_kv feeds two projections: their gradients add (Eq. (3.10))
     grads: dict[str, Array | None] = {"w_q": d_w_q, "w_k": d_w_k, "w_v": d_w_v, "w_o": d_w_o}
-    grads.update(b_q=d_b_q, b_k=d_b_k, b_v=d_b_v, b_o=d_b_o)
+    grads.update(b_q=d_b_q, b_k=d_b_k, b_v=d_b_v, b_o=d_b_o, sinks=g.d_sinks)
     dt = c.dtype
     cast: dict[str, Any] = {n: None if a is None else a.astype(dt) for n, a in grads.items()}
     d_params = replace(p, **cast)

@@ -690,3 +690,39 @@ def test_editing_the_inputs_and_params_in_place_leaves_the_backward_unchanged():
     got = _grads(*cross_attention_backward(G, cache))
     for n in ref:
         np.testing.assert_array_equal(got[n], ref[n])
+
+
+# ---------------------------------------------------------------------------
+# Variants through the layer (issue 12): window, softcap, ALiBi, and sinks held by the layer
+# ---------------------------------------------------------------------------
+
+
+def test_layer_passes_window_softcap_alibi_and_its_sinks_to_the_core():
+    """The layer's output equals the projections around the core called with the same variants,
+    and its gradients (d_params.sinks included) pass finite differences."""
+    from numpy_attention import gradcheck
+
+    rng = np.random.default_rng(5)
+    p = init_cross_attention(rng, e_q=6, e_kv=5, num_heads=2)
+    p = replace(p, sinks=rng.normal(size=2))
+    x_q, x_kv = rng.normal(size=(2, 4, 6)), rng.normal(size=(2, 5, 5))
+    kw = dict(window=(1, 1), softcap=2.0, alibi_slopes=np.array([0.5, 0.25]), is_causal=True)
+    out, cache = cross_attention_forward(p, x_q, x_kv, **kw)
+    q = (x_q @ p.w_q + p.b_q).reshape(2, 4, 2, -1).transpose(0, 2, 1, 3)
+    k = (x_kv @ p.w_k + p.b_k).reshape(2, 5, 2, -1).transpose(0, 2, 1, 3)
+    v = (x_kv @ p.w_v + p.b_v).reshape(2, 5, 2, -1).transpose(0, 2, 1, 3)
+    o, _ = attention_forward(q, k, v, sinks=p.sinks, **kw)
+    ref = o.transpose(0, 2, 1, 3).reshape(2, 4, -1) @ p.w_o + p.b_o
+    np.testing.assert_allclose(out, ref, atol=1e-13)
+    _, _, d_p = cross_attention_backward(np.ones_like(out), cache)
+    assert d_p.sinks is not None and d_p.sinks.shape == (2,)
+
+    def fwd(sinks, x_q):
+        return cross_attention_forward(replace(p, sinks=sinks), x_q, x_kv, **kw)
+
+    def bwd(d, c):
+        d_x_q, _, dp = cross_attention_backward(d, c)
+        return {"sinks": dp.sinks, "x_q": d_x_q}
+
+    report = gradcheck(fwd, {"sinks": p.sinks, "x_q": x_q}, bwd)
+    assert report.passed, report
