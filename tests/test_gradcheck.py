@@ -175,3 +175,21 @@ def test_gradcheck_with_nothing_to_check_is_an_error():
     """No floating input with a gradient: a ValueError, not a pass that checked nothing."""
     with pytest.raises(ValueError, match="nothing to check"):
         gradcheck(attention_forward, _inputs(), lambda d, c: {})
+
+
+def test_gradcheck_fails_when_the_loss_overflows():
+    """A forward that overflows to +inf under perturbation gives numeric = inf, whose relative
+    tolerance rtol * inf made inf - inf = NaN count as agreement: now a failure."""
+    base_q = _inputs()["q"]
+
+    def overflowing(q, k, v):
+        out, cache = attention_forward(q, k, v)
+        return out + (np.inf if q.flat[0] > base_q.flat[0] else 0.0), cache
+
+    d_out = np.ones((2, 3, 3))
+    report = gradcheck(overflowing, _inputs(), attention_backward, d_out=d_out, directions=0,
+                       raise_on_failure=False)  # fmt: skip
+    assert not report.passed and report.worst_input == "q" and report.worst_index == (0, 0, 0)
+    report = gradcheck(overflowing, _inputs(), attention_backward, d_out=d_out, max_entries=1,
+                       wrt=("k",), raise_on_failure=False)  # fmt: skip
+    assert report.passed  # k alone never triggers the overflow: the check is not just failing

@@ -194,7 +194,7 @@ def _check_entries(
     analytic: dict[str, NDArray[np.float64]], eps: float, atol: float, rtol: float,
     max_entries: int, rng: np.random.Generator,
 ) -> None:  # fmt: skip
-    """Central differences on each entry (a sample beyond ``max_entries``); NaN fails."""
+    """Central differences on each entry (a sample beyond ``max_entries``); NaN or inf fails."""
     worst = -math.inf
     for n, g in analytic.items():
         x = base[n]
@@ -207,11 +207,10 @@ def _check_entries(
         for flat in idx:
             numeric = _central_difference(loss, base, n, int(flat), eps)
             a = float(g.flat[flat])
-            err = abs(numeric - a)
-            err = err if not math.isnan(err) else math.inf
+            finite = math.isfinite(numeric) and math.isfinite(a)  # NaN or inf never agrees
+            err = abs(numeric - a) if finite else math.inf
             report.max_abs_error = max(report.max_abs_error, err)
-            excess = err - (atol + rtol * abs(numeric))
-            excess = excess if not math.isnan(excess) else math.inf
+            excess = err - (atol + rtol * abs(numeric)) if finite else math.inf
             if excess > worst:
                 worst = excess
                 report.worst_input, report.worst_numeric, report.worst_analytic = n, numeric, a
@@ -224,7 +223,7 @@ def _check_directions(
     analytic: dict[str, NDArray[np.float64]], eps: float, atol: float, rtol: float,
     directions: int, rng: np.random.Generator,
 ) -> None:  # fmt: skip
-    """Directional derivatives along random directions, 10 times looser; NaN fails."""
+    """Directional derivatives along random directions, 10 times looser; NaN or inf fails."""
     names = list(analytic)
     for _ in range(directions):
         u = {n: rng.standard_normal(base[n].shape) for n in names}
@@ -233,7 +232,8 @@ def _check_directions(
         numeric = (loss(plus) - loss(minus)) / (2 * eps)
         a = float(sum(np.sum(analytic[n] * u[n]) for n in names))
         report.directional.append((numeric, a))
-        if not abs(numeric - a) <= atol * 10 + rtol * 10 * abs(numeric):
+        finite = math.isfinite(numeric) and math.isfinite(a)
+        if not (finite and abs(numeric - a) <= atol * 10 + rtol * 10 * abs(numeric)):
             report.passed = False
 
 
