@@ -119,7 +119,8 @@ def compare_attention(
         ``"out"``, ``"weights"``, ``"lse"``, ``"dq"``, ... (selects forward
         or gradient tolerances, and some diagnoses).
     atol, rtol : float, optional
-        Override the policy (``atol`` is still relative to ``max|desired|``).
+        Override the policy (``atol`` is still relative to ``max|desired|``);
+        finite and >= 0.
     axes : tuple of str, optional
         Names of the axes for the report. Default by quantity, e.g.
         ``(batch, head, query, feature)`` for ``out``, ``(batch, head,
@@ -251,7 +252,8 @@ def assert_attention_close(
     quantity : str, optional
         ``"out"``, ``"weights"``, ``"lse"``, or a gradient (``"dq"``, ...).
     atol, rtol : float, optional
-        Override the policy's tolerances (see :func:`compare_attention`).
+        Override the policy's tolerances (see :func:`compare_attention`);
+        finite and >= 0.
     axes : tuple of str, optional
         Axis names for the message.
     err_msg : str, optional
