@@ -476,8 +476,9 @@ def load_results(
     >>> list(results["plain"]), unknown
     (['out'], ['other'])
     """
-    shapes = _shapes_of(cases)
-    names = set(cases)
+    shapes, order = _shapes_of(cases), list(cases)
+    names = set(order)
+    skipped: list[tuple[str, str]] = []  # (case, quantity) pairs that are not in the suite
     p = path_argument(path, "results")
     results: dict[str, dict[str, Any]] = {}
     unknown: list[str] = []
@@ -487,9 +488,9 @@ def load_results(
                 unknown.append(f.stem)
                 continue
             with NpzReader(inside(p, f.name, "results file"), "results file") as z:
-                got = {k: _read_result(z, k, f.stem, k, shapes, unknown) for k in z.keys()}
+                got = {k: _read_result(z, k, f.stem, k, shapes, skipped) for k in z.keys()}
             results[f.stem] = {k: a for k, a in got.items() if a is not None}
-        return results, unknown
+        return results, unknown + [f"{c}/{q}" for c in order for d, q in skipped if d == c]
     if not p.exists():
         raise UnusableInput(
             f"results {p} do not exist (expected a directory of <case>.npz "
@@ -501,12 +502,12 @@ def load_results(
             if not sep:
                 unknown.append(key)
             elif case in names:
-                a = _read_result(z, key, case, quantity, shapes, unknown)
+                a = _read_result(z, key, case, quantity, shapes, skipped)
                 if a is not None:
                     results.setdefault(case, {})[quantity] = a
             elif case not in unknown:
                 unknown.append(case)
-    return results, unknown
+    return results, unknown + [f"{c}/{q}" for c in order for d, q in skipped if d == c]
 
 
 def _shapes_of(cases: Any) -> dict[str, dict[str, tuple[int, ...]]] | None:
@@ -518,14 +519,14 @@ def _shapes_of(cases: Any) -> dict[str, dict[str, tuple[int, ...]]] | None:
 
 def _read_result(
     z: NpzReader, key: str, case: str, quantity: str,
-    shapes: dict[str, dict[str, tuple[int, ...]]] | None, unknown: list[str],
+    shapes: dict[str, dict[str, tuple[int, ...]]] | None, skipped: list[tuple[str, str]],
 ) -> NDArray[Any] | None:  # fmt: skip
     """Read one result array, or stand in for it (wrong shape or dtype), or skip it (unknown)."""
     if shapes is None:
         return z.read(key)
     want = shapes[case].get(quantity)
     if want is None:
-        unknown.append(f"{case}/{quantity}")
+        skipped.append((case, quantity))
         return None
     shape, dtype = z.header(key)
     if dtype.itemsize > _MAX_ITEMSIZE:
