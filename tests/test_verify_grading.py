@@ -157,6 +157,7 @@ def _tol(m: dict) -> dict:
 MALFORMED = {
     "top_level_list": lambda m: json.dumps([m]),
     "cases_not_a_list": lambda m: m.update(cases={"plain": m["cases"][0]}),
+    "cases_a_number": lambda m: m.update(cases=5),
     "case_not_an_object": lambda m: m["cases"].__setitem__(0, "plain"),
     "missing_file": lambda m: _pop(m["cases"][0], "file"),
     "file_not_a_string": lambda m: m["cases"][0].update(file=7),
@@ -372,3 +373,52 @@ def test_json_report_of_a_wrong_shape_is_printed(tmp_path, suite_dir, results, c
     assert code == 1, err
     row = next(r for r in json.loads(out)["rows"] if (r["case"], r["quantity"]) == ("plain", "out"))
     assert row["status"] == "FAIL" and "(B, L, H, E)" in " ".join(row["hints"])
+
+
+# ---------------------------------------------------------------------------
+# Fuzz: any JSON value anywhere in the manifest is read or refused, never a crash
+# ---------------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                max_size=3),
+    max_leaves=8,
+)  # fmt: skip
+
+
+#: The nodes of the manifest the reader uses, each replaced by fuzzed JSON values.
+_READ = [(), ("format",), ("version",), ("cases",), ("cases", 0), ("cases", 0, "name"),
+         ("cases", 1, "file"), ("cases", 0, "quantities"), ("cases", 0, "quantities", "out"),
+         ("cases", 0, "quantities", "out", "shape"), ("cases", 2, "quantities", "dq", "shape", 0),
+         ("cases", 0, "quantities", "lse", "dtype"), ("tolerances",), ("tolerances", "float32"),
+         ("tolerances", "float32", "gradient"),
+         ("tolerances", "float32", "forward", "atol")]  # fmt: skip
+
+
+@pytest.mark.parametrize("where", _READ, ids=lambda w: ".".join(map(str, w)) or "root")
+@settings(max_examples=8, deadline=None)
+@given(value=_JSON)
+def test_any_json_anywhere_in_the_manifest_is_read_or_refused(tmp_path_factory, suite_dir,
+                                                              where, value) -> None:  # fmt: skip
+    """Replacing a node of a real manifest by any JSON value (NaN, huge integers, nesting
+    included) gives a suite or an UnusableInput, never another exception."""
+    man = json.loads((suite_dir / "manifest.json").read_text())
+    if where:
+        node = man
+        for k in where[:-1]:
+            node = node[k]
+        node[where[-1]] = value
+    else:
+        man = value
+    d = tmp_path_factory.mktemp("fuzz")
+    for f in suite_dir.glob("*.npz"):
+        os.link(f, d / f.name)  # the case files themselves (a link out would be refused)
+    (d / "manifest.json").write_text(json.dumps(man))
+    try:
+        load_suite(d)
+    except UnusableInput:
+        pass
