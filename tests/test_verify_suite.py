@@ -1,7 +1,8 @@
 """numpy_attention.verify.suite: writing the suite never harms the user's files.
 
 ``vectors --out DIR`` replaces only files of a suite it wrote there before (the manifest.json in
-DIR is ours and lists them); anything else is refused unless ``--force``; nothing is written
+DIR is ours and lists them, and each holds the arrays it lists); anything else is refused unless
+``--force``; nothing is written
 through a symbolic link; the empty path is refused; a case name cannot leave DIR.
 """
 
@@ -65,6 +66,21 @@ def test_a_file_our_manifest_does_not_list_is_not_ours(tmp_path, capsys) -> None
     code, _, err = run_vectors(capsys, "--out", str(tmp_path))
     assert code == 2 and "gqa.npz" in err
     assert (tmp_path / "gqa.npz").read_bytes() == b"mine"
+
+
+@pytest.mark.parametrize("content", ["text", "other_zip"])
+def test_a_listed_file_the_user_replaced_is_not_ours(tmp_path, capsys, content) -> None:
+    """Our manifest lists plain.npz, but the file there now is the user's (text, or an .npz of
+    other arrays): refused, since a file is ours only if it holds the arrays the manifest lists."""
+    write_suite(tmp_path)
+    if content == "text":
+        (tmp_path / "plain.npz").write_text("hi")
+    else:
+        np.savez(tmp_path / "plain.npz", my_array=np.zeros(3))
+    before = (tmp_path / "plain.npz").read_bytes()
+    code, _, err = run_vectors(capsys, "--out", str(tmp_path))
+    assert code == 2 and "plain.npz" in err
+    assert (tmp_path / "plain.npz").read_bytes() == before
 
 
 def test_force_replaces_files_that_are_not_ours(tmp_path, capsys, suite_bytes) -> None:

@@ -8,7 +8,8 @@ and a candidate's results back for the grading. Both formats are specified in
 
 Writing never replaces a file that is not ours: a file in ``DIR`` named like
 one the suite writes may be replaced only if the ``manifest.json`` already in
-``DIR`` is a suite manifest that lists it (``force=True`` replaces anyway);
+``DIR`` is a suite manifest that lists it and the file holds exactly the
+arrays listed there (``force=True`` replaces anyway);
 no file is ever written through a symbolic link. Reading checks the manifest's
 every field, refuses files outside the suite's directory and non-regular
 files, and reads each array's ``.npy`` header before its data (see
@@ -158,8 +159,9 @@ def write_suite(
         If ``out`` is the empty string.
     FileExistsError
         If a file the suite writes exists and is not ours (``manifest.json``
-        already in ``out`` is not a suite manifest listing it), or is a
-        symbolic link, and ``force`` is False. Nothing is written then.
+        already in ``out`` is not a suite manifest listing it with the arrays
+        it holds), or is a symbolic link, and ``force`` is False. Nothing is
+        written then.
     OSError
         If the directory cannot be created or written.
     ValueError
@@ -211,28 +213,50 @@ def _refuse_foreign(root: Path, names: list[str]) -> None:
                 f"{p} is a symbolic link; refusing to replace it (force=True, or --force, "
                 "replaces the link itself, never what it points to)"
             )
-        if n not in ours or not p.is_file():
+        if n not in ours or not p.is_file() or not _holds(p, ours[n]):
             raise FileExistsError(
                 f"{p} exists and is not a file of a suite written by numpy-attention (the "
-                "manifest.json there does not list it); refusing to overwrite it: remove it, "
-                "choose another directory, or pass --force (force=True)"
+                "manifest.json there does not list it with these arrays); refusing to overwrite "
+                "it: remove it, choose another directory, or pass --force (force=True)"
             )
 
 
-def _files_of_our_manifest(root: Path) -> set[str]:
-    """Return the files listed by ``root/manifest.json`` if it is a suite manifest (any version)."""
+def _files_of_our_manifest(root: Path) -> dict[str, set[str] | None]:
+    """Map each file ``root/manifest.json`` lists to the zip members it declares (if ours).
+
+    The manifest is ours if it is a regular file of format ``SUITE_FORMAT``
+    (any version); ``manifest.json`` itself maps to None (no members).
+    """
     path = root / "manifest.json"
     if path.is_symlink():
-        return set()
+        return {}
     try:
         man = _load_json(path)
     except UnusableInput:
-        return set()
+        return {}
     if not isinstance(man, dict) or man.get("format") != SUITE_FORMAT:
-        return set()
+        return {}
+    ours: dict[str, set[str] | None] = {"manifest.json": None}
     cases = man.get("cases")
-    files = [e.get("file") for e in cases if isinstance(e, dict)] if isinstance(cases, list) else []
-    return {"manifest.json"} | {f for f in files if isinstance(f, str)}
+    for e in cases if isinstance(cases, list) else []:
+        if not isinstance(e, dict) or not isinstance(e.get("file"), str):
+            continue
+        inputs, quantities = e.get("inputs"), e.get("quantities")
+        if isinstance(inputs, dict) and isinstance(quantities, dict):
+            arrays = [*inputs, *(f"expected_{q}" for q in quantities)]
+            ours[e["file"]] = {f"{n}.npy" for n in arrays}
+    return ours
+
+
+def _holds(path: Path, members: set[str] | None) -> bool:
+    """Tell whether the zip at ``path`` has exactly ``members`` (None: no zip to look into)."""
+    if members is None:
+        return True
+    try:
+        with zipfile.ZipFile(path) as z:
+            return set(z.namelist()) == members
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return False
 
 
 # ---------------------------------------------------------------------------
