@@ -294,6 +294,16 @@ def test_without_expected_shapes_members_are_capped_by_size(tmp_path) -> None:
         load_results(bomb, ["plain"])
 
 
+@pytest.mark.parametrize("names_only", [False, True])
+def test_a_negative_declared_shape_is_unusable_input(tmp_path, suite_dir, names_only) -> None:
+    """A header declaring shape (-5,) (NumPy's header parser accepts it): UnusableInput, not a
+    ValueError from np.empty deep inside the reader."""
+    bomb = _bomb(tmp_path / "neg.npz", "plain/out", (-5,))
+    cases = ["plain"] if names_only else load_suite(suite_dir)[1]
+    with pytest.raises(UnusableInput, match="is not a .npy array"):
+        load_results(bomb, cases)
+
+
 def test_a_truncated_member_is_unusable_input(tmp_path, suite_dir, capsys) -> None:
     """A member of the right declared shape but too little data: exit 2, 'truncated'."""
     bomb = _bomb(tmp_path / "short.npz", "long_rows/out", (1, 2, 4, 16), data=100)

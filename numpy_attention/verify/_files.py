@@ -128,7 +128,7 @@ class NpzReader:
     def __init__(self, path: Path, what: str) -> None:
         self.path, self.what = path, what
         regular_file(path, what)
-        self._file: IO[bytes] = open(path, "rb")  # noqa: SIM115 (closed by __exit__)
+        self._file: IO[bytes] = open(path, "rb")  # closed by __exit__
         try:
             self._zip = zipfile.ZipFile(self._file)
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
@@ -210,6 +210,8 @@ def _npy_header(f: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
         shape, fortran, dtype = np.lib.format.read_array_header_2_0(f, _MAX_HEADER)
     else:
         raise ValueError(f"unsupported .npy version {version}")
+    if any(n < 0 for n in shape) or len(shape) > 32:  # NumPy's parser lets a negative through
+        raise ValueError(f"impossible shape {shape}")
     return tuple(int(n) for n in shape), bool(fortran), np.dtype(dtype)
 
 
