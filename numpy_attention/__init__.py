@@ -10,8 +10,9 @@ Read ``docs/README.md`` first; the modules, bottom to top:
   rotary embeddings.
 - :mod:`numpy_attention.layers`: multi-head cross-/self-attention layers, forward and backward.
 - :mod:`numpy_attention.fusion`: weighted fusion of attention branches (and concat + linear).
-- :mod:`numpy_attention.testing`: ``gradcheck`` and ``assert_attention_close``.
-- :mod:`numpy_attention.vectors`: golden vectors and ``check`` for other implementations.
+- :mod:`numpy_attention.verify`: the verification wing: ``gradcheck``, the tolerance policy,
+  ``assert_attention_close``, golden vectors and ``check`` for other implementations
+  (:mod:`numpy_attention.testing` re-exports its testing tools).
 - :mod:`numpy_attention.model`: a tiny model trained with the hand-written gradients.
 - :mod:`numpy_attention.plotting`: attention maps (matplotlib, imported lazily).
 """
@@ -63,7 +64,7 @@ from .serving import (
     varlen_attention_forward,
 )
 from .softmax import log_softmax, log_softmax_backward, logsumexp, softmax, softmax_backward
-from .testing import assert_attention_close, gradcheck
+from .verify import assert_attention_close, gradcheck
 
 __version__ = "0.1.0"
 

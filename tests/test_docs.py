@@ -682,13 +682,14 @@ def _public_functions() -> list:
 
     found = []
     for path in _code_files():
+        parts = path.relative_to(PKG).with_suffix("").parts  # ("verify", "suite") in a wing
         if path.name.startswith("_") or path.stem in _COMMAND_LINE:
             continue
-        module = importlib.import_module(f"numpy_attention.{path.stem}")
+        module = importlib.import_module(".".join(("numpy_attention", *parts)))
         for name in getattr(module, "__all__", []):
             obj = getattr(module, name)
             if inspect.isfunction(obj) and obj.__module__ == module.__name__:
-                found.append(pytest.param(obj, id=f"{path.stem}.{name}"))
+                found.append(pytest.param(obj, id=f"{'.'.join(parts)}.{name}"))
     return found
 
 
