@@ -168,7 +168,7 @@ def tolerance_table(table: Any, where: str = "tolerances") -> dict[str, Toleranc
     ...                  "gradient": {"atol": 0, "rtol": 0}})
     Traceback (most recent call last):
     ...
-    ValueError: tolerances.forward.atol must be a finite number >= 0.0 and <= 1.0, got nan
+    ValueError: tolerances.forward.atol must lie in [0, 1], got nan
     """
     if not isinstance(table, Mapping):
         raise ValueError(f"{where} must be an object with 'forward' and 'gradient', got {table!r}")
