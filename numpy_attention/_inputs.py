@@ -38,14 +38,14 @@ Mod = Callable[..., Any]
 
 @dataclass(frozen=True)
 class ScoreMods:
-    """The score transforms of Eqs. (8.1)-(8.4), each None when not asked for."""
+    """The score transforms of Eqs. (8.2)-(8.8), each None when not asked for."""
 
-    softcap: float | None = None  # c of Eq. (8.1)
-    score_mod: Mod | None = None  # Eq. (8.2)
+    softcap: float | None = None  # c of Eq. (8.2)
+    score_mod: Mod | None = None  # Eq. (8.3)
     score_mod_grad: Mod | None = None
-    mask_mod: Mod | None = None  # Eq. (8.4)
-    alibi: Array | None = None  # slopes as (..., Hq, 1, 1), Eq. (8.3)
-    sinks: Array | None = None  # (Hq, 1, 1), Eq. (8.5)
+    mask_mod: Mod | None = None  # Eq. (8.8)
+    alibi: Array | None = None  # slopes as (..., Hq, 1, 1), Eq. (8.4)
+    sinks: Array | None = None  # (Hq, 1, 1), Eq. (8.9)
 
     @property
     def keeps_scores(self) -> bool:
@@ -226,7 +226,7 @@ def _check_per_head(
 
 
 def _check_mods(kw: dict[str, Any], lead: tuple[int, ...], cdtype: np.dtype) -> ScoreMods:
-    """Validate the variants' score arguments of Eqs. (8.1)-(8.5)."""
+    """Validate the variants' score arguments of Eqs. (8.1)-(8.9)."""
     cap = kw.get("softcap")
     mod, grad = _check_mod(kw.get("score_mod"), "score_mod"), kw.get("score_mod_grad")
     if grad is not None and mod is None:

@@ -49,7 +49,7 @@ __all__ = [
 
 _WEIGHTS = ("w_q", "w_k", "w_v", "w_o")
 _BIASES = ("b_q", "b_k", "b_v", "b_o")
-_SINKS = ("sinks",)  # a learned logit per query head in every row's softmax (Eq. (8.5))
+_SINKS = ("sinks",)  # a learned logit per query head in every row's softmax (Eq. (8.9))
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ class CrossAttentionParams:
         None means ``H``. The forward's ``num_kv_heads`` argument overrides it.
     sinks : ndarray, shape (H,), or None
         Learned attention sinks (gpt-oss): one logit per query head that joins
-        every row's softmax denominator, Eq. (8.5); it gets a gradient.
+        every row's softmax denominator, Eq. (8.9); it gets a gradient.
 
     Notes
     -----
