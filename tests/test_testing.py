@@ -164,17 +164,19 @@ def test_failure_message_locates_the_worst_element() -> None:
 # ---------------------------------------------------------------------------
 
 
-def _hints(actual: np.ndarray, desired: np.ndarray, quantity: str = "out") -> str:
-    c = compare_attention(actual, desired, dtype="bfloat16", quantity=quantity)
+def _hints(actual: np.ndarray, desired: np.ndarray, quantity: str = "out", **context) -> str:
+    c = compare_attention(actual, desired, dtype="bfloat16", quantity=quantity, context=context)
     assert not c.passed
     return "\n".join(c.hints)
 
 
 def test_hint_uniform_scale_factor_names_dropout_rescaling() -> None:
-    """actual = 0.75 desired: a uniform scale factor, e.g. dropout without 1/(1-p)."""
+    """actual = 0.75 desired in a case with p = 0.25: dropout without 1/(1-p); no story without p."""
     *_, out, _ = _case()
-    h = _hints(0.75 * out, out)
+    h = _hints(0.75 * out, out, dropout_p=0.25)
     assert "0.75 x desired" in h and "1/(1-p)" in h
+    h = _hints(0.75 * out, out)
+    assert "0.75 x desired" in h and "1-p" not in h and "no constant of the case" in h
 
 
 def test_hint_base2_lse() -> None:

@@ -16,22 +16,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._validate import check_real
-from .diagnosis import diagnose, shape_hints
+from .diagnosis import axis_names, diagnose, shape_hints
+from .precision import LOW_PRECISION, UNIT_ROUNDOFF, baseline_factor
 from .tolerance import dtype_name, tolerance
 
 __all__ = ["Comparison", "compare_attention", "assert_attention_close"]
-
-
-#: Axis names of the attention quantities, for failure messages (last axes).
-_AXES = {
-    "out": ("batch", "head", "query", "feature"),
-    "dq": ("batch", "head", "query", "feature"),
-    "dk": ("batch", "head", "key", "feature"),
-    "dv": ("batch", "head", "key", "feature"),
-    "weights": ("batch", "head", "query", "key"),
-    "d_attn_mask": ("batch", "head", "query", "key"),
-    "lse": ("batch", "head", "query"),
-}
 
 
 @dataclass
@@ -54,6 +43,14 @@ class Comparison:
     axes: tuple[str, ...] = ()
     hints: list[str] = field(default_factory=list)
     shape_error: str = ""
+    cosine: float = float("nan")
+    policy: str = "absolute"
+    baseline: float | None = None
+
+    @property
+    def mismatch(self) -> float:
+        """Fraction of the elements outside the tolerance (``n_bad / size``)."""
+        return self.n_bad / self.size if self.size else 0.0
 
     def where(self) -> str:
         """Name the worst element, as ``batch 0, head 2, query 3, feature 1``."""
@@ -67,10 +64,14 @@ class Comparison:
                 f"\n  hint: {h}" for h in self.hints
             )
         verdict = "PASS" if self.passed else "FAIL"
+        if self.baseline is None:
+            rule = f"{self.dtype} tolerance atol={self.atol:.3g}, rtol={self.rtol:.3g}"
+        else:
+            rule = (f"{self.dtype} baseline: error <= {self.atol:.3g} = {baseline_factor(self.quantity):g}"
+                    f" x {self.baseline:.3g} + u max|desired|")  # fmt: skip
         text = (
-            f"{self.quantity} ({self.dtype} tolerance atol={self.atol:.3g}, "
-            f"rtol={self.rtol:.3g}): {verdict}; max abs error {self.max_abs:.3g}, "
-            f"max rel error {self.max_rel:.3g}"
+            f"{self.quantity} ({rule}): {verdict}; max abs error {self.max_abs:.3g}, "
+            f"max rel error {self.max_rel:.3g}, cosine {self.cosine:.6f}"
         )
         if not self.passed:
             text += (
@@ -82,19 +83,6 @@ class Comparison:
         return text
 
 
-def _axis_names(ndim: int, axes: tuple[str, ...] | None, quantity: str) -> tuple[str, ...]:
-    if axes is not None:
-        if len(axes) != ndim:
-            raise ValueError(f"axes names {len(axes)} axes, the arrays have {ndim}")
-        return tuple(axes)
-    names = _AXES.get(quantity)
-    if names is None:  # a layer's quantity: (B, L, E) activations, (in, out) weights, biases
-        names = {3: ("batch", "position", "feature"), 2: ("row", "column")}.get(ndim, ("index",))
-    if ndim <= len(names):
-        return names[len(names) - ndim :]
-    return tuple(f"batch{i}" for i in range(ndim - len(names) + 1)) + names[1:]
-
-
 def compare_attention(
     actual: Any,
     desired: Any,
@@ -104,6 +92,8 @@ def compare_attention(
     atol: float | None = None,
     rtol: float | None = None,
     axes: tuple[str, ...] | None = None,
+    baseline: float | None = None,
+    context: dict[str, Any] | None = None,
 ) -> Comparison:
     r"""Compare an attention result with the reference; never raises on a mismatch.
 
@@ -126,6 +116,18 @@ def compare_attention(
         ``(batch, head, query, feature)`` for ``out``, ``(batch, head,
         query, key)`` for ``weights``, ``(batch, head, key, feature)`` for
         ``dk``.
+    baseline : float, optional
+        The largest error of a naive implementation in ``dtype`` against the
+        float64 truth (the suite stores it per case, see
+        :func:`~numpy_attention.verify.precision.baseline_errors`). Given, and
+        ``dtype`` is float16 or bfloat16, the baseline policy replaces the
+        tolerance: an element passes when ``|a - d| <= k b + u max|d|``
+        (Eq. (7.3), ``k`` from :data:`~numpy_attention.verify.precision.BASELINE_FACTORS`,
+        ``u`` the unit roundoff, the bound capped at ``max|d|``). Ignored for
+        float32 and float64, which the absolute policy judges.
+    context : dict, optional
+        The case's constants for the hints (scale, ``E``, ``dropout_p``,
+        ``G``: :func:`~numpy_attention.verify.diagnosis.case_context`).
 
     Returns
     -------
@@ -133,8 +135,10 @@ def compare_attention(
         ``passed``, ``max_abs`` (``max |a - d|``), ``max_rel``
         (``max |a - d| / max |d|``), the effective ``atol`` and ``rtol``,
         ``needed`` (the smallest ``t`` with which ``atol = rtol = t`` would
-        pass: the measured error of Eq. (7.2)), the worst element and
-        ``hints`` naming likely causes.
+        pass: the measured error of Eq. (7.2)), the worst element,
+        ``hints`` naming likely causes, ``cosine`` (cosine similarity of
+        the finite entries) and ``mismatch`` (fraction of elements outside
+        the tolerance).
 
     Raises
     ------
@@ -168,7 +172,7 @@ def compare_attention(
     atol = tol.atol if atol is None else check_real(atol, "atol", low=0.0)
     rtol = tol.rtol if rtol is None else check_real(rtol, "rtol", low=0.0)
     a, d = _real(actual, "actual"), _real(desired, "desired")
-    names = _axis_names(d.ndim, axes, quantity)
+    names = axis_names(d.ndim, axes, quantity)
     if a.shape != d.shape:  # decided from the shapes alone: nothing is converted or read
         return Comparison(
             passed=False, quantity=quantity, dtype=name, max_abs=np.inf, max_rel=np.inf,
@@ -177,7 +181,10 @@ def compare_attention(
             hints=shape_hints(a.shape, d.shape),
         )  # fmt: skip
     a, d = a.astype(np.float64, copy=False), d.astype(np.float64, copy=False)
-    return _measure(a, d, name, quantity, atol, rtol, names)
+    if baseline is not None and name in LOW_PRECISION:
+        b = check_real(baseline, "baseline", low=0.0)
+        return _measure(a, d, name, quantity, 0.0, 0.0, names, b, context)
+    return _measure(a, d, name, quantity, atol, rtol, names, None, context)
 
 
 def _real(x: Any, name: str) -> NDArray[Any]:
@@ -191,12 +198,16 @@ def _real(x: Any, name: str) -> NDArray[Any]:
 
 def _measure(
     a: NDArray[np.float64], d: NDArray[np.float64], dtype: str, quantity: str, atol: float,
-    rtol: float, axes: tuple[str, ...],
+    rtol: float, axes: tuple[str, ...], baseline: float | None = None,
+    context: dict[str, Any] | None = None,
 ) -> Comparison:  # fmt: skip
-    """Eq. (7.1) elementwise, Eq. (7.2) for ``needed``, the worst element and the hints."""
+    """Eq. (7.1) (or (7.3)) elementwise, Eq. (7.2) for ``needed``, the worst element, hints."""
     finite = np.isfinite(d)
     scale = float(np.max(np.abs(d[finite]))) if finite.any() else 0.0
     scale = scale if scale > 0 else 1.0
+    if baseline is not None:  # Eq. (7.3): one absolute bound, at most the quantity's scale
+        bound_b = baseline_factor(quantity) * baseline + UNIT_ROUNDOFF[dtype] * scale
+        atol = min(bound_b, scale) / scale
     with np.errstate(invalid="ignore"):
         err = np.where(
             finite, np.abs(a - d), np.where((a == d) | (np.isnan(a) & np.isnan(d)), 0, np.inf)
@@ -208,6 +219,8 @@ def _measure(
         passed=not bool(bad.any()), quantity=quantity, dtype=dtype,
         max_abs=float(err.max()) if err.size else 0.0, max_rel=0.0,
         atol=atol * scale, rtol=rtol, n_bad=int(bad.sum()), size=int(d.size), axes=axes,
+        cosine=_cosine(a, d), policy="absolute" if baseline is None else "baseline",
+        baseline=baseline,
     )  # fmt: skip
     result.max_rel = result.max_abs / scale
     with np.errstate(invalid="ignore"):
@@ -221,8 +234,18 @@ def _measure(
         result.worst_actual = float(a.flat[flat])
         result.worst_desired = float(d.flat[flat])
     if not result.passed:
-        result.hints = diagnose(a, d, bad, quantity)
+        result.hints = diagnose(a, d, bad, quantity, axes, context)
     return result
+
+
+def _cosine(a: NDArray[np.float64], d: NDArray[np.float64]) -> float:
+    """Cosine similarity of the entries finite in both (1 if both are all zero)."""
+    ok = np.isfinite(a) & np.isfinite(d)
+    x, y = a[ok], d[ok]
+    nx, ny = float(np.linalg.norm(x)), float(np.linalg.norm(y))
+    if nx == 0 or ny == 0:
+        return 1.0 if nx == ny else 0.0
+    return float(np.clip(np.dot(x / nx, y / ny), -1.0, 1.0))
 
 
 def assert_attention_close(

@@ -43,6 +43,7 @@ from ._files import (
     write_new,
 )
 from .cases import CASE_NAME, Case, build_suite
+from .precision import BASELINE_FACTORS, baseline_errors
 from .tolerance import DTYPES, TOLERANCES, tolerance_table
 
 __all__ = [
@@ -125,8 +126,22 @@ def manifest(cases: Iterable[Case]) -> dict[str, Any]:
         "elementwise; infinities must match exactly; 'gradient' applies to quantities whose "
         "name starts with 'd', 'forward' to the others",
         "tolerances": _tolerance_table(),
-        "cases": [c.manifest_entry() for c in cases],
+        "baseline_rule": "policy 'baseline' (float16, bfloat16): max|actual - expected| <= "
+        f"k * baseline_error + u * max|expected|, k = {BASELINE_FACTORS['forward']:g} forward, "
+        f"{BASELINE_FACTORS['gradient']:g} gradients, u the dtype's unit roundoff; "
+        "baseline_error: the largest error of a naive implementation in the dtype (float32 "
+        "accumulation, every result rounded to the dtype) against the float64 expected values",
+        "cases": [_entry(c) for c in cases],
     }
+
+
+def _entry(case: Case) -> dict[str, Any]:
+    """The case's manifest entry with its baseline errors (Eq. (7.3)), if it has them."""
+    entry = case.manifest_entry()
+    errors = baseline_errors(case.inputs, case.expected, case.kind)
+    if errors:
+        entry["baseline_error"] = errors
+    return entry
 
 
 def _manifest_bytes(cases: Iterable[Case]) -> bytes:
@@ -386,6 +401,7 @@ def _check_case_entry(entry: Any, where: str, seen: set[str]) -> int:
         raise UnusableInput(
             f"{where}.quantities must be a non-empty object, got {_kind(quantities)}"
         )
+    _check_baseline(entry.get("baseline_error"), where)
     total = 0
     for q, desc in quantities.items():
         shape = _declared_shape(desc)
@@ -400,6 +416,21 @@ def _check_case_entry(entry: Any, where: str, seen: set[str]) -> int:
                                 f"{MAX_ARRAY_BYTES} bytes this check reads per array")  # fmt: skip
         total += nbytes
     return total
+
+
+def _check_baseline(errors: Any, where: str) -> None:
+    """A case's ``baseline_error``, if any: ``{dtype: {quantity: finite number >= 0}}``."""
+    if errors is None:
+        return
+    ok = isinstance(errors, dict) and all(
+        d in DTYPES and isinstance(t, dict) and all(
+            isinstance(q, str) and isinstance(b, (int, float)) and not isinstance(b, bool)
+            and math.isfinite(b) and b >= 0 for q, b in t.items()
+        ) for d, t in errors.items()
+    )  # fmt: skip
+    if not ok:
+        raise UnusableInput(f"{where}.baseline_error must map dtypes to {{quantity: finite number "
+                            f">= 0}}, got {_kind(errors)}")  # fmt: skip
 
 
 def _declared_shape(desc: Any) -> list[int] | None:
@@ -523,6 +554,8 @@ def load_results(
     with NpzReader(p, "results file") as z:
         for key in z.keys():
             case, sep, quantity = key.partition("/")
+            if key == "gaps":  # the declared gaps (numpy_attention.verify.gaps), not a result
+                continue
             if not sep:
                 unknown.append(key)
             elif case in names:
