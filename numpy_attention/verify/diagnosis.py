@@ -21,6 +21,7 @@ pass a looser dtype's tolerance, no structure) gets none. The hints table of
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,8 +43,8 @@ _SDPA_AXES = {
 #: Axis names of the layers' quantities, by number of axes.
 _LAYER_AXES = {4: ("batch", "head", "query", "key"), 3: ("batch", "position", "feature"),
                2: ("row", "column"), 1: ("index",)}  # fmt: skip
-#: Phrases of the localisation hints (generic: they name where, not why).
-_GENERIC = ("only batch", "only heads", "only query", "only key", "only position", "only row")
+#: The localisation hints (generic: they name where, not why): "only heads [1, 2] of 6 ...".
+_GENERIC = re.compile(r"only (batch|heads|\w+ positions) \[")
 
 
 def axis_names(
@@ -227,7 +228,7 @@ def diagnose(
 
 def n_specific(hints: list[str]) -> int:
     """Return the number of leading hints that say why, not only where."""
-    return next((i for i, h in enumerate(hints) if h.startswith(_GENERIC)), len(hints))
+    return next((i for i, h in enumerate(hints) if _GENERIC.match(h)), len(hints))
 
 
 def _fully_masked_hint(a: NDArray[np.floating], d: NDArray[np.floating], bad: NDArray[np.bool_],
@@ -264,8 +265,9 @@ def _lse_hints(a: NDArray[np.floating], d: NDArray[np.floating], ok: NDArray[np.
 
 def _weight_hints(a: NDArray[np.floating], d: NDArray[np.floating], bad: NDArray[np.bool_],
                   ctx: Mapping[str, Any]) -> list[str]:  # fmt: skip
-    hints = _after_dropout(a, d, ctx)
-    rows, live = a.sum(axis=-1), d.sum(axis=-1) > 0.5
+    hints = _after_dropout(a, d, ctx) or _score_factor(a, d, ctx)
+    rows = a.sum(axis=-1)
+    live = (d.sum(axis=-1) > 0.5) & (rows > 0)  # a row of zeros is a masking matter, below
     if not hints and live.any() and not np.allclose(rows[live], 1.0, atol=1e-2):
         cols = a.sum(axis=-2)
         if np.allclose(cols[np.isfinite(cols)], 1.0, atol=1e-2):
@@ -280,6 +282,12 @@ def _weight_hints(a: NDArray[np.floating], d: NDArray[np.floating], bad: NDArray
     ):
         pos = np.argwhere(where.reshape(-1, L, S).any(axis=0))
         if not pos.size or hints and hints[0].startswith("the weights are reported after"):
+            continue
+        batches = np.flatnonzero(where.reshape(where.shape[0], -1).any(axis=1))
+        if a.ndim == 4 and batches.size < a.shape[0]:
+            hints.append(f"the mask of another batch: the weights {what} only in batch "
+                         f"{batches.tolist()} of {a.shape[0]}: a per-batch mask (or lengths) "
+                         "taken from the wrong batch, or a batch stride")  # fmt: skip
             continue
         offsets = sorted(set((pos[:, 1] - pos[:, 0]).tolist()))
         if len(offsets) <= 2:
@@ -306,6 +314,34 @@ def _after_dropout(a: NDArray[np.floating], d: NDArray[np.floating],
         return []
     return [f"the weights are reported after dropout (0 or desired / (1-p) = desired x "
             f"{1 / (1 - p):.4g}): report the softmax before dropout"]  # fmt: skip
+
+
+def _score_factor(a: NDArray[np.floating], d: NDArray[np.floating],
+                  ctx: Mapping[str, Any]) -> list[str]:  # fmt: skip
+    """Weights equal to softmax(c x the reference's scores): log-weights centred per row scale."""
+    both = (a > 0) & (d > 0) & np.isfinite(a)
+    if not both.any() or not (both == (d > 0)).all():
+        return []
+    n = np.maximum(both.sum(axis=-1, keepdims=True), 1)
+    la, ld = (np.where(both, np.log(np.where(both, x, 1.0)), 0.0) for x in (a, d))
+    la, ld = (np.where(both, x - x.sum(axis=-1, keepdims=True) / n, 0.0) for x in (la, ld))
+    den = float(np.sum(ld * ld))
+    if den == 0:
+        return []
+    c = float(np.sum(la * ld) / den)
+    if abs(c - 1) <= 1e-2 or np.max(np.abs(la - c * ld)) > 1e-2 * max(1.0, np.max(np.abs(ld))):
+        return []
+    scale, E = ctx.get("scale"), ctx.get("E")
+    cands = []
+    if scale:
+        cands += [(1 / scale, "1/scale: the scores not multiplied by the scale"),
+                  (scale, "the scale applied twice")]  # fmt: skip
+    if E and scale and abs(scale * math.sqrt(E) - 1) < 1e-6:
+        cands += [(1 / math.sqrt(E), f"1/sqrt(E) = 1/sqrt({E}): the scale 1/E instead of "
+                                     "1/sqrt(E)")]  # fmt: skip
+    stories = [t for x, t in cands if abs(c - x) <= 2e-3 * abs(x)]
+    why = "; or ".join(stories) if stories else "no constant of the case matches"
+    return [f"the weights are softmax({c:.4g} x the reference's scores): a wrong scale ({why})"]
 
 
 def _where_hints(a: NDArray[np.floating], d: NDArray[np.floating], bad: NDArray[np.bool_],
@@ -378,7 +414,10 @@ def case_hints(status: Mapping[str, str], ctx: Mapping[str, Any]) -> list[str]:
     p, G = ctx.get("dropout_p") or 0.0, ctx.get("G") or 1
     if fwd_ok and fails:
         return _backward_hints(fails, p, G, bool(ctx.get("broadcast")))
-    if fails == {"out"} and status.get("weights") == "PASS" and p > 0:
+    if "weights" in fails and ctx.get("mask") == "float":
+        return ["the weights fail in a case with a float mask: the bias is added to the scaled "
+                "scores (scale q k^T + B, not scale (q k^T + B)); its gradient is d_attn_mask = dS"]
+    if "out" in fails and status.get("weights") == "PASS" and status.get("lse") != "FAIL" and p:
         return [
             "the weights are right but out is not, in a dropout case: the dropout step "
             "(an inverted keep-mask: dropout_mask True = kept; or the 1/(1-p) factor)"

@@ -272,14 +272,23 @@ def _row(
 
 
 def _add_case_hints(rows: list[Row], ctx: dict[str, Any]) -> None:
-    """Put the case's hints (which quantities fail) on its first failing row."""
-    first = next((r for r in rows if r.status == "FAIL" and r.comparison is not None), None)
-    if first is None or first.comparison is None or first.comparison.shape_error:
+    """Put the case's hints on its first failing row, after that row's own specific hints.
+
+    The case's hints are those from which quantities fail (:func:`case_hints`),
+    then the specific hints of its other failing rows, the weights' first
+    (they show most convention differences).
+    """
+    failing = [r for r in rows if r.status == "FAIL" and r.comparison is not None]
+    if not failing or failing[0].comparison is None or failing[0].comparison.shape_error:
         return
     hints = case_hints({r.quantity: r.status for r in rows}, ctx)
-    c = first.comparison
+    for r in sorted(failing[1:], key=lambda r: r.quantity != "weights"):
+        if r.comparison is not None:
+            hints += r.comparison.hints[: n_specific(r.comparison.hints)]
+    c = failing[0].comparison
     at = n_specific(c.hints)
-    c.hints[at:at] = [h for h in hints if h not in c.hints]
+    new = [h for h in dict.fromkeys(hints) if h not in c.hints]
+    c.hints[at:at] = new
 
 
 def _compare_one(
