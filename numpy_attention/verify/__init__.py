@@ -17,18 +17,27 @@ Read in this order (``docs/verify.md`` is the chapter):
   file rules of :mod:`~numpy_attention.verify._files` (:class:`UnusableInput`).
 - :mod:`~numpy_attention.verify.grading`: :func:`check_path` and
   :func:`check_results`, the verdict of ``numpy-attention check``
-  (:class:`CheckReport`).
+  (:class:`CheckReport`), with the precision model of
+  :mod:`~numpy_attention.verify.precision` and the declared gaps of
+  :mod:`~numpy_attention.verify.gaps`.
+- :mod:`~numpy_attention.verify.callables`: :func:`check_callable` and
+  :func:`assert_matches_reference`, a Python function checked without files;
+  :mod:`numpy_attention.verify.strategies` (needs hypothesis, not imported
+  here): hypothesis strategies for property tests against the oracle.
 
 The command line's ``vectors`` and ``check`` are thin layers over
 :func:`write_suite` and :func:`check_path`.
 """
 
 from ._files import MAX_ARRAY_BYTES, UnusableInput
+from .callables import assert_matches_reference, check_callable
 from .cases import Case, build_suite
 from .compare import Comparison, assert_attention_close, compare_attention
+from .gaps import Gap, gaps_json
 from .diagnosis import diagnose
 from .gradcheck import GradcheckReport, gradcheck
 from .grading import CheckReport, Row, check_path, check_results
+from .precision import BASELINE_FACTORS, POLICIES, baseline_errors, emulate_sdpa
 from .suite import (
     MAX_SUITE_BYTES,
     SUITE_FORMAT,
@@ -77,4 +86,12 @@ __all__ = [
     "CheckReport",
     "check_results",
     "check_path",
+    "POLICIES",
+    "BASELINE_FACTORS",
+    "baseline_errors",
+    "emulate_sdpa",
+    "Gap",
+    "gaps_json",
+    "check_callable",
+    "assert_matches_reference",
 ]

@@ -1,0 +1,94 @@
+r"""Hypothesis strategies for attention inputs: property tests of your kernel against the oracle.
+
+Needs ``hypothesis`` (imported when this module is, never by the package
+itself). :func:`attention_inputs` draws the keyword arguments of
+:func:`~numpy_attention.verify.callables.check_callable`'s calling
+convention (shapes, GQA, masks, causal alignment, dropout, scale), with
+values exactly representable in the dtype; hypothesis shrinks a failing draw
+to a small one. Use it with
+:func:`~numpy_attention.verify.callables.assert_matches_reference`::
+
+    from hypothesis import given
+    from numpy_attention.verify.callables import assert_matches_reference
+    from numpy_attention.verify.strategies import attention_inputs
+
+    @given(attention_inputs(dtype="bfloat16"))
+    def test_my_kernel(arguments):
+        assert_matches_reference(my_kernel, arguments)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from hypothesis import strategies as st
+
+from .precision import rounding
+from .tolerance import dtype_name
+
+__all__ = ["attention_inputs"]
+
+
+def _exact(x: np.ndarray, dtype: str) -> np.ndarray:
+    """Round to ``dtype`` and back to float64 (exact in every dtype at least as wide)."""
+    return np.asarray(rounding(dtype)(x), dtype=np.float64)
+
+
+@st.composite
+def _draw(draw: Any, dtype: str, max_len: int, max_dim: int, dropout: bool) -> dict[str, Any]:
+    B, Hkv, G = draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    L, S = draw(st.integers(1, max_len)), draw(st.integers(1, max_len))
+    E, Ev = draw(st.integers(1, max_dim)), draw(st.integers(1, max_dim))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    q = _exact(rng.standard_normal((B, Hkv * G, L, E)), dtype)
+    k = _exact(rng.standard_normal((B, Hkv, S, E)), dtype)
+    v = _exact(rng.standard_normal((B, Hkv, S, Ev)), dtype)
+    mask_kind = draw(st.sampled_from(["none", "bool", "float"]))
+    mask: np.ndarray | None = None
+    if mask_kind == "bool":
+        mask = rng.random((B, 1, L, S)) < 0.7
+    elif mask_kind == "float":
+        mask = _exact(rng.standard_normal((1, Hkv * G, L, S)), dtype)
+    is_causal = draw(st.booleans())
+    p = draw(st.sampled_from([0.0, 0.25])) if dropout else 0.0
+    keep = rng.random((B, Hkv * G, L, S)) >= p if p else None
+    scale = draw(st.sampled_from([None, 0.5, 1.0, 0.125]))
+    return {
+        "q": q, "k": k, "v": v, "attn_mask": mask, "dropout_p": p, "dropout_mask": keep,
+        "is_causal": is_causal, "causal_bottom_right": is_causal and draw(st.booleans()),
+        "scale": 1.0 / np.sqrt(E) if scale is None else scale, "enable_gqa": G > 1,
+        "d_out": _exact(rng.standard_normal((B, Hkv * G, L, Ev)), dtype), "dtype": dtype,
+    }  # fmt: skip
+
+
+def attention_inputs(
+    *, dtype: Any = "float32", max_len: int = 8, max_dim: int = 8, dropout: bool = True
+) -> st.SearchStrategy[dict[str, Any]]:
+    r"""Draw one call's keyword arguments (the calling convention of ``check_callable``).
+
+    Parameters
+    ----------
+    dtype : {"float32", "float64", "float16", "bfloat16"}, optional
+        The dtype the candidate computes in; the arrays' values are exact in it.
+    max_len : int, optional
+        Largest ``L`` and ``S``.
+    max_dim : int, optional
+        Largest ``E`` and ``Ev``.
+    dropout : bool, optional
+        Also draw ``dropout_p = 0.25`` with a keep-mask.
+
+    Returns
+    -------
+    strategy : hypothesis SearchStrategy of dict
+        Batches 1-2, 1-2 key/value heads, GQA groups 1-3, no/bool/float mask,
+        causal top-left or bottom-right, default or explicit scale.
+
+    Examples
+    --------
+    >>> args = attention_inputs(dtype="bfloat16").example()
+    >>> args["q"].dtype, args["dtype"], args["q"].shape[-3] % args["k"].shape[-3]
+    (dtype('float64'), 'bfloat16', 0)
+    """
+    return _draw(dtype_name(dtype), int(max_len), int(max_dim), bool(dropout))

@@ -1,0 +1,232 @@
+"""The verdict (issue 15): the precision model, declared gaps, check_callable and the strategies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+from numpy_attention.attention import attention_backward, attention_forward
+from numpy_attention.cli import main
+from numpy_attention.verify import (
+    UnusableInput,
+    build_suite,
+    check_callable,
+    check_path,
+    compare_attention,
+    emulate_sdpa,
+    gaps_json,
+    load_suite,
+    write_suite,
+)
+from numpy_attention.verify.callables import assert_matches_reference, call_arguments
+from numpy_attention.verify.precision import baseline_errors, rounding
+from numpy_attention.verify.strategies import attention_inputs
+
+
+def numpy_kernel(q, k, v, attn_mask, dropout_p, dropout_mask, is_causal, causal_bottom_right,
+                 scale, enable_gqa, d_out, dtype, bug=None):  # fmt: skip
+    """This package's attention computed in float32: a correct candidate (or a planted bug)."""
+    f = np.float32
+    align = "bottom_right" if causal_bottom_right else "top_left"
+    scale = 1.0 if bug == "missing_scale" else scale
+    out, cache = attention_forward(q.astype(f), k.astype(f), v.astype(f), attn_mask, dropout_p,
+                                   is_causal, scale, enable_gqa, dropout_mask=dropout_mask,
+                                   causal_align=align)  # fmt: skip
+    g = attention_backward(d_out.astype(f), cache)
+    res = {"out": out, "weights": cache.P, "lse": cache.lse, "dq": g.dq, "dk": g.dk, "dv": g.dv}
+    return res if g.d_attn_mask is None else {**res, "d_attn_mask": g.d_attn_mask}
+
+
+# --- the precision model ---------------------------------------------------------------------
+
+
+def test_bfloat16_rounding_agrees_with_ml_dtypes() -> None:
+    """The pure-NumPy bfloat16 rounding the baseline uses is ml_dtypes' (ties to even)."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    x = np.random.default_rng(0).standard_normal(10000) * 10.0 ** np.arange(-5, 5).repeat(1000)
+    want = x.astype(np.float32).astype(ml_dtypes.bfloat16).astype(np.float32)
+    assert np.array_equal(rounding("bfloat16")(x), want)
+    f8 = rounding("float8_e4m3fn")(np.array([1.0, 1.1]))
+    assert f8.tolist() == [1.0, 1.125]
+
+
+def test_suite_inputs_are_exact_in_bfloat16_and_float16() -> None:
+    """The float64 truth of the suite is the truth of the rounded inputs (attention-gym#242)."""
+    for c in build_suite():
+        for name, a in c.inputs.items():
+            if a.dtype.kind == "f" and a.ndim:  # scale, dropout_p: Python floats for the kernel
+                for dt in ("bfloat16", "float16"):
+                    assert np.array_equal(rounding(dt)(a), a, equal_nan=True), (c.name, name, dt)
+
+
+def test_baseline_error_grows_as_precision_falls_and_is_stored() -> None:
+    """A naive bfloat16 attention errs more than float16, float16 more than float32; stored."""
+    man, _ = load_suite()
+    for e in man["cases"]:
+        b = e.get("baseline_error")
+        if e["kind"] != "sdpa":
+            assert b is None
+            continue
+        if e["name"] == "single_key":  # out = v, dv = d_out: exact in every dtype
+            continue
+        assert b["bfloat16"]["dv"] > b["float16"]["dv"] > b["float32"]["dv"] > 0, e["name"]
+
+
+def test_emulated_float32_matches_real_float32_arithmetic() -> None:
+    """The emulation in float32 is plain float32 attention: within a few ulps of it."""
+    c = build_suite()[0]
+    got = emulate_sdpa(c.inputs, "float32")
+    real = numpy_kernel(**call_arguments(c.inputs, "float32"))
+    for q in ("out", "dq", "dk", "dv"):
+        assert np.max(np.abs(got[q] - real[q])) < 1e-5 * np.max(np.abs(c.expected[q]))
+
+
+def test_baseline_policy_is_tighter_than_absolute_on_small_cases() -> None:
+    """An error of 1 % of out passes bfloat16's absolute tolerance, fails its baseline."""
+    c = build_suite()[0]
+    d = c.expected["out"]
+    a = d + 0.02 * np.max(np.abs(d)) * np.sign(d)
+    b = baseline_errors(c.inputs, c.expected)["bfloat16"]["out"]
+    assert compare_attention(a, d, dtype="bfloat16").passed
+    r = compare_attention(a, d, dtype="bfloat16", baseline=b)
+    assert not r.passed and r.policy == "baseline" and 0 < r.mismatch <= 1
+    assert 0.99 < r.cosine < 1
+
+
+def test_float32_is_judged_by_the_absolute_policy_even_with_a_baseline() -> None:
+    d = np.ones((1, 1, 2, 2))
+    r = compare_attention(d * (1 + 1e-6), d, dtype="float32", baseline=0.0)
+    assert r.passed and r.policy == "absolute"
+
+
+def test_check_path_policy_and_cosine_in_the_report(tmp_path: Path) -> None:
+    """check_path grades float16 by the baseline unless policy='absolute'; JSON has both."""
+    suite = tmp_path / "suite"
+    write_suite(suite)
+    _, expected = load_suite(suite)
+    res = tmp_path / "res"
+    res.mkdir()
+    for case, qs in expected.items():
+        np.savez(res / f"{case}.npz", **{q: a.astype(np.float16) for q, a in qs.items()})
+    rep = check_path(res, suite, dtype="float16")
+    rows = rep.as_json()["rows"]
+    assert rep.passed and {"baseline", "absolute"} == {r["policy"] for r in rows}
+    assert all("cosine" in r and "mismatch" in r for r in rows)
+    assert {r["policy"] for r in check_path(res, suite, dtype="float16",
+                                            policy="absolute").as_json()["rows"]} == {"absolute"}
+    with pytest.raises(ValueError, match="policy"):
+        check_path(res, suite, dtype="float16", policy="loose")
+
+
+def test_manifest_baseline_that_is_not_a_number_is_unusable(tmp_path: Path) -> None:
+    write_suite(tmp_path)
+    man = json.loads((tmp_path / "manifest.json").read_text())
+    man["cases"][0]["baseline_error"]["bfloat16"]["out"] = "1e300"
+    (tmp_path / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(UnusableInput, match="baseline_error"):
+        load_suite(tmp_path)
+
+
+# --- declared gaps ---------------------------------------------------------------------------
+
+
+def _results_without_weights(tmp_path: Path, expected: dict) -> Path:
+    d = tmp_path / "res"
+    d.mkdir()
+    for case, qs in expected.items():
+        if case != "dropout":
+            np.savez(d / f"{case}.npz", **{q: a for q, a in qs.items() if q != "weights"})
+    return d
+
+
+def test_declared_gaps_are_not_applicable_and_strict_counts_only_undeclared(tmp_path) -> None:
+    suite = tmp_path / "suite"
+    write_suite(suite)
+    _, expected = load_suite(suite)
+    res = _results_without_weights(tmp_path, expected)
+    assert not check_path(res, suite, dtype="float64", strict=True).passed
+    (res / "gaps.json").write_text(gaps_json([{"quantity": "weights", "reason": "none"},
+                                              {"case": "dropout", "reason": "own masks"}]))  # fmt: skip
+    rep = check_path(res, suite, dtype="float64", strict=True)
+    assert rep.passed, rep.table()
+    with_weights = [c for c, qs in expected.items() if "weights" in qs and c != "dropout"]
+    assert rep.counts["N/A"] == len(with_weights) and rep.gap_cases == ["dropout"]
+    assert rep.counts["MISSING"] == 0 and "not applicable" in rep.table().splitlines()[-1]
+    (res / "gaps.json").write_text(gaps_json([{"quantity": "weights", "reason": "none"}]))
+    assert not check_path(res, suite, dtype="float64", strict=True).passed  # dropout undeclared
+
+
+def test_gaps_in_a_single_npz_and_malformed_gaps_exit_2(tmp_path, capsys) -> None:
+    _, expected = load_suite()
+    f = tmp_path / "r.npz"
+    arrays = {f"{c}/{q}": a for c, qs in expected.items() for q, a in qs.items() if q != "weights"}
+    np.savez(f, gaps=np.array(gaps_json([{"quantity": "weights", "reason": "x"}])), **arrays)
+    rep = check_path(f, dtype="float64", strict=True)
+    assert rep.passed and not rep.unknown
+    (tmp_path / "d").mkdir()
+    np.savez(tmp_path / "d" / "plain.npz", **expected["plain"])
+    (tmp_path / "d" / "gaps.json").write_text('{"format": "numpy-attention-gaps", "gaps": [{}]}')
+    assert main(["check", str(tmp_path / "d")]) == 2
+    assert "must name a case" in capsys.readouterr().err
+
+
+# --- check_callable and the strategies -------------------------------------------------------
+
+
+def test_check_callable_passes_a_correct_kernel_and_names_a_planted_bug() -> None:
+    ok = check_callable(numpy_kernel, dtype="bfloat16")
+    assert ok.passed and ok.counts["PASS"] >= 100 and not ok.missing_cases
+    bad = check_callable(lambda **a: numpy_kernel(**a, bug="missing_scale"), dtype="float32",
+                         cases=["plain"])  # fmt: skip
+    assert not bad.passed
+    first = next(r for r in bad.rows if r.status == "FAIL").comparison
+    assert "1/scale" in first.hints[0]
+
+
+def test_check_callable_reads_torch_tensors_in_bfloat16() -> None:
+    torch = pytest.importorskip("torch")
+
+    def kernel(q, k, v, d_out, scale, **_):
+        q, k, v = (torch.tensor(x, dtype=torch.bfloat16, requires_grad=True) for x in (q, k, v))
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
+        out.backward(torch.tensor(d_out, dtype=torch.bfloat16))
+        return {"out": out, "dq": q.grad, "dk": k.grad, "dv": v.grad}
+
+    rep = check_callable(kernel, dtype="bfloat16", cases=["plain", "lengths_differ", "long_rows"])
+    assert rep.passed and rep.counts["PASS"] == 12, rep.table()
+
+
+def test_a_kernel_that_cannot_run_a_case_leaves_it_missing() -> None:
+    def kernel(**a):
+        if a["dropout_p"]:
+            raise NotImplementedError
+        return numpy_kernel(**a)
+
+    rep = check_callable(kernel, dtype="float32", gaps=[{"case": "dropout", "reason": "no"}],
+                         strict=True)  # fmt: skip
+    assert rep.passed and rep.gap_cases == ["dropout"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(attention_inputs(dtype="bfloat16"))
+def test_correct_kernel_matches_the_oracle_on_drawn_inputs(arguments) -> None:
+    assert_matches_reference(numpy_kernel, arguments)
+
+
+def test_property_test_finds_and_shrinks_a_planted_bug() -> None:
+    """hypothesis finds the missing scale and shrinks it to a small case."""
+    from hypothesis import find
+
+    def fails(arguments) -> bool:
+        try:
+            assert_matches_reference(lambda **a: numpy_kernel(**a, bug="missing_scale"), arguments)
+        except AssertionError:
+            return True
+        return False
+
+    found = find(attention_inputs(dtype="float32"), fails, settings=settings(deadline=None))
+    assert found["q"].size <= 8 and found["scale"] != 1.0
