@@ -195,7 +195,8 @@ def grade(suite: list, results: dict, dtype: str, policy: str = "baseline") -> A
     """check_results as check_path grades: the manifest's baselines and the hints' contexts."""
     man = manifest(suite)
     return check_results(results, expected_of(suite), dtype=dtype, policy=policy,
-                         baselines=manifest_baselines(man), contexts=manifest_contexts(man))  # fmt: skip
+                         baselines=manifest_baselines(man),
+                         contexts=manifest_contexts(man))  # fmt: skip
 
 
 def first_hint(report: Any) -> str:

@@ -171,7 +171,7 @@ def _hints(actual: np.ndarray, desired: np.ndarray, quantity: str = "out", **con
 
 
 def test_hint_uniform_scale_factor_names_dropout_rescaling() -> None:
-    """actual = 0.75 desired in a case with p = 0.25: dropout without 1/(1-p); no story without p."""
+    """actual = 0.75 desired, p = 0.25: dropout without 1/(1-p); no such story without p."""
     *_, out, _ = _case()
     h = _hints(0.75 * out, out, dropout_p=0.25)
     assert "0.75 x desired" in h and "1/(1-p)" in h

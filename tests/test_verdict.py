@@ -116,8 +116,10 @@ def test_check_path_policy_and_cosine_in_the_report(tmp_path: Path) -> None:
     rows = rep.as_json()["rows"]
     assert rep.passed and {"baseline", "absolute"} == {r["policy"] for r in rows}
     assert all("cosine" in r and "mismatch" in r for r in rows)
-    assert {r["policy"] for r in check_path(res, suite, dtype="float16",
-                                            policy="absolute").as_json()["rows"]} == {"absolute"}
+    assert {
+        r["policy"]
+        for r in check_path(res, suite, dtype="float16", policy="absolute").as_json()["rows"]
+    } == {"absolute"}
     with pytest.raises(ValueError, match="policy"):
         check_path(res, suite, dtype="float16", policy="loose")
 
@@ -150,7 +152,7 @@ def test_declared_gaps_are_not_applicable_and_strict_counts_only_undeclared(tmp_
     res = _results_without_weights(tmp_path, expected)
     assert not check_path(res, suite, dtype="float64", strict=True).passed
     (res / "gaps.json").write_text(gaps_json([{"quantity": "weights", "reason": "none"},
-                                              {"case": "dropout", "reason": "own masks"}]))  # fmt: skip
+                                              {"case": "dropout", "reason": "own"}]))  # fmt: skip
     rep = check_path(res, suite, dtype="float64", strict=True)
     assert rep.passed, rep.table()
     with_weights = [c for c, qs in expected.items() if "weights" in qs and c != "dropout"]

@@ -33,8 +33,8 @@ from ._files import MAX_ARRAY_BYTES, UnusableInput
 from .callables import assert_matches_reference, check_callable
 from .cases import Case, build_suite
 from .compare import Comparison, assert_attention_close, compare_attention
-from .gaps import Gap, gaps_json
 from .diagnosis import diagnose
+from .gaps import Gap, gaps_json
 from .gradcheck import GradcheckReport, gradcheck
 from .grading import CheckReport, Row, check_path, check_results
 from .precision import BASELINE_FACTORS, POLICIES, baseline_errors, emulate_sdpa

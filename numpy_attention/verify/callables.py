@@ -74,7 +74,7 @@ def call_arguments(inputs: Mapping[str, Any], dtype: str) -> dict[str, Any]:
     return args
 
 
-def reference(arguments: Mapping[str, Any]) -> dict[str, NDArray[np.float64]]:
+def reference(arguments: Mapping[str, Any]) -> dict[str, NDArray[np.floating]]:
     """Return the float64 expected quantities for a call's arguments (the oracle).
 
     Examples

@@ -67,8 +67,9 @@ class Comparison:
         if self.baseline is None:
             rule = f"{self.dtype} tolerance atol={self.atol:.3g}, rtol={self.rtol:.3g}"
         else:
-            rule = (f"{self.dtype} baseline: error <= {self.atol:.3g} = {baseline_factor(self.quantity):g}"
-                    f" x {self.baseline:.3g} + u max|desired|")  # fmt: skip
+            k = baseline_factor(self.quantity)
+            rule = (f"{self.dtype} baseline: error <= {self.atol:.3g} = {k:g} x "
+                    f"{self.baseline:.3g} + u max|desired|")  # fmt: skip
         text = (
             f"{self.quantity} ({rule}): {verdict}; max abs error {self.max_abs:.3g}, "
             f"max rel error {self.max_rel:.3g}, cosine {self.cosine:.6f}"

@@ -79,8 +79,9 @@ def case_context(entry: Mapping[str, Any]) -> dict[str, Any]:
     >>> ctx["G"], ctx["E"]
     (3, 8)
     """
-    flags = entry.get("flags") if isinstance(entry.get("flags"), Mapping) else {}
-    inputs = entry.get("inputs") if isinstance(entry.get("inputs"), Mapping) else {}
+    raw_flags, raw_inputs = entry.get("flags"), entry.get("inputs")
+    flags: Mapping[str, Any] = raw_flags if isinstance(raw_flags, Mapping) else {}
+    inputs: Mapping[str, Any] = raw_inputs if isinstance(raw_inputs, Mapping) else {}
     shape = {n: d.get("shape") for n, d in inputs.items() if isinstance(d, Mapping)}
     q, k, v = shape.get("q"), shape.get("k"), shape.get("v")
     ctx: dict[str, Any] = {"kind": entry.get("kind", "sdpa")}
@@ -134,7 +135,7 @@ def shape_hints(shape_a: tuple[int, ...], shape_d: tuple[int, ...]) -> list[str]
 
 
 def _factor_stories(c: float, quantity: str, ctx: Mapping[str, Any]) -> list[str]:
-    """The constants of the case that a uniform factor ``c`` equals (within 0.1 %)."""
+    """Return the constants of the case that a uniform factor ``c`` equals (within 0.1 %)."""
     cands: list[tuple[float, str]] = [(-1.0, "-1: a sign error in the backward")]
     cands.append((1 / math.log(2), "1/ln 2: a base-2 log-sum-exp (Triton tutorial); report ln"))
     scale, E = ctx.get("scale"), ctx.get("E")
@@ -148,8 +149,10 @@ def _factor_stories(c: float, quantity: str, ctx: Mapping[str, Any]) -> list[str
                   (1 / math.sqrt(E), f"1/sqrt(E) = 1/sqrt({E}): an extra 1/sqrt(E)")]  # fmt: skip
     p = ctx.get("dropout_p") or 0.0
     if 0 < p < 1:
-        cands += [(1 - p, f"1-p = {1 - p:g}: dropout without the 1/(1-p) rescaling"),
-                  (1 / (1 - p), f"1/(1-p) = {1 / (1 - p):.4g}: dropout rescaled twice")]  # fmt: skip
+        cands += [
+            (1 - p, f"1-p = {1 - p:g}: dropout without the 1/(1-p) rescaling"),
+            (1 / (1 - p), f"1/(1-p) = {1 / (1 - p):.4g}: dropout rescaled twice"),
+        ]
     G = ctx.get("G") or 1
     if G > 1 and quantity in ("dk", "dv"):
         cands += [(1 / G, f"1/G = 1/{G}: dk, dv averaged over each GQA group instead of summed"),
@@ -250,7 +253,7 @@ def _fully_masked_hint(a: NDArray[np.floating], d: NDArray[np.floating], bad: ND
 
 def _lse_hints(a: NDArray[np.floating], d: NDArray[np.floating], ok: NDArray[np.bool_],
                bad: NDArray[np.bool_]) -> list[str]:  # fmt: skip
-    """A constant offset of the finite entries, only if finite entries fail (not noise)."""
+    """Name a constant offset of the finite entries, only if finite entries fail (not noise)."""
     if not (bad & ok).any():
         return []
     diff, dd = (a - d)[ok], d[ok]
@@ -383,9 +386,11 @@ def _head_permutation(a: NDArray[np.floating], d: NDArray[np.floating], axis: in
     if match.diagonal().all() or not match.any(axis=1).all():
         return []
     perm = [int(np.argmax(match[i])) for i in range(H)]
-    return [f"heads are permuted: actual head h equals desired head {perm} for h = 0..{H - 1}: "
-            "GQA/MQA key-value heads repeated in tile order (0,1,0,1) instead of "
-            "repeat_interleave (0,0,1,1), or a (B, L, H, E) layout read as (B, H, L, E)"]  # fmt: skip
+    return [
+        f"heads are permuted: actual head h equals desired head {perm} for h = 0..{H - 1}: "
+        "GQA/MQA key-value heads repeated in tile order (0,1,0,1) instead of "
+        "repeat_interleave (0,0,1,1), or a (B, L, H, E) layout read as (B, H, L, E)"
+    ]
 
 
 def case_hints(status: Mapping[str, str], ctx: Mapping[str, Any]) -> list[str]:
@@ -415,8 +420,10 @@ def case_hints(status: Mapping[str, str], ctx: Mapping[str, Any]) -> list[str]:
     if fwd_ok and fails:
         return _backward_hints(fails, p, G, bool(ctx.get("broadcast")))
     if "weights" in fails and ctx.get("mask") == "float":
-        return ["the weights fail in a case with a float mask: the bias is added to the scaled "
-                "scores (scale q k^T + B, not scale (q k^T + B)); its gradient is d_attn_mask = dS"]
+        return [
+            "the weights fail in a case with a float mask: the bias is added to the scaled "
+            "scores (scale q k^T + B, not scale (q k^T + B)); its gradient is d_attn_mask = dS"
+        ]
     if "out" in fails and status.get("weights") == "PASS" and status.get("lse") != "FAIL" and p:
         return [
             "the weights are right but out is not, in a dropout case: the dropout step "

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -239,7 +239,8 @@ def check_results(
     table = None if tolerances is None else tolerance_table(tolerances)
     declared = parse_gaps(list(gaps or []))
     rows: list[Row] = []
-    missing_cases, gap_cases = [], []
+    missing_cases: list[str] = []
+    gap_cases: list[str] = []
     unknown = list(unknown or [])
     for case, quantities in expected.items():
         got = results.get(case)

@@ -131,7 +131,7 @@ def _sum_to(g: NDArray[np.floating], shape: tuple[int, ...]) -> NDArray[np.float
 
 
 def _allowed(a: Mapping[str, Any], L: int, S: int) -> NDArray[np.bool_]:
-    """The keys each query may see (bool mask and causal), broadcastable to the scores."""
+    """Return the keys each query may see (bool mask and causal), broadcastable to the scores."""
     allowed = np.ones((L, S), dtype=bool)
     mask = a.get("attn_mask")
     if mask is not None and mask.dtype == bool:

@@ -136,7 +136,7 @@ def manifest(cases: Iterable[Case]) -> dict[str, Any]:
 
 
 def _entry(case: Case) -> dict[str, Any]:
-    """The case's manifest entry with its baseline errors (Eq. (7.3)), if it has them."""
+    """Return the case's manifest entry with its baseline errors (Eq. (7.3)), if it has them."""
     entry = case.manifest_entry()
     errors = baseline_errors(case.inputs, case.expected, case.kind)
     if errors:
@@ -419,7 +419,7 @@ def _check_case_entry(entry: Any, where: str, seen: set[str]) -> int:
 
 
 def _check_baseline(errors: Any, where: str) -> None:
-    """A case's ``baseline_error``, if any: ``{dtype: {quantity: finite number >= 0}}``."""
+    """Check a case's ``baseline_error``, if any: ``{dtype: {quantity: number >= 0}}``."""
     if errors is None:
         return
     ok = isinstance(errors, dict) and all(
