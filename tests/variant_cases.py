@@ -21,8 +21,8 @@ def named_case(name):
     q, k, v = _qkv(r)
     heads = r.normal(size=4)
     slopes = np.abs(r.normal(size=4))
-    dead = r.random((4, 6)) < 0.6
-    dead[2] = False  # query 2 sees no key
+    keep = r.random((4, 6)) < 0.6  # True = attend
+    keep[2] = False  # query 2 sees no key
     quad, quad_grad = SCORE_MODS["quadratic"]
     scale_mod, scale_grad = SCORE_MODS["head_scale"]
     ql, kl, vl = _qkv(r, L=7, S=3)  # L > S
@@ -43,7 +43,7 @@ def named_case(name):
                                               causal_align="bottom_right"),
         "alibi_causal_bottom_right_L>S": dict(q=ql, k=kl, v=vl, alibi_slopes=slopes,
                                               is_causal=True, causal_align="bottom_right"),
-        "sinks_with_a_fully_masked_row": dict(q=q, k=k, v=v, sinks=heads, attn_mask=dead),
+        "sinks_with_a_fully_masked_row": dict(q=q, k=k, v=v, sinks=heads, attn_mask=keep),
         "sinks_causal_bottom_right_L>S": dict(q=ql, k=kl, v=vl, sinks=heads, is_causal=True,
                                               causal_align="bottom_right"),
         "chunk_causal": dict(q=q, k=k, v=v, chunk_size=2, is_causal=True),
