@@ -373,9 +373,11 @@ def attention_backward_oracle(
     L, E, S, Ev = c.q.shape[-2], c.q.shape[-1], c.k.shape[-2], c.v.shape[-1]
     dq, dk, dv = np.zeros(c.q.shape), np.zeros(c.k.shape), np.zeros(c.v.shape)
     mask = c.mask
-    d_mask = None if mask is None or mask.dtype == np.bool_ else np.zeros(mask.shape)
+    mask_shape = () if mask is None else mask.shape
+    d_mask: Any = None if mask is None or mask.dtype == np.bool_ else np.zeros(mask_shape)
     sinks = None if c.var.sinks is None else np.asarray(c.var.sinks, np.float64)
-    d_sinks = None if sinks is None else np.zeros(sinks.shape)
+    sinks_shape = (1,) if sinks is None else sinks.shape
+    d_sinks: Any = None if sinks is None else np.zeros(sinks_shape)
     for idx in itertools.product(*(range(n) for n in c.lead)):
         qi = _src(idx, c.q.shape[:-2])
         ki = _kv_index(idx, c.k.shape[:-2], c.G)
@@ -396,7 +398,7 @@ def attention_backward_oracle(
             # softmax Jacobian over the row and the sink column (whose dP is 0), entry by entry
             dx = [math.fsum(dp[t] * p[t] * ((t == j) - p[j]) for t in range(S)) for j in range(S)]
             if d_sinks is not None:
-                d_sinks[_src(idx if idx else (0,), sinks.shape)] += math.fsum(
+                d_sinks[_src(idx if idx else (0,), sinks_shape)] += math.fsum(
                     dp[t] * p[t] * (0.0 - p_sink) for t in range(S)
                 )
             for j in range(S):
@@ -404,7 +406,7 @@ def attention_backward_oracle(
                 if x == -math.inf:
                     continue  # a hidden key: P_j = 0, no gradient
                 if d_mask is not None:
-                    d_mask[_src(idx + (i, j), mask.shape)] += dx[j]
+                    d_mask[_src(idx + (i, j), mask_shape)] += dx[j]
                 d1 = dx[j]
                 if c.var.score_mod is not None:
                     grad = c.var.score_mod_grad
