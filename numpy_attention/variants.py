@@ -172,9 +172,9 @@ def window_from_hf(sliding_window: int | None) -> tuple[Window, str]:
     Notes
     -----
     Eq. (8.17) of ``docs/variants.md``. FlashAttention's ``window_size`` left side counts the
-    keys *before* the query, so ``W`` tokens are ``window_size=(W - 1, 0)``; passing
-    ``(W, W)`` was the off-by-one of transformers#39408 (fixed in transformers#40163, which
-    passes ``(W - 1, W - 1)`` with ``causal=True``).
+    keys *before* the query, so ``W`` tokens are ``window_size=(W - 1, 0)`` (or
+    ``(W - 1, W - 1)`` with ``causal=True``); passing ``(W, W)``, ``W + 1`` keys, was the
+    off-by-one of transformers#39408 (fixed by transformers#40163).
 
     Examples
     --------

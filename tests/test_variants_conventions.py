@@ -233,7 +233,7 @@ def test_hf_sliding_window_equals_transformers_mask_functions(L, S, W):
 @pytest.mark.parametrize("W", [2, 3, 4])
 def test_hf_window_passed_to_flash_as_w_w_is_the_off_by_one_of_transformers_39408(W):
     """Before transformers#40163, HF passed ``window_size=(W, W)`` with causal to FlashAttention:
-    W + 1 keys, one more than HF's own mask; ``(W - 1, W - 1)`` (the fix) gives HF's mask."""
+    W + 1 keys, one more than HF's own mask; ``(W - 1, W - 1)`` with causal gives HF's mask."""
     L = S = 8
     hf = _hf_sliding_window_causal(L, S, W)
     before = _fa_ref_visible(L, S, (W, W), causal=True)
