@@ -273,7 +273,7 @@ def test_sinks_at_minus_ten_thousand_equal_no_sinks(kind, case, seed):
     assert without[3].d_sinks is None and np.all(with_sinks[3].d_sinks == 0)
     live = without[1] > -np.inf
     np.testing.assert_allclose(with_sinks[1][live], without[1][live], rtol=TOL, atol=TOL)
-    assert np.all(with_sinks[1][~live] == -1e4)
+    np.testing.assert_allclose(with_sinks[1][~live], -1e4, rtol=TOL, atol=0)
 
 
 @pytest.mark.parametrize("kind", KINDS)
