@@ -232,3 +232,20 @@ def test_property_test_finds_and_shrinks_a_planted_bug() -> None:
 
     found = find(attention_inputs(dtype="float32"), fails, settings=settings(deadline=None))
     assert found["q"].size <= 8 and found["scale"] != 1.0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_jax_passes_check_with_its_gaps_declared(tmp_path: Path, dtype: str) -> None:
+    """No false alarm on JAX: every quantity it can produce passes; the rest is N/A, not MISSING."""
+    pytest.importorskip("jax")
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("jax_adapter", root / "examples/jax_adapter.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    write_suite(tmp_path / "suite")
+    assert module.main([str(tmp_path / "suite"), str(tmp_path / "res"), "--dtype", dtype]) == 0
+    rep = check_path(tmp_path / "res", tmp_path / "suite", dtype=dtype, strict=True)
+    assert rep.passed, rep.table()
+    assert rep.counts["N/A"] > 0 and rep.counts["PASS"] > 80
