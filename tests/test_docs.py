@@ -9,7 +9,7 @@
 - Links: every relative link in ``docs/*.md`` and ``README.md`` reaches an existing file (and an
   existing heading or line when it has an anchor).
 - The tour (``docs/tour.md``): its table of hand-computed numbers matches ``attention_forward`` and
-  its copy of the demo's output matches ``numpy_attention.cli._worked_example``.
+  its copy of the demo's output matches ``numpy_attention.app.cli._worked_example``.
 - Runnable blocks: a fenced ``python`` block directly after the line ``<!-- runnable -->`` is
   executed (``<!-- runnable: requires torch -->`` when it needs an optional module). The blocks of
   one file run in order in one namespace; a block starting with ``>>>`` is a doctest whose printed
@@ -552,9 +552,9 @@ def test_tour_hand_computed_table_matches_attention_forward():
 
 def test_tour_shows_what_the_demo_prints():
     """The tour's copy of the demo's worked example is what ``_worked_example()`` prints."""
-    cli = pytest.importorskip("numpy_attention.cli")
+    cli = pytest.importorskip("numpy_attention.app.cli")
     if not hasattr(cli, "_worked_example"):
-        pytest.skip("numpy_attention.cli no longer has _worked_example")
+        pytest.skip("numpy_attention.app.cli no longer has _worked_example")
     shown = _block_after("demo-output", TOUR.read_text(encoding="utf-8"))
     printed = cli._worked_example()
     assert [ln.rstrip() for ln in shown.strip().splitlines()] == [
@@ -683,11 +683,12 @@ def _public_functions() -> list:
     for path in _code_files():
         if path.name.startswith("_") or path.stem in _COMMAND_LINE:
             continue
-        module = importlib.import_module(f"numpy_attention.{path.stem}")
+        dotted = ".".join(path.relative_to(PKG).with_suffix("").parts)  # e.g. app.plotting
+        module = importlib.import_module(f"numpy_attention.{dotted}")
         for name in getattr(module, "__all__", []):
             obj = getattr(module, name)
             if inspect.isfunction(obj) and obj.__module__ == module.__name__:
-                found.append(pytest.param(obj, id=f"{path.stem}.{name}"))
+                found.append(pytest.param(obj, id=f"{dotted}.{name}"))
     return found
 
 
