@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from os import PathLike
-from typing import TYPE_CHECKING, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -746,7 +746,7 @@ def plot_training(
     return fig
 
 
-def save_figure(fig: Figure, path: str | PathLike[str], dpi: int = 110) -> None:
+def save_figure(fig: Figure, path: str | PathLike[str] | IO[bytes], dpi: int = 110) -> None:
     r"""Write ``fig`` to ``path`` reproducibly (no software-version metadata).
 
     Parameters
