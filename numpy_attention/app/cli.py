@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -180,7 +181,8 @@ def _draw(args: argparse.Namespace, loaded: LoadedWeights, out: Path) -> None:
 
     w, name, _ = loaded
     q, k = _labels(args, w.shape[-2], w.shape[-1])
-    with matplotlib.style.context("default"):
+    with matplotlib.style.context("default"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         mask = w != 0 if args.zeros_masked else None
         draw = plot_attention if w.ndim == 2 else plot_heads
         fig = draw(w, q, k, mask=mask, title=_title(args, name), annotate=args.annotate)
@@ -192,6 +194,8 @@ def _draw(args: argparse.Namespace, loaded: LoadedWeights, out: Path) -> None:
                 raise InputError(
                     f"--title cannot be drawn: bad mathtext ({why}); write \\$ for a dollar sign"
                 ) from None
+    for w_ in dict.fromkeys(str(c.message).splitlines()[0] for c in caught):
+        print(f"numpy-attention plot: note: matplotlib: {w_}", file=sys.stderr)
 
 
 def _default_out(path: Path, key: str) -> Path:

@@ -328,7 +328,10 @@ def plot_attention(
     klab = _check_labels(key_labels, w.shape[1], "key_labels")
     if ax is None:
         L, S = w.shape
-        ax = _new_figure(min(2.0 + 0.45 * S, 12.0), min(1.6 + 0.4 * L, 10.0)).add_subplot()
+        label_w = 0.07 * max(map(len, qlab or [""]))  # inches for the longest query label
+        label_h = 0.05 * max(map(len, klab or [""]))  # rotated key labels hang below
+        width, height = min(2.0 + 0.45 * S, 12.0) + label_w, min(1.6 + 0.4 * L, 10.0) + label_h
+        ax = _new_figure(width, height).add_subplot()
     im = _draw_map(ax, w, keep, qlab, klab, annotate, xlabel, ylabel)
     if title:
         ax.set_title(title)
