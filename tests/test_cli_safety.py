@@ -350,3 +350,74 @@ def test_files_module_refuses_non_regular_files_before_opening(tmp_path):
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
     with pytest.raises(InputError, match="not a regular file"):
         regular_file("/dev/null")
+
+
+# ---------------------------------------------------------------------------
+# The demo on one BLAS thread
+# ---------------------------------------------------------------------------
+
+
+class Restarted(Exception):
+    """Raised by the fake os.execve: the command replaced itself."""
+
+
+def fake_execve(monkeypatch):
+    def execve(path, args, env):
+        raise Restarted(path, args, env)
+
+    monkeypatch.setattr(os, "execve", execve)
+
+
+def test_demo_without_threadpoolctl_restarts_with_one_blas_thread(tmp_path, monkeypatch):
+    """No threadpoolctl: the real command re-runs itself with OPENBLAS/OMP/MKL_NUM_THREADS=1
+    (BLAS reads them only when NumPy loads it) and the same arguments."""
+    import numpy_attention.app.cli as cli
+
+    fake_execve(monkeypatch)
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)
+    for v in cli.BLAS_THREAD_VARIABLES:
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setattr(sys, "argv", ["numpy-attention", "demo", "--out", str(tmp_path)])
+    with pytest.raises(Restarted) as restart:
+        main()
+    path, args, env = restart.value.args
+    assert path == sys.executable
+    assert args[1:] == ["-m", "numpy_attention", "demo", "--out", str(tmp_path)]
+    assert all(env[v] == "1" for v in cli.BLAS_THREAD_VARIABLES)
+
+
+@pytest.mark.parametrize("case", ["user_set_the_variable", "threadpoolctl", "not_the_demo"])
+def test_demo_restart_only_when_needed(tmp_path, monkeypatch, case):
+    """No restart when the user set a BLAS variable, when threadpoolctl limits BLAS in-process,
+    or for another subcommand."""
+    import numpy_attention.app.cli as cli
+
+    fake_execve(monkeypatch)
+    ran = []
+    monkeypatch.setattr(cli, "_run_demo", lambda args: ran.append(args) or 0)
+    for v in cli.BLAS_THREAD_VARIABLES:
+        monkeypatch.delenv(v, raising=False)
+    argv = ["numpy-attention", "demo", "--out", str(tmp_path)]
+    if case == "threadpoolctl":
+        pytest.importorskip("threadpoolctl")
+    else:
+        monkeypatch.setitem(sys.modules, "threadpoolctl", None)
+    if case == "user_set_the_variable":
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    elif case == "not_the_demo":
+        argv = ["numpy-attention", "plot", str(tmp_path / "missing.npy")]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert main() == (2 if case == "not_the_demo" else 0)
+    assert len(ran) == (0 if case == "not_the_demo" else 1)
+
+
+def test_run_demo_limits_blas_to_one_thread_while_it_runs(tmp_path, monkeypatch):
+    """With threadpoolctl, every BLAS library reports one thread inside the demo's block."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from numpy_attention.app.demo import one_blas_thread
+
+    with one_blas_thread():
+        inside = [
+            i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"
+        ]
+    assert inside and set(inside) == {1}

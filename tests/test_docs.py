@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from optional import TORCH_MISSING
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -634,7 +635,7 @@ def test_runnable_blocks_run(path, extras, monkeypatch):
     With ``extras`` (e.g. torch) every block runs, including those that need the extra; without,
     the blocks that need an optional module are left out."""
     for module in extras:
-        pytest.importorskip(module)
+        pytest.importorskip(module, reason=TORCH_MISSING if module == "torch" else None)
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.chdir(ROOT)
     namespace: dict = {"__name__": "__docs__"}

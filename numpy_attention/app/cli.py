@@ -353,10 +353,36 @@ def _guarded_stdout() -> Iterator[None]:
         sys.stdout = original
 
 
+#: Environment variables that set the BLAS libraries' thread count when they load.
+BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _demo_on_one_blas_thread(args: argparse.Namespace, argv: list[str] | None) -> None:
+    """Without threadpoolctl, restart the demo command with BLAS's thread variables set to 1.
+
+    The demo's products are tiny and BLAS threads only fight over them (27 s instead of 2 s on a
+    busy 2-core machine). threadpoolctl limits them at run time (``run_demo`` uses it). Without
+    it the only way is the environment, which BLAS reads once, when NumPy loads it: before this
+    function runs. So the real command (``argv`` None, POSIX) replaces itself by a fresh
+    interpreter with the variables set; a variable the user set is respected.
+    """
+    if argv is not None or args.func is not _run_demo or os.name != "posix":
+        return
+    if not sys.executable or any(v in os.environ for v in BLAS_THREAD_VARIABLES):
+        return
+    try:
+        import threadpoolctl  # noqa: F401
+    except ImportError:
+        env = dict(os.environ, **dict.fromkeys(BLAS_THREAD_VARIABLES, "1"))
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, "-m", "numpy_attention", *sys.argv[1:]], env)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     with _guarded_stdout():
         args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+        _demo_on_one_blas_thread(args, argv)
         prog = "numpy-attention" + (f" {args.command}" if args.command else "")
         try:
             code = int(args.func(args))
