@@ -282,11 +282,11 @@ def _blocked_product_runs(q, k, v, g, workers):
 
     import numpy as np
 
-    from numpy_attention.flash import _MAX_BLOCK, _default_blocks, _one_blas_thread
+    from numpy_attention.flash import MAX_BLOCK, default_blocks, one_blas_thread
 
     B, H, L, E = q.shape
     scores = (B, H, L, k.shape[-2])
-    fwd_blocks, bwd_blocks = _default_blocks(scores), _default_blocks(scores, _MAX_BLOCK // 2)
+    fwd_blocks, bwd_blocks = default_blocks(scores), default_blocks(scores, MAX_BLOCK // 2)
     kT, vT = np.swapaxes(k, -1, -2), np.swapaxes(v, -1, -2)
 
     def forward_rows(starts, bq, bk):
@@ -309,7 +309,7 @@ def _blocked_product_runs(q, k, v, g, workers):
     def threaded(rows, blocks):
         bq, bk = blocks
         starts = list(range(0, L, bq))
-        with _one_blas_thread(workers), ThreadPoolExecutor(workers) as pool:
+        with one_blas_thread(workers), ThreadPoolExecutor(workers) as pool:
             list(pool.map(lambda w: rows(starts[w::workers], bq, bk), range(workers)))
 
     def run_fwd():

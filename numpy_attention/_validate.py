@@ -17,7 +17,14 @@ from numpy.typing import ArrayLike
 
 from ._arrays import Array, as_float_array
 
-__all__ = ["check_int", "check_bool", "check_real", "check_grad", "check_instance"]
+__all__ = [
+    "check_int",
+    "check_bool",
+    "check_real",
+    "check_grad",
+    "check_instance",
+    "check_window",
+]
 
 T = TypeVar("T")
 
@@ -39,12 +46,13 @@ def check_int(value: object, name: str, minimum: int | None = 0) -> int:
     >>> check_int(0, "block_q", minimum=1)
     Traceback (most recent call last):
     ...
-    ValueError: block_q must be an integer >= 1, got 0
+    ValueError: block_q must be >= 1, got 0
     """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+        kind = "a positive integer" if minimum == 1 else "an integer"
+        raise TypeError(f"{name} must be {kind}, got {type(value).__name__} {value!r}")
     if minimum is not None and int(value) < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
 
 
@@ -91,34 +99,43 @@ def check_real(
     --------
     >>> check_real(0.5, "dropout_p", low=0.0, high=1.0, high_open=True)
     0.5
+    >>> check_real(1.0, "dropout_p", low=0.0, high=1.0, high_open=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: dropout_p must lie in [0, 1), got 1.0
     >>> check_real(float("nan"), "softcap", low=0.0, low_open=True)
     Traceback (most recent call last):
     ...
-    ValueError: softcap must be a finite number > 0.0, got nan
+    ValueError: softcap must be a finite number > 0, got nan
     """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
     x = float(value)
-    bounds = []
-    if low is not None:
-        bounds.append(f"{'>' if low_open else '>='} {low}")
-    if high is not None:
-        bounds.append(f"{'<' if high_open else '<='} {high}")
-    want = "a finite number" + (" " + " and ".join(bounds) if bounds else "")
-    bad = not math.isfinite(x)
-    if low is not None:
-        bad = bad or x < low or (low_open and x == low)
-    if high is not None:
-        bad = bad or x > high or (high_open and x == high)
-    if bad:
-        raise ValueError(f"{name} must be {want}, got {value}")
-    return x
+    below = low is not None and (x < low or (low_open and x == low))
+    above = high is not None and (x > high or (high_open and x == high))
+    if math.isfinite(x) and not below and not above:
+        return x
+    if low is not None and high is not None:
+        want = f"lie in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        want = f"be a finite number {'>' if low_open else '>='} {low:g}"
+    elif high is not None:
+        want = f"be a finite number {'<' if high_open else '<='} {high:g}"
+    else:
+        want = "be finite"
+    raise ValueError(f"{name} must {want}, got {value}")
 
 
 def check_grad(
-    d: ArrayLike, name: str, shape: tuple[int, ...], dtype: np.dtype | None = None
+    d: ArrayLike,
+    name: str,
+    shape: tuple[int, ...],
+    dtype: np.dtype | None = None,
+    what: str = "the output's shape",
 ) -> Array:
     """Return the incoming gradient ``d`` as a float array of exactly ``shape`` (in ``dtype``).
+
+    ``what`` names the shape in the message (default "the output's shape").
 
     Examples
     --------
@@ -131,7 +148,7 @@ def check_grad(
     """
     a = as_float_array(d, name)
     if a.shape != tuple(shape):
-        raise ValueError(f"{name} has shape {a.shape}, expected the output's shape {tuple(shape)}")
+        raise ValueError(f"{name} has shape {a.shape}, expected {what} {tuple(shape)}")
     return a if dtype is None else a.astype(dtype, copy=False)
 
 
@@ -150,3 +167,27 @@ def check_instance(value: Any, cls: type[T], name: str, made_by: str) -> T:
             f"{name} must be the {cls.__name__} returned by {made_by}, got {type(value).__name__}"
         )
     return value
+
+
+def check_window(window: object, name: str = "window") -> tuple[int | None, int | None] | None:
+    """Return ``window`` as ``(left, right)``: each side an integer >= 0 or None (unbounded).
+
+    Examples
+    --------
+    >>> check_window((128, 0)), check_window(None), check_window((None, 3))
+    ((128, 0), None, (None, 3))
+    >>> check_window((-1, 0))
+    Traceback (most recent call last):
+    ...
+    ValueError: window[0] must be >= 0, got -1
+    """
+    if window is None:
+        return None
+    if not isinstance(window, (tuple, list)) or len(window) != 2:
+        raise TypeError(
+            f"{name} must be None or a (left, right) pair of integers >= 0 or None, got {window!r}"
+        )
+    left, right = (
+        None if w is None else check_int(w, f"{name}[{n}]") for n, w in enumerate(window)
+    )
+    return (left, right)

@@ -1,9 +1,11 @@
-r"""Scaled dot-product attention: forward, hand-written backward, and input checks.
+r"""Scaled dot-product attention: the forward, and right below it the hand-written backward.
 
 The core of the package. Semantics follow
 ``torch.nn.functional.scaled_dot_product_attention`` (torch >= 2.5), so
 results are directly comparable; see ``docs/conventions.md`` for the places
-where frameworks disagree. Equations are numbered as in ``docs/attention.md``.
+where frameworks disagree. Equations are numbered as in ``docs/attention.md``
+(chapter 2) and ``docs/variants.md`` (chapter 8, the variants of today's
+models: softcap, score_mod, ALiBi, windows, chunks, sinks).
 
 Shapes (letter legend)::
 
@@ -15,6 +17,15 @@ Shapes (letter legend)::
     q    (..., Hq,  L, E)       k    (..., Hkv, S, E)      v (..., Hkv, S, Ev)
     mask broadcastable to (..., Hq, L, S)                  out (..., Hq, L, Ev)
 
+The forward, one line per equation::
+
+    S        = scale * q @ k^T                         (2.1)
+    S_c      = softcap, then score_mod, of S           (8.1)-(8.2)
+    S_masked = S_c + B + ALiBi, -inf where masked      (2.2), (8.3)-(8.4)
+    P, lse   = softmax(S_masked), with the sinks       (2.3), (8.5)
+    P_d      = P * Z / (1 - p)                         (2.4)
+    out      = P_d @ v                                 (2.5)
+
 Precision: float64 inputs are computed in float64 (the oracle); float32 in
 float32; float16 is computed in float32 and rounded once at the end; integer
 inputs are promoted to float64. Every result has the inputs' (promoted) dtype.
@@ -22,239 +33,28 @@ inputs are promoted to float64. Every result has the inputs' (promoted) dtype.
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ._arrays import as_float_array, broadcasts_to, compute_dtype, sum_to_shape
-from .masks import ALIGNMENTS, causal_mask
+from ._arrays import Array, absmax, block_view, pow2_scaled, sum_to_shape
+from ._inputs import AttentionInputs, check_dropout, check_inputs
+from ._validate import check_grad, check_instance
+from .softmax import softmax_lse_inplace
 
 __all__ = [
-    "AttentionInputs",
     "AttentionCache",
     "AttentionGrads",
-    "check_inputs",
-    "scaled_dot_product_attention",
     "attention_forward",
     "attention_backward",
+    "scaled_dot_product_attention",
+    "check_scores",
+    "score_pipeline",
+    "score_pipeline_backward",
+    "sink_weights",
 ]
-
-Array = NDArray[np.floating]
-
-
-# ---------------------------------------------------------------------------
-# Input checking: one place, shared with flash.py
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AttentionInputs:
-    """Validated inputs in the compute dtype (see :func:`check_inputs`)."""
-
-    q: Array
-    k: Array
-    v: Array
-    bias: Array | None  # float attn_mask, own shape, or None
-    keep: NDArray[np.bool_] | None  # boolean attn_mask (True = attend), own shape, or None
-    is_causal: bool
-    causal_align: str
-    scale: float
-    groups: int  # G = Hq // Hkv with GQA, else 1
-    dtype: np.dtype  # dtype of every result
-    scores_shape: tuple[int, ...]  # (..., Hq, L, S)
-
-    @property
-    def out_shape(self) -> tuple[int, ...]:
-        """Shape of the output, ``(..., Hq, L, Ev)``."""
-        return self.scores_shape[:-1] + (self.v.shape[-1],)
-
-
-def _broadcast(arrays: dict[str, Array], tail: int, what: str) -> tuple[int, ...]:
-    """Broadcast the leading axes of ``arrays`` (all but the last ``tail``), or say which clash."""
-    try:
-        return np.broadcast_shapes(*(a.shape[:-tail] for a in arrays.values()))
-    except ValueError:
-        seen = ", ".join(f"{n} {a.shape[:-tail]} (shape {a.shape})" for n, a in arrays.items())
-        raise ValueError(f"{what} do not broadcast: {seen}; each axis must be equal or 1") from None
-
-
-def _check_scale(scale: object, E: int) -> float:
-    if scale is None:
-        return 1.0 / math.sqrt(E) if E > 0 else 1.0
-    if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, numbers.Real):
-        raise TypeError(f"scale must be a real number or None, got {type(scale).__name__}")
-    if not math.isfinite(float(scale)):
-        raise ValueError(f"scale must be finite, got {scale}")
-    return float(scale)
-
-
-def _check_mask(
-    attn_mask: ArrayLike | None, scores_shape: tuple[int, ...], cdtype: np.dtype
-) -> tuple[Array | None, NDArray[np.bool_] | None]:
-    """Split ``attn_mask`` into (float bias, boolean keep-mask), one of them None."""
-    if attn_mask is None:
-        return None, None
-    m = np.asarray(attn_mask)
-    if m.dtype.kind not in "bf":
-        raise TypeError(
-            f"attn_mask must be bool (True = attend) or floating (an additive bias), "
-            f"got dtype {m.dtype}; integer masks are ambiguous"
-        )
-    if not broadcasts_to(m.shape, scores_shape):
-        raise ValueError(
-            f"attn_mask has shape {m.shape}, expected a shape that broadcasts to the "
-            f"scores' shape (..., Hq, L, S) = {scores_shape}"
-        )
-    if m.dtype.kind == "b":
-        return None, m
-    if np.any(m == np.inf):
-        raise ValueError("attn_mask (a float bias) must not contain +inf; use -inf to mask")
-    return m.astype(cdtype, copy=False), None
-
-
-def check_inputs(
-    q: ArrayLike,
-    k: ArrayLike,
-    v: ArrayLike,
-    attn_mask: ArrayLike | None = None,
-    is_causal: bool = False,
-    scale: float | None = None,
-    enable_gqa: bool = False,
-    causal_align: str = "top_left",
-) -> AttentionInputs:
-    """Validate and convert the arguments shared by every attention function.
-
-    Parameters
-    ----------
-    q, k, v, attn_mask, is_causal, scale, enable_gqa, causal_align
-        As in :func:`attention_forward`.
-
-    Returns
-    -------
-    inputs : AttentionInputs
-        ``q``, ``k``, ``v`` in the compute dtype (float16 -> float32, integers
-        -> float64); the mask split into a float ``bias`` or a boolean
-        ``keep`` (each in its own shape); the resolved ``scale``; the GQA
-        group size ``groups``; the result ``dtype``; and ``scores_shape``
-        ``(..., Hq, L, S)``, the broadcast shape of the scores.
-
-    Raises
-    ------
-    TypeError
-        Complex, object or string arrays; an integer ``attn_mask``; a
-        non-number ``scale``.
-    ValueError
-        Fewer than 2 dimensions (3 with ``enable_gqa``); ``E`` of ``q`` and
-        ``k`` differ; ``S`` of ``k`` and ``v`` differ; batch dimensions or the
-        mask do not broadcast; ``Hq`` is not a positive multiple of ``Hkv``
-        with ``enable_gqa``; ``+inf`` in a float mask; a non-finite ``scale``;
-        unknown ``causal_align``. Each message names the argument and the
-        shapes seen and expected.
-
-    Examples
-    --------
-    >>> x = check_inputs(np.ones((2, 4, 3, 8)), np.ones((2, 2, 5, 8)),
-    ...                  np.ones((2, 2, 5, 6)), enable_gqa=True)
-    >>> x.scores_shape, x.groups, x.scale, x.out_shape
-    ((2, 4, 3, 5), 2, 0.3535533905932738, (2, 4, 3, 6))
-    >>> check_inputs(np.ones((3, 8)), np.ones((5, 7)), np.ones((5, 6)))  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    ValueError: q and k must share the last dimension E: q has shape (3, 8) (E=8), ...
-    """
-    arrays = {n: as_float_array(a, n) for n, a in (("q", q), ("k", k), ("v", v))}
-    min_ndim = 3 if enable_gqa else 2
-    for n, a in arrays.items():
-        if a.ndim < min_ndim:
-            extra = " with enable_gqa=True" if enable_gqa else ""
-            raise ValueError(
-                f"{n} must have at least {min_ndim} dimensions{extra} "
-                f"(..., {'H, ' if enable_gqa else ''}{'L' if n == 'q' else 'S'}, width), "
-                f"got shape {a.shape}"
-            )
-    qa, ka, va = arrays["q"], arrays["k"], arrays["v"]
-    if qa.shape[-1] != ka.shape[-1]:
-        raise ValueError(
-            f"q and k must share the last dimension E: q has shape {qa.shape} "
-            f"(E={qa.shape[-1]}), k has shape {ka.shape} (E={ka.shape[-1]})"
-        )
-    if ka.shape[-2] != va.shape[-2]:
-        raise ValueError(
-            f"k and v must share the key dimension S (axis -2): k has shape {ka.shape} "
-            f"(S={ka.shape[-2]}), v has shape {va.shape} (S={va.shape[-2]})"
-        )
-    if causal_align not in ALIGNMENTS:
-        raise ValueError(f"causal_align must be one of {ALIGNMENTS}, got {causal_align!r}")
-    groups = 1
-    if enable_gqa:
-        hq, hk, hv = qa.shape[-3], ka.shape[-3], va.shape[-3]
-        if hk != hv:
-            raise ValueError(
-                f"with enable_gqa=True, k and v must have the same number of heads: "
-                f"k has shape {ka.shape} (Hkv={hk}), v has shape {va.shape} (Hkv={hv})"
-            )
-        if hk == 0 or hq == 0 or hq % hk:
-            raise ValueError(
-                f"with enable_gqa=True, the query heads Hq={hq} (q shape {qa.shape}) must be "
-                f"a positive multiple of the key/value heads Hkv={hk} (k shape {ka.shape})"
-            )
-        groups = hq // hk
-        batch = _broadcast(arrays, 3, "the batch dimensions of q, k, v")
-        head_axes = batch + (hq,)
-    else:
-        head_axes = _broadcast(
-            arrays, 2, "the batch and head dimensions of q, k, v (without enable_gqa=True, "
-            "heads broadcast like batch axes)"
-        )  # fmt: skip
-    scores_shape = head_axes + (qa.shape[-2], ka.shape[-2])
-    dtype = np.result_type(qa, ka, va)
-    cdtype = compute_dtype(dtype)
-    bias, keep = _check_mask(attn_mask, scores_shape, cdtype)
-    return AttentionInputs(
-        q=qa.astype(cdtype, copy=False),
-        k=ka.astype(cdtype, copy=False),
-        v=va.astype(cdtype, copy=False),
-        bias=bias,
-        keep=keep,
-        is_causal=bool(is_causal),
-        causal_align=causal_align,
-        scale=_check_scale(scale, qa.shape[-1]),
-        groups=groups,
-        dtype=dtype,
-        scores_shape=scores_shape,
-    )
-
-
-def _check_dropout(
-    dropout_p: float,
-    dropout_mask: ArrayLike | None,
-    rng: np.random.Generator | None,
-    scores_shape: tuple[int, ...],
-) -> NDArray[np.bool_] | None:
-    """Return the dropout keep-mask (True = kept), or None without dropout."""
-    if isinstance(dropout_p, (bool, np.bool_)) or not isinstance(dropout_p, numbers.Real):
-        raise TypeError(f"dropout_p must be a real number, got {type(dropout_p).__name__}")
-    if not 0.0 <= float(dropout_p) < 1.0:
-        raise ValueError(f"dropout_p must lie in [0, 1), got {dropout_p}")
-    if dropout_mask is None:
-        if dropout_p == 0.0:
-            return None
-        gen = rng if rng is not None else np.random.default_rng()
-        return gen.random(scores_shape) >= dropout_p
-    z = np.asarray(dropout_mask)
-    if z.dtype != np.bool_:
-        raise TypeError(f"dropout_mask must be a bool keep-mask (True = kept), got dtype {z.dtype}")
-    if dropout_p == 0.0:
-        raise ValueError("dropout_mask was given but dropout_p is 0; pass the dropout rate")
-    if not broadcasts_to(z.shape, scores_shape):
-        raise ValueError(
-            f"dropout_mask has shape {z.shape}, expected a shape that broadcasts to the "
-            f"attention weights' shape (..., Hq, L, S) = {scores_shape}"
-        )
-    return z
 
 
 # ---------------------------------------------------------------------------
@@ -291,7 +91,177 @@ def _per_kv_head(a: Array, b: Array, groups: int) -> Array:
 
 
 # ---------------------------------------------------------------------------
-# Forward
+# The score pipeline, Eqs. (2.2), (8.1)-(8.4): shared with the tiled functions,
+# which call it on one block (queries i0:, keys j0:) at a time
+# ---------------------------------------------------------------------------
+
+
+def check_scores(S: Array, x: AttentionInputs, after: str) -> None:
+    """Refuse scores that overflowed: +-inf (or NaN) from finite inputs, Eq. (2.1).
+
+    Scanned only when :func:`~numpy_attention._inputs.check_inputs` found that
+    the bound ``|scale| E max|q| max|k|`` (plus the biases) may exceed the
+    dtype's range. ``-inf`` would pass for "masked" and ``+inf`` gives NaN.
+
+    Examples
+    --------
+    >>> from numpy_attention._inputs import check_inputs
+    >>> x = check_inputs([[1e308, -1e308]], [[2.0, 2.0]], [[1.0]], scale=1.0)
+    >>> check_scores(np.array([[np.nan]]), x, "scale * q k^T")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: attention scores scale * q k^T overflow float64 ...
+    """
+    if not x.may_overflow:
+        return
+    bad = np.isposinf(S).any() if after != "scale * q k^T" else np.isinf(S).any()
+    if bad or (x.finite and np.isnan(S).any()):
+        raise ValueError(
+            f"attention scores {after} overflow {S.dtype} (a score is +-inf or NaN: inf in q "
+            "or k, or too large inputs or bias); scale the inputs down or compute in float64"
+        )
+
+
+def _indices(x: AttentionInputs, S: Array, i0: int, j0: int) -> tuple[Any, ...]:
+    """``b, h, q_idx, kv_idx`` of the scores ``S (..., Hq, n, m)`` at queries ``i0:``, keys ``j0:``.
+
+    They broadcast to ``S``; ``b`` numbers the batch dimensions flattened in C order.
+    """
+    lead, (n, m) = S.shape[:-2], S.shape[-2:]
+    batch = lead[:-1]
+    b = np.arange(int(np.prod(batch)), dtype=np.intp).reshape(batch + (1, 1, 1)) if batch else 0
+    h = np.arange(lead[-1], dtype=np.intp)[:, None, None] if lead else 0
+    return b, h, np.arange(i0, i0 + n)[:, None], np.arange(j0, j0 + m)
+
+
+def _mod_result(r: Any, name: str, shape: tuple[int, ...], kind: str) -> NDArray[Any]:
+    """Check what a ``mask_mod`` (``kind="b"``) or ``score_mod`` (``"f"``) returned."""
+    a = np.asarray(r)
+    if a.dtype.kind != kind and not (kind == "f" and a.dtype.kind in "iu"):
+        want = "a bool array (True = attend)" if kind == "b" else "a floating array of scores"
+        raise TypeError(f"{name} must return {want}, got dtype {a.dtype}")
+    try:
+        return np.broadcast_to(a, shape)
+    except ValueError:
+        raise ValueError(
+            f"{name} returned shape {a.shape}, which does not broadcast to the scores' "
+            f"shape {shape}"
+        ) from None
+
+
+def _visible(x: AttentionInputs, S: Array, i0: int, j0: int, idx: tuple) -> Any:
+    """Eq. (8.4): bool attn_mask AND positions (causal, window, chunk, sinks) AND mask_mod."""
+    n, m = S.shape[-2:]
+    allowed = None if x.keep is None else block_view(x.keep, i0, j0, n, m)
+    if x.pos.block(i0, i0 + n, j0, j0 + m) != "all":
+        pos = x.pos.mask(idx[2], idx[3])
+        allowed = pos if allowed is None else allowed & pos
+    if x.mods.mask_mod is not None:
+        mm = _mod_result(x.mods.mask_mod(*idx), "mask_mod", S.shape, "b")
+        allowed = mm if allowed is None else allowed & mm
+    return allowed
+
+
+def score_pipeline(x: AttentionInputs, S: Array, i0: int = 0, j0: int = 0) -> Array | None:
+    r"""Eqs. (8.1)-(8.4) and (2.2) in place: ``S`` becomes ``S_masked``; returns ``S_c`` or None.
+
+    ``S (..., Hq, n, m)`` holds the scores of queries ``i0:i0+n`` and keys
+    ``j0:j0+m`` (Eq. (2.1)); the positions (causal Eq. (2.6), window Eq. (2.8))
+    come from :class:`~numpy_attention.masks.Positions`. Returns a copy of the capped scores
+    ``S_c`` when the backward needs them (softcap or score_mod), else None.
+
+    .. math::
+
+        S_c = g\big(c \tanh(S / c)\big) \;(8.1)\text{-}(8.2), \qquad
+        \tilde S = S_c + B - m_h |i + d - j| \;(2.2), (8.3), \qquad
+        \tilde S_{ij} = -\infty \text{ where not visible } (8.4).
+
+    Examples
+    --------
+    >>> from numpy_attention._inputs import check_inputs
+    >>> x = check_inputs(np.zeros((2, 1)), np.zeros((3, 1)), np.zeros((3, 1)),
+    ...                  is_causal=True, softcap=1.0)
+    >>> S = np.full((2, 3), 5.0)
+    >>> S_c = score_pipeline(x, S)
+    >>> S.round(4).tolist(), S_c.round(4).tolist()[0]
+    ([[1.0, -inf, -inf], [1.0, 1.0, -inf]], [0.9999, 0.9999, 0.9999])
+    """
+    mods, idx = x.mods, _indices(x, S, i0, j0)
+    if mods.softcap is not None:
+        S /= mods.softcap
+        np.tanh(S, out=S)
+        S *= mods.softcap  # Eq. (8.1): S <- c tanh(S / c)
+    S_c = S.copy() if mods.keeps_scores else None
+    if mods.score_mod is not None:
+        S[...] = _mod_result(mods.score_mod(S_c, *idx), "score_mod", S.shape, "f")  # Eq. (8.2)
+    with np.errstate(over="ignore"):  # an overflow here is refused by check_scores
+        if x.bias is not None:
+            S += block_view(x.bias, i0, j0, *S.shape[-2:])  # Eq. (2.2): + B
+        if mods.alibi is not None:
+            S -= mods.alibi * np.abs(idx[2] + x.pos.offset - idx[3])  # (8.3): - m_h |i + d - j|
+    allowed = _visible(x, S, i0, j0, idx)
+    if allowed is not None:
+        np.copyto(S, -np.inf, where=~allowed)  # Eqs. (2.2), (8.4): -inf where masked
+    return S_c
+
+
+def score_pipeline_backward(
+    x: AttentionInputs, dS: Array, S_c: Array | None, i0: int = 0, j0: int = 0
+) -> Array:
+    r"""Undo :func:`score_pipeline`, in place: ``dS_masked`` becomes ``dS``.
+
+    Masked entries already hold 0 (their ``P`` is 0); the bias and ALiBi add
+    nothing to the derivative; ``score_mod`` and the cap contribute their
+    derivatives, Eqs. (8.9)-(8.10):
+
+    .. math:: dS_c = dS_\text{masked} \odot g'(S_c) \;(8.9), \qquad
+              dS = dS_c \odot \big(1 - (\mathrm{capped}/c)^2\big) \;(8.10).
+
+    Examples
+    --------
+    >>> from numpy_attention._inputs import check_inputs
+    >>> x = check_inputs(np.zeros((1, 1)), np.zeros((1, 1)), np.zeros((1, 1)), softcap=2.0)
+    >>> S = np.array([[1.0]]); S_c = score_pipeline(x, S)  # 2 tanh(1/2)
+    >>> g = score_pipeline_backward(x, np.ones((1, 1)), S_c)
+    >>> bool(np.isclose(g[0, 0], 1 - np.tanh(0.5) ** 2))
+    True
+    """
+    mods = x.mods
+    if mods.score_mod is not None:
+        if mods.score_mod_grad is None:
+            raise ValueError(
+                "score_mod was given without score_mod_grad; the backward needs "
+                "score_mod_grad(score, b, h, q_idx, kv_idx) = d score_mod / d score"
+            )
+        # S = score_mod(S_c, ...)  (Eq. (8.2))  ->  dS_c = dS * score_mod_grad(S_c, ...)  (8.9)
+        dS *= _mod_result(mods.score_mod_grad(S_c, *_indices(x, dS, i0, j0)),
+                          "score_mod_grad", dS.shape, "f")  # fmt: skip
+    if mods.softcap is not None and S_c is not None:
+        # S_c = c tanh(S / c)  (Eq. (8.1))  ->  dS = dS_c * (1 - tanh^2) = dS_c * (1 - (S_c/c)^2)
+        t = S_c / mods.softcap  # S_c is kept before score_mod: the capped scores themselves
+        t *= t
+        np.subtract(1.0, t, out=t)
+        dS *= t  # Eq. (8.10)
+    return dS
+
+
+def sink_weights(x: AttentionInputs, lse: Array) -> Array:
+    """Eq. (8.5): each row's weight on its sink, ``exp(sink_h - lse_i)``, shape ``(..., Hq, L)``.
+
+    Examples
+    --------
+    >>> out, cache = attention_forward(np.zeros((1, 1, 1)), np.zeros((1, 1, 1)),
+    ...                                np.ones((1, 1, 1)), sinks=[0.0])
+    >>> sink_weights(cache.inputs, cache.lse).tolist(), out.tolist()  # sink and key share 1/2
+    ([[0.5]], [[[0.5]]])
+    """
+    assert x.mods.sinks is not None
+    with np.errstate(over="ignore"):
+        return np.exp(x.mods.sinks[..., 0] - lse)
+
+
+# ---------------------------------------------------------------------------
+# Forward, and its backward right below
 # ---------------------------------------------------------------------------
 
 
@@ -302,15 +272,19 @@ class AttentionCache:
     Attributes
     ----------
     P : ndarray, shape (..., Hq, L, S)
-        Attention weights, Eq. (2.3), *before* dropout. Rows sum to 1, or are
-        all 0 for a query with no key to attend to.
+        Attention weights, Eq. (2.3), *before* dropout. Rows sum to 1 (less
+        the sink's share, Eq. (8.5)), or are all 0 for a query with no key.
     lse : ndarray, shape (..., Hq, L)
-        Natural-log log-sum-exp of each row of masked scores, Eq. (2.3);
-        ``-inf`` for a fully masked row.
+        Natural-log log-sum-exp of each row of masked scores, Eq. (2.3)
+        (with the sink's term, Eq. (8.5)); ``-inf`` for a fully masked row
+        (the sink logit with sinks).
     out : ndarray, shape (..., Hq, L, Ev)
-        The output, in the compute dtype.
+        The output, in the compute dtype (the caller gets a copy).
     keep : ndarray of bool or None
         The dropout keep-mask that was applied (True = kept), Eq. (2.4).
+    S_c : ndarray or None
+        The capped (and modded) scores, Eqs. (8.1)-(8.2), kept only for
+        softcap and score_mod, whose derivatives need them.
     """
 
     inputs: AttentionInputs
@@ -319,74 +293,16 @@ class AttentionCache:
     out: Array
     keep: NDArray[np.bool_] | None
     dropout_p: float
+    S_c: Array | None = None
 
     @property
     def weights(self) -> Array:
         """The weights that multiplied ``V``: ``P`` after dropout, Eq. (2.4)."""
-        return _apply_dropout(self.P, self.keep, self.dropout_p)
+        return _dropout(self.P, self.keep, self.dropout_p)
 
 
-def _may_overflow(x: AttentionInputs) -> bool:
-    """Tell whether a score may reach +-inf; ``|scale q_i . k_j| <= |scale| E max|q| max|k|``.
-
-    Then the blocks need no check for overflow (the bound holds for every
-    partial sum of the dot product too); inf or NaN inputs make it True.
-    """
-    if x.q.size == 0 or x.k.size == 0:
-        return False
-    with np.errstate(over="ignore", invalid="ignore"):
-        q_max = max(float(x.q.max()), -float(x.q.min()))
-        k_max = max(float(x.k.max()), -float(x.k.min()))
-        bound = abs(x.scale) * x.q.shape[-1] * q_max * k_max
-    return not bound < float(np.finfo(x.q.dtype).max) / 4
-
-
-def _masked_scores(x: AttentionInputs) -> Array:
-    """Eqs. (2.1)-(2.2): ``scale * q k^T + bias``, with ``-inf`` where masked."""
-    with np.errstate(over="ignore"):
-        s = _per_query_head(x.q * x.scale, np.swapaxes(x.k, -1, -2), x.groups)  # Eq. (2.1)
-    # -inf would pass for "masked", +inf gives NaN: refuse both (scanned only when possible)
-    if _may_overflow(x) and np.isinf(s).any():
-        raise ValueError(
-            f"attention scores scale * q k^T overflow {s.dtype} (a score is +-inf; inf in q "
-            "or k, or too large inputs); scale the inputs down or compute in float64"
-        )
-    if s.shape != x.scores_shape:  # v or the mask carry batch dims that q, k lack
-        s = np.array(np.broadcast_to(s, x.scores_shape))
-    if x.bias is not None:
-        s += x.bias  # Eq. (2.2), additive bias
-    allowed = x.keep
-    if x.is_causal:
-        causal = causal_mask(s.shape[-2], s.shape[-1], x.causal_align)  # Eq. (2.6)
-        allowed = causal if allowed is None else allowed & causal
-    if allowed is not None:
-        np.copyto(s, -np.inf, where=~allowed)  # Eq. (2.2), boolean mask
-    return s
-
-
-def _softmax_lse_inplace(s: Array) -> tuple[Array, Array]:
-    """Eq. (2.3): turn masked scores into weights ``P`` in place; also return ``lse``."""
-    m = np.max(s, axis=-1, keepdims=True, initial=-np.inf)  # S = 0: no key, a masked row
-    if np.any(m == np.inf):
-        raise ValueError(
-            f"attention scores overflow {s.dtype} (a score is +inf); "
-            "scale the inputs down or compute in float64"
-        )
-    m[m == -np.inf] = 0.0  # a fully masked row: exp(-inf - 0) = 0, no NaN
-    s -= m
-    np.exp(s, out=s)
-    total = np.sum(s, axis=-1, keepdims=True)
-    s /= np.where(total > 0, total, 1.0)
-    with np.errstate(divide="ignore"):
-        lse = (m + np.log(total))[..., 0]
-    return s, lse
-
-
-def _apply_dropout(P: Array, keep: NDArray[np.bool_] | None, p: float) -> Array:
-    """Eq. (2.4): ``P * Z / (1 - p)``, or ``P`` itself without dropout.
-
-    The backward multiplies ``dP`` by the same factor with the same ``Z`` (Eq. (2.11)).
-    """
+def _dropout(P: Array, keep: NDArray[np.bool_] | None, p: float) -> Array:
+    """Eq. (2.4): ``P * Z / (1 - p)``, or ``P`` itself; the backward's ``dP`` too, Eq. (2.11)."""
     if keep is None:
         return P
     return P * keep * P.dtype.type(1.0 / (1.0 - p))
@@ -405,6 +321,7 @@ def attention_forward(
     dropout_mask: ArrayLike | None = None,
     rng: np.random.Generator | None = None,
     causal_align: str = "top_left",
+    **variants: Any,
 ) -> tuple[Array, AttentionCache]:
     r"""Scaled dot-product attention, returning the output and a cache for the backward.
 
@@ -437,8 +354,22 @@ def attention_forward(
         Draws the keep-mask when ``dropout_p > 0`` and no ``dropout_mask`` is
         given (a fresh unseeded generator if None).
     causal_align : {"top_left", "bottom_right"}, optional
-        Diagonal alignment for ``is_causal`` when ``L != S``. Default
-        ``"top_left"`` (torch); ``"bottom_right"`` is FlashAttention's.
+        Where query ``i`` sits on the key axis, ``i + d`` with ``d = 0``
+        (``"top_left"``, torch) or ``d = S - L`` (``"bottom_right"``,
+        FlashAttention's); used by ``is_causal``, ``window``, ``chunk_size``
+        and ``alibi_slopes``.
+    **variants
+        The variants of docs/variants.md, each off by default:
+        ``window=(left, right)`` (query ``i`` sees keys ``i + d - left`` to
+        ``i + d + right``; None = unbounded side, Eq. (2.8));
+        ``chunk_size=C`` (query and key in the same chunk, Eq. (8.7));
+        ``sink_tokens=n`` (the first ``n`` keys stay visible outside the
+        window or chunk, Eq. (8.8)); ``softcap=c > 0`` (Eq. (8.1));
+        ``score_mod(score, b, h, q_idx, kv_idx)`` with its derivative
+        ``score_mod_grad`` (Eq. (8.2)); ``mask_mod(b, h, q_idx, kv_idx) -> bool``
+        (Eq. (8.4)); ``alibi_slopes`` ``(Hq,)`` or ``(..., Hq)`` (Eq. (8.3));
+        ``sinks`` ``(Hq,)``, a logit per query head in every row's denominator
+        (Eq. (8.5)).
 
     Returns
     -------
@@ -451,16 +382,18 @@ def attention_forward(
     ------
     TypeError
         Complex, object or string inputs; an integer ``attn_mask``; a
-        non-bool ``dropout_mask``.
+        non-bool ``dropout_mask``, ``is_causal`` or ``enable_gqa``; an ``rng``
+        that is not a ``numpy.random.Generator``; a non-callable mod or one
+        returning the wrong dtype.
     ValueError
         Mismatched ``E`` or ``S``; batch dimensions or masks that do not
         broadcast; ``Hq`` not a multiple of ``Hkv`` with ``enable_gqa``;
         ``dropout_p`` outside ``[0, 1)``; fewer than 2 dimensions; scores
-        that overflow the dtype.
+        that overflow the dtype; a bad variant argument (each named).
 
     Notes
     -----
-    Eqs. (2.1)-(2.5) of ``docs/attention.md``:
+    Eqs. (2.1)-(2.5) of ``docs/attention.md`` and (8.1)-(8.5) of ``docs/variants.md``:
 
     .. math::
 
@@ -489,64 +422,23 @@ def attention_forward(
     >>> float(cache.lse[0]) == float(np.log(np.e + 1.0))
     True
     """
-    x = check_inputs(q, k, v, attn_mask, is_causal, scale, enable_gqa, causal_align)
-    keep = _check_dropout(dropout_p, dropout_mask, rng, x.scores_shape)
-    P, lse = _softmax_lse_inplace(_masked_scores(x))  # Eqs. (2.1)-(2.3)
-    out = _per_query_head(_apply_dropout(P, keep, dropout_p), x.v, x.groups)  # (2.4)-(2.5)
+    x = check_inputs(q, k, v, attn_mask, is_causal, scale, enable_gqa, causal_align, **variants)
+    keep = check_dropout(dropout_p, dropout_mask, rng, x.scores_shape)
+    G = x.groups
+    with np.errstate(over="ignore", invalid="ignore"):  # refused just below if it happens
+        S = _per_query_head(x.q * x.q.dtype.type(x.scale), np.swapaxes(x.k, -1, -2), G)  # (2.1)
+    check_scores(S, x, "scale * q k^T")
+    if S.shape != x.scores_shape:  # v or the mask carry batch dims that q, k lack
+        S = np.array(np.broadcast_to(S, x.scores_shape))
+    S_masked, S_c = S, score_pipeline(x, S)  # Eqs. (8.1)-(8.4), (2.2), in place
+    check_scores(S_masked, x, "after the bias")
+    P, lse = softmax_lse_inplace(S_masked, sink=x.mods.sinks)  # Eqs. (2.3), (8.5), in place
+    P_d = _dropout(P, keep, float(dropout_p))  # Eq. (2.4)
+    out = _per_query_head(P_d, x.v, G)  # Eq. (2.5)
     if out.shape != x.out_shape:
         out = np.array(np.broadcast_to(out, x.out_shape))
-    cache = AttentionCache(inputs=x, P=P, lse=lse, out=out, keep=keep, dropout_p=float(dropout_p))
-    return out.astype(x.dtype, copy=False), cache
-
-
-def scaled_dot_product_attention(
-    q: ArrayLike,
-    k: ArrayLike,
-    v: ArrayLike,
-    attn_mask: ArrayLike | None = None,
-    dropout_p: float = 0.0,
-    is_causal: bool = False,
-    scale: float | None = None,
-    enable_gqa: bool = False,
-    *,
-    dropout_mask: ArrayLike | None = None,
-    rng: np.random.Generator | None = None,
-    causal_align: str = "top_left",
-) -> Array:
-    r"""Scaled dot-product attention (output only), as torch's function of the same name.
-
-    Parameters, shapes and errors are those of :func:`attention_forward`.
-
-    Parameters
-    ----------
-    q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa : see attention_forward
-    dropout_mask, rng, causal_align : see attention_forward
-
-    Returns
-    -------
-    out : ndarray, shape (..., Hq, L, Ev)
-
-    Notes
-    -----
-    Eqs. (2.1)-(2.5) of ``docs/attention.md``:
-    :math:`O = \mathrm{softmax}(\mathrm{scale}\cdot QK^\top + B)\,V`.
-
-    Examples
-    --------
-    >>> q = np.ones((2, 1, 3, 4)); k = v = np.ones((2, 1, 5, 4))
-    >>> scaled_dot_product_attention(q, k, v, is_causal=True).shape
-    (2, 1, 3, 4)
-    """
-    out, _ = attention_forward(
-        q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa,
-        dropout_mask=dropout_mask, rng=rng, causal_align=causal_align,
-    )  # fmt: skip
-    return out
-
-
-# ---------------------------------------------------------------------------
-# Backward
-# ---------------------------------------------------------------------------
+    cache = AttentionCache(x, P, lse[..., 0], out, keep, float(dropout_p), S_c)
+    return out.astype(x.dtype), cache  # a copy: editing it must not change the cache
 
 
 @dataclass(frozen=True)
@@ -554,17 +446,23 @@ class AttentionGrads:
     """Gradients of a scalar loss with respect to each input of the forward.
 
     ``d_attn_mask`` has the float mask's own (broadcast) shape; it is None
-    for a boolean mask or no mask.
+    for a boolean mask or no mask. ``d_sinks`` has the sinks' shape ``(Hq,)``;
+    None without sinks.
     """
 
     dq: Array
     dk: Array
     dv: Array
     d_attn_mask: Array | None
+    d_sinks: Array | None = None
 
 
 def attention_backward(d_out: ArrayLike, cache: AttentionCache) -> AttentionGrads:
-    r"""Hand-written backward of :func:`attention_forward`.
+    r"""Hand-written backward of :func:`attention_forward`, undoing its lines in reverse.
+
+    Shapes: ``d_out (..., Hq, L, Ev)`` -> ``dq (..., Hq, L, E)``,
+    ``dk (..., Hkv, S, E)``, ``dv (..., Hkv, S, Ev)``, ``d_attn_mask`` (the
+    float mask's shape), ``d_sinks (Hq,)``.
 
     Parameters
     ----------
@@ -577,18 +475,22 @@ def attention_backward(d_out: ArrayLike, cache: AttentionCache) -> AttentionGrad
     -------
     grads : AttentionGrads
         ``dq``, ``dk``, ``dv`` with the shapes of ``q``, ``k``, ``v`` (summed
-        over broadcast dimensions and over each GQA group), and
-        ``d_attn_mask`` (float mask only). Masked keys and fully masked rows
-        get exactly zero gradient.
+        over broadcast dimensions and over each GQA group), ``d_attn_mask``
+        (float mask only) and ``d_sinks`` (sinks only). Masked keys and fully
+        masked rows get exactly zero gradient.
 
     Raises
     ------
+    TypeError
+        If ``cache`` is not an :class:`AttentionCache`.
     ValueError
-        If ``d_out`` does not have the output's shape.
+        If ``d_out`` does not have the output's shape; a ``score_mod``
+        without ``score_mod_grad``.
 
     Notes
     -----
-    Eqs. (2.10)-(2.16) of ``docs/attention.md``, each undoing a forward line:
+    Eqs. (2.10)-(2.16) of ``docs/attention.md`` and (8.9)-(8.11) of
+    ``docs/variants.md``, each undoing a forward line:
 
     .. math::
 
@@ -610,28 +512,31 @@ def attention_backward(d_out: ArrayLike, cache: AttentionCache) -> AttentionGrad
     >>> g.dq.shape, g.dk.shape, g.dv.shape, g.d_attn_mask
     ((3, 4), (5, 4), (5, 2), None)
     """
+    check_instance(cache, AttentionCache, "cache", "attention_forward")
     x, P, G = cache.inputs, cache.P, cache.inputs.groups
-    dO = as_float_array(d_out, "d_out")
-    if dO.shape != cache.out.shape:
-        raise ValueError(
-            f"d_out has shape {dO.shape}, expected the output's shape {cache.out.shape}"
-        )
-    dO = dO.astype(P.dtype, copy=False)
-    P_d = _apply_dropout(P, cache.keep, cache.dropout_p)
-    # out = P_d @ v  (Eq. 2.5)  ->  dv = P_d^T dO,  dP_d = dO v^T  (Eq. 2.10)
-    dv = _per_kv_head(np.swapaxes(P_d, -1, -2), dO, G)
-    dP = _per_query_head(dO, np.swapaxes(x.v, -1, -2), G)
-    # P_d = P * Z / (1 - p)  (Eq. 2.4)  ->  dP = dP_d * Z / (1 - p)  (Eq. 2.11)
-    if cache.keep is not None:
-        dP = _apply_dropout(dP, cache.keep, cache.dropout_p)
-    # P = softmax(S~)  (Eq. 2.3)  ->  dS = P * (dP - D),  D = rowsum(dO * O)  (Eqs. 2.12-2.13)
-    D = np.sum(dO * cache.out, axis=-1, keepdims=True)
-    dS = dP
-    dS -= D
-    dS *= P
-    # S~ = S + B  (Eq. 2.2)  ->  dB = dS summed to B's shape  (Eq. 2.15)
-    d_mask = None if x.bias is None else sum_to_shape(dS, x.bias.shape).astype(x.dtype)
-    # S = scale * q k^T  (Eq. 2.1)  ->  dq = scale dS k,  dk = scale dS^T q  (Eqs. 2.14, 2.16)
+    dO = check_grad(d_out, "d_out", cache.out.shape, P.dtype)
+    # |dP| <= Ev max|dO| max|v| could overflow: v and out / 2^e (exact), dS * 2^e once small
+    (v, out), e = pow2_scaled((x.v, cache.out), (x.v.shape[-1], absmax(dO)))
+    # out = P_d @ v  (Eq. (2.5))  ->  dv = P_d^T dO,  dP_d = dO v^T  (Eq. (2.10))
+    dv = _per_kv_head(np.swapaxes(cache.weights, -1, -2), dO, G)
+    dP = _per_query_head(dO, np.swapaxes(v, -1, -2), G)
+    # P_d = P * Z / (1 - p)  (Eq. (2.4))  ->  dP = dP_d * Z / (1 - p)  (Eq. (2.11))
+    dP = _dropout(dP, cache.keep, cache.dropout_p)
+    # P, lse = softmax(S_masked)  (Eqs. (2.3), (8.5))
+    #   ->  D = rowsum(dO * out),  dS_masked = P * (dP - D)  (Eqs. (2.12)-(2.13))
+    D = np.sum(dO * out, axis=-1, keepdims=True)
+    dS_masked = dP
+    dS_masked -= D
+    dS_masked *= P
+    if e:
+        np.ldexp(dS_masked, e, out=dS_masked)  # undo the scaling of v
+    #   ->  d_sinks = -sum P_sink * D  (Eq. (8.11): the sink's column has dP = 0)
+    d_sinks = _sink_grad(x, cache.lse, D[..., 0], e)
+    # S_masked = S_c + B ...  (Eq. (2.2))  ->  dB = dS_masked summed to B's shape  (Eq. (2.15))
+    d_mask = None if x.bias is None else sum_to_shape(dS_masked, x.bias.shape).astype(x.dtype)
+    # S_c = softcap, score_mod of S  (Eqs. (8.1)-(8.2))  ->  dS  (Eqs. (8.9)-(8.10))
+    dS = score_pipeline_backward(x, dS_masked, cache.S_c)
+    # S = scale * q k^T  (Eq. (2.1))  ->  dq = scale dS k,  dk = scale dS^T q  (Eqs. (2.14), (2.16))
     dq = _per_query_head(dS, x.k, G) * x.scale
     dk = _per_kv_head(np.swapaxes(dS, -1, -2), x.q, G) * x.scale
     return AttentionGrads(
@@ -639,4 +544,65 @@ def attention_backward(d_out: ArrayLike, cache: AttentionCache) -> AttentionGrad
         dk=sum_to_shape(dk, x.k.shape).astype(x.dtype, copy=False),
         dv=sum_to_shape(dv, x.v.shape).astype(x.dtype, copy=False),
         d_attn_mask=d_mask,
+        d_sinks=d_sinks,
     )
+
+
+def _sink_grad(x: AttentionInputs, lse: Array, D: Array, e: int) -> Array | None:
+    """Eq. (8.11): ``d sink_h = -sum_{batch, i} P_sink_i D_i`` (``D`` divided by ``2^e``)."""
+    if x.mods.sinks is None:
+        return None
+    g = -(sink_weights(x, lse) * D)
+    g = g.reshape((-1,) + g.shape[-2:]).sum(axis=(0, 2))
+    return np.ldexp(g, e).astype(x.dtype, copy=False) if e else g.astype(x.dtype, copy=False)
+
+
+# ---------------------------------------------------------------------------
+# The output alone, as torch's function
+# ---------------------------------------------------------------------------
+
+
+def scaled_dot_product_attention(
+    q: ArrayLike,
+    k: ArrayLike,
+    v: ArrayLike,
+    attn_mask: ArrayLike | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+    *,
+    dropout_mask: ArrayLike | None = None,
+    rng: np.random.Generator | None = None,
+    causal_align: str = "top_left",
+    **variants: Any,
+) -> Array:
+    r"""Scaled dot-product attention (output only), as torch's function of the same name.
+
+    Parameters, shapes and errors are those of :func:`attention_forward`.
+
+    Parameters
+    ----------
+    q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa : see attention_forward
+    dropout_mask, rng, causal_align, **variants : see attention_forward
+
+    Returns
+    -------
+    out : ndarray, shape (..., Hq, L, Ev)
+
+    Notes
+    -----
+    Eqs. (2.1)-(2.5) of ``docs/attention.md``:
+    :math:`O = \mathrm{softmax}(\mathrm{scale}\cdot QK^\top + B)\,V`.
+
+    Examples
+    --------
+    >>> q = np.ones((2, 1, 3, 4)); k = v = np.ones((2, 1, 5, 4))
+    >>> scaled_dot_product_attention(q, k, v, is_causal=True).shape
+    (2, 1, 3, 4)
+    """
+    out, _ = attention_forward(
+        q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+        dropout_mask=dropout_mask, rng=rng, causal_align=causal_align, **variants,
+    )  # fmt: skip
+    return out

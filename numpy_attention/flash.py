@@ -1,13 +1,16 @@
-r"""FlashAttention's tiled online-softmax algorithm, forward and backward, in NumPy.
+r"""FlashAttention's tiled online-softmax algorithm, forward and backward right below it, in NumPy.
 
 The plain formula of :mod:`numpy_attention.attention` materialises the
 ``L x S`` scores. This module computes the same output block by block
 (Dao et al. 2022; FlashAttention-2, Dao 2023): each block of queries walks
 over the blocks of keys keeping a running row maximum ``m``, a running sum
 ``l`` and an unnormalised output, rescaled by ``exp(m_old - m_new)`` whenever
-the maximum grows. The forward saves only ``out`` and the natural-log
-``lse``; the backward recomputes every block of ``P`` from ``lse``. No array
-larger than one block of scores (per thread) is ever formed. Equations are
+the maximum grows. The forward saves only ``out``, ``m`` and ``l`` (one value
+per row); the backward recomputes every block of ``P`` from them. No array
+larger than one block of scores (per thread) is ever formed, whatever the
+variant: each block goes through the core's score pipeline
+(:func:`~numpy_attention.attention.score_pipeline`), and blocks that the
+causal mask, a window or a chunk hide entirely are skipped. Equations are
 numbered as in ``docs/flash.md``.
 
 Shapes (letter legend)::
@@ -28,13 +31,12 @@ or ``V`` (query head ``h`` reads key/value head ``h // G``).
 
 Semantics, validation and precision are those of
 :func:`numpy_attention.attention.attention_forward` (torch's
-``scaled_dot_product_attention``), except that dropout is not supported.
+``scaled_dot_product_attention``); dropout takes an explicit ``dropout_mask``.
 """
 
 from __future__ import annotations
 
 import functools
-import numbers
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -45,19 +47,32 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ._arrays import as_float_array, sum_to_shape
-from .attention import AttentionGrads, AttentionInputs, _may_overflow, check_inputs
-from .masks import _offset
+from ._arrays import Array, absmax, block_view, pow2_scaled, sum_to_shape
+from ._inputs import AttentionInputs, check_dropout, check_inputs
+from ._validate import check_grad, check_instance, check_int
+from .attention import (
+    AttentionGrads,
+    check_scores,
+    score_pipeline,
+    score_pipeline_backward,
+    sink_weights,
+)
+from .softmax import row_shift
 
-__all__ = ["FlashCache", "flash_attention_forward", "flash_attention_backward"]
-
-Array = NDArray[np.floating]
+__all__ = [
+    "FlashCache",
+    "flash_attention_forward",
+    "flash_attention_backward",
+    "default_blocks",
+    "one_blas_thread",
+    "MAX_BLOCK",
+]
 
 #: The default tiling starts from 256 x 512 and keeps the blocks of scores a thread holds
 #: at once, all heads together, at most this large (2 MiB in float32): one block in the
 #: forward, two (P and dP) of half this size in the backward. Big enough for efficient
 #: matmuls, small enough for the CPU caches.
-_BLOCK_Q, _BLOCK_K, _MAX_BLOCK = 256, 512, 2**19
+_BLOCK_Q, _BLOCK_K, MAX_BLOCK = 256, 512, 2**19
 
 
 # ---------------------------------------------------------------------------
@@ -65,20 +80,17 @@ _BLOCK_Q, _BLOCK_K, _MAX_BLOCK = 256, 512, 2**19
 # ---------------------------------------------------------------------------
 
 
-def _check_block(value: object, name: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive integer, got {type(value).__name__}")
-    if int(value) < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
-
-
-def _default_blocks(scores_shape: tuple[int, ...], budget: int = _MAX_BLOCK) -> tuple[int, int]:
+def default_blocks(scores_shape: tuple[int, ...], budget: int = MAX_BLOCK) -> tuple[int, int]:
     """Default ``(bq, bk)``: from 256 x 512, halve the larger side until a block is small enough.
 
     A block of all heads holds at most ``budget`` scores (one 16 x 16 tile per head at
     least; ``bq`` is halved on a tie); then each side is capped at ``L`` and ``S``.
     The memory of a call is thus bounded independently of ``L`` and ``S``.
+
+    Examples
+    --------
+    >>> default_blocks((2, 8, 1024, 1024)), default_blocks((2, 8, 1024, 1024), MAX_BLOCK // 2)
+    ((128, 256), (128, 128))
     """
     *lead, L, S = scores_shape
     heads = max(1, int(np.prod(lead)))
@@ -95,16 +107,10 @@ def _tiling(
     scores_shape: tuple[int, ...], block_q: object, block_k: object, budget: int
 ) -> tuple[int, int]:
     """Return the caller's block sizes where given, the defaults for ``budget`` elsewhere."""
-    auto_q, auto_k = _default_blocks(scores_shape, budget)
-    bq = auto_q if block_q is None else _check_block(block_q, "block_q")
-    bk = auto_k if block_k is None else _check_block(block_k, "block_k")
+    auto_q, auto_k = default_blocks(scores_shape, budget)
+    bq = auto_q if block_q is None else check_int(block_q, "block_q", minimum=1)
+    bk = auto_k if block_k is None else check_int(block_k, "block_k", minimum=1)
     return bq, bk
-
-
-def _check_workers(workers: object) -> int:
-    if workers is None:
-        return 1
-    return _check_block(workers, "workers")
 
 
 def _check_is_causal(is_causal: object) -> None:
@@ -112,8 +118,21 @@ def _check_is_causal(is_causal: object) -> None:
     if not isinstance(is_causal, (bool, np.bool_)):
         raise TypeError(
             f"is_causal must be a bool, got {type(is_causal).__name__} "
-            "(the tiled functions take no dropout_p: dropout is not supported)"
+            "(the tiled functions take dropout_p only as a keyword, after *)"
         )
+
+
+def _check_tiled_dropout(
+    dropout_p: float, dropout_mask: ArrayLike | None, scores_shape: tuple[int, ...]
+) -> NDArray[np.bool_] | None:
+    """Return the keep-mask of Eq. (2.4): the tiled functions read a given one, never draw it."""
+    if dropout_mask is None and not (isinstance(dropout_p, (int, float)) and dropout_p == 0):
+        check_dropout(dropout_p, None, None, ())  # the type and range errors of the core
+        raise ValueError(
+            "the tiled functions need an explicit dropout_mask (bool, True = kept) with "
+            "dropout_p > 0: they read it block by block and never draw one"
+        )
+    return check_dropout(dropout_p, dropout_mask, None, scores_shape)
 
 
 # ---------------------------------------------------------------------------
@@ -161,79 +180,47 @@ class _Layout:
         """View of a block ``(..., Hkv, G * n, bk)`` as ``(..., Hq, n, bk)`` (no copy)."""
         return self.unrows(s, n)
 
+    def rows_of(self, a4: Array, n: int) -> Array:
+        """Inverse of :meth:`split`: ``(..., Hq, n, bk) -> (..., Hkv, G * n, bk)``."""
+        if self.groups == 1:
+            return a4
+        full = np.broadcast_to(a4, self.heads()[:-1] + (self.scores_shape[-3], n, a4.shape[-1]))
+        return full.reshape(self.heads() + (self.groups * n, a4.shape[-1]))
+
     def block_shape(self, n: int, m: int) -> tuple[int, ...]:
         """Full shape of a block of scores with ``n`` queries and ``m`` keys."""
         return self.heads() + (self.groups * n, m)
 
 
 # ---------------------------------------------------------------------------
-# One block of scores, Eq. (5.1), and which blocks to skip, Eq. (5.2)
+# One block of scores, Eq. (5.1), through the core's score pipeline
 # ---------------------------------------------------------------------------
 
 
-def _block_visible(x: AttentionInputs, i0: int, i1: int, j0: int) -> bool:
-    """Tell whether queries ``i0:i1`` may see key ``j0`` or later (causal mask, Eq. (5.2))."""
-    if not x.is_causal:
-        return True
-    d = _offset(x.scores_shape[-2], x.scores_shape[-1], x.causal_align)
-    return j0 <= i1 - 1 + d
-
-
-def _mask_block(mask: np.ndarray, i0: int, i1: int, j0: int, j1: int) -> np.ndarray:
-    """Block ``[i0:i1, j0:j1]`` of a mask in its own shape: a view that broadcasts to the block.
-
-    The same values as ``np.broadcast_to(mask, scores_shape)[..., i0:i1, j0:j1]``,
-    without reading the broadcast copies (size-1 axes stay size 1).
-    """
-    if mask.ndim < 2:
-        mask = mask.reshape((1,) * (2 - mask.ndim) + mask.shape)
-    rows = slice(None) if mask.shape[-2] == 1 else slice(i0, i1)
-    cols = slice(None) if mask.shape[-1] == 1 else slice(j0, j1)
-    return mask[..., rows, cols]
-
-
 def _scores_block(
-    x: AttentionInputs,
-    lay: _Layout,
-    q_rows: Array,
-    i0: int,
-    i1: int,
-    j0: int,
-    j1: int,
-    check: bool,
-) -> Array | None:
-    """Eq. (5.1): ``S_ij = (scale Q_i) K_j^T + B_ij``, ``-inf`` where masked.
+    x: AttentionInputs, lay: _Layout, q_rows: Array, i0: int, i1: int, j0: int, j1: int
+) -> tuple[Array, Array | None] | None:
+    """Eq. (5.1): ``S_ij = (scale Q_i) K_j^T`` through Eqs. (8.1)-(8.4), (2.2); or None if hidden.
 
-    Returns None when the boolean mask hides the whole block (it is skipped, Eq. (5.2)).
-    With ``check``, refuses a +-inf score as the core does (an overflow must
-    not pass for a mask).
+    Returns the block in the block layout ``(..., Hkv, G * bq, bk)`` with
+    ``-inf`` where masked, and the capped scores ``S_c`` (in the scores'
+    layout) when the backward needs them; None when the positions or the
+    boolean mask hide the whole block (it is skipped, Eq. (5.2)).
     """
-    allowed = None
-    if x.keep is not None:
-        allowed = _mask_block(x.keep, i0, i1, j0, j1)
-        if not allowed.any():
-            return None
-    if x.is_causal:
-        d = _offset(lay.L, lay.S, x.causal_align)
-        if j1 - 1 > i0 + d:  # the block crosses the diagonal: Eq. (2.6) on indices
-            causal = np.arange(j0, j1) <= np.arange(i0, i1)[:, None] + d
-            allowed = causal if allowed is None else allowed & causal
-    with np.errstate(over="ignore"):
+    if x.pos.block(i0, i1, j0, j1) == "none":
+        return None
+    if x.keep is not None and not block_view(x.keep, i0, j0, i1 - i0, j1 - j0).any():
+        return None
+    with np.errstate(over="ignore", invalid="ignore"):
         s = q_rows @ np.swapaxes(x.k[..., j0:j1, :], -1, -2)  # (5.1), scale folded into Q
-    if check and np.isinf(s).any():
-        raise ValueError(
-            f"attention scores scale * q k^T overflow {s.dtype} (a score is +-inf; inf in q "
-            "or k, or too large inputs); scale the inputs down or compute in float64"
-        )
+    check_scores(s, x, "scale * q k^T")
     full = lay.block_shape(i1 - i0, j1 - j0)
     if s.shape != full:  # v or the mask carry batch dims that q, k lack
         s = np.array(np.broadcast_to(s, full))
     s4 = lay.split(s, i1 - i0)  # a view in the scores' layout (..., Hq, bq, bk)
-    if x.bias is not None:
-        s4 += _mask_block(x.bias, i0, i1, j0, j1)  # (5.1), + B_ij
-    if allowed is not None:
-        np.copyto(s4, -np.inf, where=~allowed)  # (5.1), -inf where masked
-    return s
+    S_c = score_pipeline(x, s4, i0, j0)  # Eqs. (8.1)-(8.4), (2.2), in place
+    check_scores(s4, x, "after the bias")
+    return s, S_c
 
 
 # ---------------------------------------------------------------------------
@@ -251,15 +238,56 @@ def _blas_controller() -> Any:
     return ThreadpoolController()
 
 
+class _BlasLimit:
+    """BLAS on one thread while any tiled call runs threads (first in limits, last out restores).
+
+    Concurrent calls share one limit (counted under a lock), so overlapping
+    calls can neither restore each other's limit early nor leave BLAS at one
+    thread for good.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
+        self.limiter: Any = None
+
+    def enter(self, controller: Any) -> None:
+        with self.lock:
+            if self.users == 0:
+                self.limiter = controller.limit(limits=1, user_api="blas")
+            self.users += 1
+
+    def leave(self) -> None:
+        with self.lock:
+            self.users -= 1
+            if self.users == 0:
+                self.limiter.restore_original_limits()
+                self.limiter = None
+
+
+_BLAS_LIMIT = _BlasLimit()
+
+
 @contextmanager
-def _one_blas_thread(workers: int) -> Iterator[None]:
-    """Limit BLAS to one thread while ``workers > 1`` threads run (with threadpoolctl, if any)."""
+def one_blas_thread(workers: int) -> Iterator[None]:
+    """Limit BLAS to one thread while ``workers > 1`` threads run (with threadpoolctl, if any).
+
+    Overlapping uses share one limit: it is restored when the last one ends.
+
+    Examples
+    --------
+    >>> with one_blas_thread(2):
+    ...     _ = np.ones((4, 4)) @ np.ones((4, 4))
+    """
     controller = _blas_controller() if workers > 1 else None
     if controller is None:
         yield
         return
-    with controller.limit(limits=1, user_api="blas"):
+    _BLAS_LIMIT.enter(controller)
+    try:
         yield
+    finally:
+        _BLAS_LIMIT.leave()
 
 
 def _map_blocks(task: Callable[[list[int]], object], L: int, bq: int, workers: int) -> list:
@@ -269,7 +297,7 @@ def _map_blocks(task: Callable[[list[int]], object], L: int, bq: int, workers: i
     chunks = [starts[w::n] for w in range(n)]
     if n == 1:
         return [task(chunks[0])]
-    with _one_blas_thread(n), ThreadPoolExecutor(max_workers=n) as pool:
+    with one_blas_thread(n), ThreadPoolExecutor(max_workers=n) as pool:
         return list(pool.map(task, chunks))
 
 
@@ -287,10 +315,16 @@ class FlashCache:
     inputs : AttentionInputs
         The validated inputs (views of the caller's arrays where possible).
     out : ndarray, shape (..., Hq, L, Ev)
-        The output, in the compute dtype.
+        The output, in the compute dtype (the caller gets a copy).
     lse : ndarray, shape (..., Hq, L)
-        Natural-log log-sum-exp of each row of masked scores, Eq. (5.6);
-        ``-inf`` for a fully masked row.
+        Natural-log log-sum-exp of each row of masked scores, Eq. (5.6)
+        (with the sink's term, Eq. (8.5)); ``-inf`` for a fully masked row.
+    m, l : ndarray, shape (..., Hq, L)
+        The final running maximum and sum, Eqs. (5.3), (5.5): the backward
+        recomputes ``P = exp(S - m) / l`` from them (Eq. (5.8)), exactly even
+        where ``lse = m + log l`` rounds (logits of 1e18).
+    keep : ndarray of bool or None
+        The dropout keep-mask (True = kept), Eq. (2.4); ``dropout_p`` its rate.
     block_q, block_k : int
         The backward's tiling: the caller's block sizes if given to the
         forward, else defaults with half the forward's block of scores (the
@@ -302,43 +336,73 @@ class FlashCache:
     inputs: AttentionInputs
     out: Array
     lse: Array
+    m: Array
+    l: Array  # noqa: E741
+    keep: NDArray[np.bool_] | None
+    dropout_p: float
     block_q: int
     block_k: int
     workers: int
 
 
+def _initial_state(x: AttentionInputs, lay: _Layout, i0: int, i1: int) -> tuple[Array, Array]:
+    """``m^(0)``, ``l^(0)`` of Eq. (5.3): ``-inf`` and 0, or a sink's logit and 1 (Eq. (8.5))."""
+    shape = lay.block_shape(i1 - i0, 1)
+    if x.mods.sinks is None:
+        return np.full(shape, -np.inf, dtype=x.q.dtype), np.zeros(shape, dtype=x.q.dtype)
+    sink = np.broadcast_to(x.mods.sinks, x.scores_shape[:-2] + (lay.L, 1))
+    return np.array(lay.rows(sink, i0, i1)), np.ones(shape, dtype=x.q.dtype)
+
+
 def _forward_rows(
-    x: AttentionInputs, lay: _Layout, i0: int, i1: int, bk: int, check: bool
-) -> tuple[Array, Array]:
-    """Eqs. (5.1)-(5.6) for query rows ``i0:i1``: their output and ``lse`` (block layout)."""
+    x: AttentionInputs, lay: _Layout, i0: int, i1: int, bk: int, drop: tuple
+) -> tuple[Array, Array, Array]:
+    """Eqs. (5.1)-(5.6) for query rows ``i0:i1``: their output, ``m`` and ``l`` (block layout)."""
+    keep, p_drop, v = drop
     q_rows = lay.rows(x.q, i0, i1) * x.q.dtype.type(x.scale)  # scale folded into Q_i
-    n = i1 - i0
-    row_shape = lay.block_shape(n, 1)
-    m = np.full(row_shape, -np.inf, dtype=x.q.dtype)  # running max, m^(0) = -inf
-    l = np.zeros(row_shape, dtype=x.q.dtype)  # noqa: E741  (running sum, l^(0) = 0)
-    acc = np.zeros(row_shape[:-1] + (x.v.shape[-1],), dtype=x.q.dtype)  # unnormalised O
+    m, l = _initial_state(x, lay, i0, i1)  # noqa: E741  (running max and sum)
+    acc = np.zeros(m.shape[:-1] + (v.shape[-1],), dtype=x.q.dtype)  # unnormalised O
     for j0 in range(0, lay.S, bk):
-        if not _block_visible(x, i0, i1, j0):
-            break  # Eq. (5.2): every later key block is above the diagonal too
         j1 = min(j0 + bk, lay.S)
-        s = _scores_block(x, lay, q_rows, i0, i1, j0, j1, check)
-        if s is None:
-            continue
+        block = _scores_block(x, lay, q_rows, i0, i1, j0, j1)
+        if block is None:
+            continue  # Eq. (5.2): hidden by the causal mask, a window, a chunk or attn_mask
+        s = block[0]
         m_new = np.maximum(m, s.max(axis=-1, keepdims=True))  # Eq. (5.3)
-        shift = np.where(m_new == -np.inf, 0.0, m_new).astype(s.dtype)  # no -inf - -inf
+        shift = row_shift(m_new)  # the softmax's -inf-safe shift: no -inf - (-inf)
         alpha = np.exp(m - shift)  # Eq. (5.4): exp(m_old - m_new), 0 while m_old = -inf
         s -= shift
         p = np.exp(s, out=s)  # Eq. (5.4): P~_ij = exp(S_ij - m_new)
         l *= alpha  # noqa: E741
         l += p.sum(axis=-1, keepdims=True)  # noqa: E741  (Eq. (5.5))
+        if keep is not None:  # Eq. (2.4), on this block: P~ * Z / (1 - p)
+            lay.split(p, i1 - i0)[...] *= block_view(keep, i0, j0, i1 - i0, j1 - j0) / (1 - p_drop)
         acc *= alpha
-        acc += p @ x.v[..., j0:j1, :]  # Eq. (5.5)
+        acc += p @ v[..., j0:j1, :]  # Eq. (5.5)
         m = m_new
-        del s, p  # free this block before the next one is computed
-    with np.errstate(divide="ignore"):
-        lse = m + np.log(l)  # Eq. (5.6); -inf for a row with no key
+        del s, p, block  # free this block before the next one is computed
     acc /= np.where(l > 0, l, 1.0)  # Eq. (5.6); a row with no key keeps O = 0
-    return acc, lse
+    return acc, m, l
+
+
+def _forward_all(
+    x: AttentionInputs, lay: _Layout, blocks: tuple[int, int], drop: tuple, workers: int
+) -> tuple[Array, Array, Array]:
+    """Run :func:`_forward_rows` over every query block (in ``workers`` threads): ``out, m, l``."""
+    bq, bk = blocks
+    out = np.zeros(x.out_shape, dtype=x.q.dtype)
+    m, l = (np.empty(x.scores_shape[:-1], dtype=x.q.dtype) for _ in range(2))  # noqa: E741
+
+    def task(starts: list[int]) -> None:
+        for i0 in starts:
+            i1 = min(i0 + bq, lay.L)
+            o_rows, m_rows, l_rows = _forward_rows(x, lay, i0, i1, bk, drop)
+            out[..., i0:i1, :] = lay.unrows(o_rows, i1 - i0)
+            m[..., i0:i1] = lay.unrows(m_rows, i1 - i0)[..., 0]
+            l[..., i0:i1] = lay.unrows(l_rows, i1 - i0)[..., 0]
+
+    _map_blocks(task, lay.L, bq, workers)
+    return out, m, l
 
 
 def flash_attention_forward(
@@ -351,16 +415,19 @@ def flash_attention_forward(
     enable_gqa: bool = False,
     *,
     causal_align: str = "top_left",
+    dropout_p: float = 0.0,
+    dropout_mask: ArrayLike | None = None,
     block_q: int | None = None,
     block_k: int | None = None,
     workers: int | None = None,
+    **variants: Any,
 ) -> tuple[Array, FlashCache]:
     r"""Scaled dot-product attention by tiles with an online softmax (FlashAttention).
 
     Same result as :func:`numpy_attention.attention.attention_forward`
-    (without dropout) in at most one block of scores of extra memory per
-    thread. Shapes: ``q (..., Hq, L, E)``, ``k (..., Hkv, S, E)``,
-    ``v (..., Hkv, S, Ev)`` -> ``out (..., Hq, L, Ev)``.
+    in at most one block of scores of extra memory per thread. Shapes:
+    ``q (..., Hq, L, E)``, ``k (..., Hkv, S, E)``, ``v (..., Hkv, S, Ev)``
+    -> ``out (..., Hq, L, Ev)``.
 
     Parameters
     ----------
@@ -377,7 +444,11 @@ def flash_attention_forward(
     enable_gqa : bool, optional
         Grouped-query attention: query head ``h`` uses key/value head ``h // G``.
     causal_align : {"top_left", "bottom_right"}, optional
-        Where the causal diagonal sits when ``L != S`` (see ``causal_mask``).
+        Where query ``i`` sits on the key axis (see ``attention_forward``).
+    dropout_p : float, optional
+        Dropout rate, with ``dropout_mask`` (required when ``dropout_p > 0``).
+    dropout_mask : array_like of bool, optional
+        Keep-mask (True = kept) broadcastable to ``(..., Hq, L, S)``, read by blocks.
     block_q, block_k : int, optional
         Queries and keys per block (any size >= 1; they need not divide
         ``L`` or ``S``). Default: from 256 x 512, the larger side halved
@@ -389,30 +460,34 @@ def flash_attention_forward(
         Process query blocks in this many threads (NumPy releases the GIL);
         BLAS is limited to one thread meanwhile if ``threadpoolctl`` is
         installed. Default: one thread, no pool.
+    **variants
+        ``window``, ``chunk_size``, ``sink_tokens``, ``softcap``, ``score_mod``,
+        ``score_mod_grad``, ``mask_mod``, ``alibi_slopes``, ``sinks``, as in
+        :func:`~numpy_attention.attention.attention_forward`; the mods are
+        called per block, with the block's index arrays.
 
     Returns
     -------
     out : ndarray, shape (..., Hq, L, Ev)
         The attention output, in the inputs' (promoted) dtype.
     cache : FlashCache
-        ``out`` and ``lse`` for :func:`flash_attention_backward`.
+        ``out``, ``lse``, ``m``, ``l`` for :func:`flash_attention_backward`.
 
     Raises
     ------
     TypeError
-        As :func:`~numpy_attention.attention.check_inputs`; ``is_causal`` not
-        a bool (e.g. a ``dropout_p`` passed positionally: dropout is not
-        supported by the tiled functions); a block size or ``workers`` that
-        is not an integer.
+        As :func:`~numpy_attention.attention.attention_forward`; ``is_causal``
+        not a bool (e.g. a ``dropout_p`` passed positionally); a block size
+        or ``workers`` that is not an integer.
     ValueError
-        As :func:`~numpy_attention.attention.check_inputs`; a block size or
-        ``workers`` below 1; scores that overflow the dtype.
+        As :func:`~numpy_attention.attention.attention_forward`; a block size
+        or ``workers`` below 1; ``dropout_p > 0`` without a ``dropout_mask``.
 
     Notes
     -----
     Eqs. (5.1)-(5.6) of ``docs/flash.md``. For query block :math:`i` and key
-    blocks :math:`j = 1, 2, \dots` (blocks above the causal diagonal or
-    entirely masked are skipped, Eq. (5.2)):
+    blocks :math:`j = 1, 2, \dots` (blocks hidden by the causal mask, a
+    window, a chunk or the boolean mask are skipped, Eq. (5.2)):
 
     .. math::
 
@@ -428,7 +503,8 @@ def flash_attention_forward(
         O_i = \tilde O_i / \ell_i, \ \mathrm{lse}_i = m_i + \log \ell_i \;(5.6).
 
     A row with no visible key keeps :math:`m = -\infty`, :math:`\ell = 0`:
-    ``out = 0`` and ``lse = -inf``, as the core.
+    ``out = 0`` and ``lse = -inf``, as the core. With sinks the state starts
+    at :math:`m^{(0)} = \text{sink}_h`, :math:`\ell^{(0)} = 1` (Eq. (8.5)).
 
     References
     ----------
@@ -448,26 +524,21 @@ def flash_attention_forward(
     (True, (2, 7))
     """
     _check_is_causal(is_causal)
-    n_workers = _check_workers(workers)
-    x = check_inputs(q, k, v, attn_mask, is_causal, scale, enable_gqa, causal_align)
+    n_workers = 1 if workers is None else check_int(workers, "workers", minimum=1)
+    x = check_inputs(q, k, v, attn_mask, is_causal, scale, enable_gqa, causal_align, **variants)
+    keep = _check_tiled_dropout(dropout_p, dropout_mask, x.scores_shape)
     lay = _Layout(x.scores_shape, x.groups)
-    bq, bk = _tiling(x.scores_shape, block_q, block_k, _MAX_BLOCK)  # one block per thread
-    back_q, back_k = _tiling(x.scores_shape, block_q, block_k, _MAX_BLOCK // 2)  # two blocks
-    check = _may_overflow(x)
-    out = np.zeros(x.out_shape, dtype=x.q.dtype)
-    lse = np.empty(x.scores_shape[:-1], dtype=x.q.dtype)
-
-    def task(starts: list[int]) -> None:
-        for i0 in starts:
-            i1 = min(i0 + bq, lay.L)
-            o_rows, lse_rows = _forward_rows(x, lay, i0, i1, bk, check)
-            out[..., i0:i1, :] = lay.unrows(o_rows, i1 - i0)
-            lse[..., i0:i1] = lay.unrows(lse_rows, i1 - i0)[..., 0]
-
-    _map_blocks(task, lay.L, bq, n_workers)
-    cache = FlashCache(inputs=x, out=out, lse=lse, block_q=back_q, block_k=back_k,
-                       workers=n_workers)  # fmt: skip
-    return out.astype(x.dtype, copy=False), cache
+    bq, bk = _tiling(x.scores_shape, block_q, block_k, MAX_BLOCK)  # one block per thread
+    back_q, back_k = _tiling(x.scores_shape, block_q, block_k, MAX_BLOCK // 2)  # two blocks
+    (v,), e = pow2_scaled((x.v,), (lay.S + 1,))  # l <= S + 1 terms times v: v / 2^e, exact
+    drop = (keep, float(dropout_p), v)
+    out, m, l = _forward_all(x, lay, (bq, bk), drop, n_workers)  # noqa: E741
+    if e:
+        np.ldexp(out, e, out=out)
+    with np.errstate(divide="ignore"):
+        lse = m + np.log(l)  # Eq. (5.6); -inf for a row with no key
+    cache = FlashCache(x, out, lse, m, l, keep, float(dropout_p), back_q, back_k, n_workers)
+    return out.astype(x.dtype), cache  # a copy: editing it must not change the cache
 
 
 # ---------------------------------------------------------------------------
@@ -476,45 +547,44 @@ def flash_attention_forward(
 
 
 def _backward_rows(
-    x: AttentionInputs,
-    lay: _Layout,
-    i0: int,
-    i1: int,
-    bk: int,
-    rows: tuple[Array, Array, Array],
-    grads: _KeyGrads,
+    x: AttentionInputs, lay: _Layout, i0: int, i1: int, bk: int, rows: tuple, grads: _KeyGrads
 ) -> Array:
     """Eqs. (5.8)-(5.12) for query rows ``i0:i1``: return their ``dQ``; add into ``grads``."""
-    dO_rows, D_rows, lse_rows = rows
+    dO_l, D_l, m_rows, (keep, p_drop, v, e) = rows
     q_rows = lay.rows(x.q, i0, i1) * x.q.dtype.type(x.scale)  # scale Q_i, as in the forward
-    shift = np.where(lse_rows == -np.inf, 0.0, lse_rows).astype(q_rows.dtype)
+    shift = row_shift(m_rows)
     dq = np.zeros(lay.block_shape(i1 - i0, x.q.shape[-1]), dtype=q_rows.dtype)
     for j0 in range(0, lay.S, bk):
-        if not _block_visible(x, i0, i1, j0):
-            break  # Eq. (5.2), as in the forward
         j1 = min(j0 + bk, lay.S)
-        # the forward refused overflowing scores: no check needed here
-        s = _scores_block(x, lay, q_rows, i0, i1, j0, j1, False)  # Eq. (5.1), recomputed
-        if s is None:
-            continue
-        # P~ = exp(S - m), O = P~ V / l  (Eqs. 5.4-5.6)  ->  P_ij = exp(S_ij - lse_i)  (Eq. 5.8)
+        block = _scores_block(x, lay, q_rows, i0, i1, j0, j1)  # Eq. (5.1), recomputed
+        if block is None:
+            continue  # Eq. (5.2), as in the forward
+        s, S_c = block
+        # P~ = exp(S - m), O = P~ V / l  (Eqs. 5.4-5.6)  ->  P_ij = exp(S_ij - m_i) / l_i  (5.8);
+        # keep E = exp(S - m) and let 1/l ride on the row vectors: dO_l = dO / l, D_l = D / l
         s -= shift
-        P = np.exp(s, out=s)
-        # O_i = sum_j P_ij V_j  (Eqs. 5.5-5.6)  ->  dV_j += P_ij^T dO_i, dP_ij = dO_i V_j^T
+        E = np.exp(s, out=s)
+        Z = None if keep is None else block_view(keep, i0, j0, i1 - i0, j1 - j0) / (1 - p_drop)
+        E_d = E if Z is None else lay.rows_of(lay.split(E, i1 - i0) * Z, i1 - i0)
+        # O_i = sum_j P_d,ij V_j  (Eqs. 5.5-5.6)  ->  dV_j += P_d,ij^T dO_i,  dP_d,ij = dO_i V_j^T
         # (Eq. 5.9); each term is added as soon as it is made, to hold one at a time
-        grads.add_dv(j0, j1, np.swapaxes(P, -1, -2) @ dO_rows)
-        dP = dO_rows @ np.swapaxes(x.v[..., j0:j1, :], -1, -2)
+        grads.add_dv(j0, j1, np.swapaxes(E_d, -1, -2) @ dO_l)
+        dP = dO_l @ np.swapaxes(v[..., j0:j1, :], -1, -2)  # dP / l (v / 2^e)
+        if Z is not None:  # P_d = P * Z / (1 - p)  (Eq. 2.4)  ->  dP = dP_d * Z / (1 - p)
+            lay.split(dP, i1 - i0)[...] *= Z
         # P_ij = softmax rows (Eq. 5.8)  ->  dS_ij = P_ij * (dP_ij - D_i)  (Eq. 5.10)
-        dP -= D_rows
-        dP *= P
-        dS = dP
+        dP -= D_l
+        dP *= E
+        dS = np.ldexp(dP, e, out=dP) if e else dP
+        dS4 = lay.split(dS, i1 - i0)
+        # S_ij = ... + B_ij  (Eq. 5.1)  ->  dB_ij = dS_ij summed to B's shape  (Eq. 5.12)
+        grads.add_d_bias(dS4, i0, i1, j0, j1)
+        score_pipeline_backward(x, dS4, S_c, i0, j0)  # Eqs. (8.9)-(8.10), in place
         # S_ij = (scale Q_i) K_j^T  (Eq. 5.1)
         #   ->  dQ_i += scale dS_ij K_j,  dK_j += dS_ij^T (scale Q_i)  (Eq. 5.11)
         dq += dS @ x.k[..., j0:j1, :]
         grads.add_dk(j0, j1, np.swapaxes(dS, -1, -2) @ q_rows)
-        # S_ij = B_ij + ...  (Eq. 5.1)  ->  dB_ij = dS_ij summed to B's shape  (Eq. 5.12)
-        grads.add_d_bias(lay.split(dS, i1 - i0), i0, i1, j0, j1)
-        del s, P, dP, dS  # free this block before the next one is computed
+        del s, E, E_d, dP, dS, dS4, block  # free this block before the next one is computed
     dq *= x.q.dtype.type(x.scale)  # Eq. (5.11), the scale of dQ
     return dq
 
@@ -543,7 +613,7 @@ class _KeyGrads:
     def add_d_bias(self, dS: Array, i0: int, i1: int, j0: int, j1: int) -> None:
         if self.d_bias is None:
             return
-        target = _mask_block(self.d_bias, i0, i1, j0, j1)
+        target = block_view(self.d_bias, i0, j0, i1 - i0, j1 - j0)
         summed = sum_to_shape(dS, target.shape)
         with self.lock:
             target += summed
@@ -551,6 +621,9 @@ class _KeyGrads:
 
 def flash_attention_backward(d_out: ArrayLike, cache: FlashCache) -> AttentionGrads:
     r"""Hand-written backward of :func:`flash_attention_forward`, tile by tile.
+
+    Shapes: ``d_out (..., Hq, L, Ev)`` -> ``dq``, ``dk``, ``dv`` of the shapes
+    of ``q``, ``k``, ``v``; ``d_attn_mask`` the float mask's; ``d_sinks (Hq,)``.
 
     Parameters
     ----------
@@ -564,24 +637,28 @@ def flash_attention_backward(d_out: ArrayLike, cache: FlashCache) -> AttentionGr
     -------
     grads : AttentionGrads
         ``dq``, ``dk``, ``dv`` with the shapes of ``q``, ``k``, ``v`` (summed
-        over broadcast dimensions and GQA groups) and ``d_attn_mask`` (float
-        mask only, in the mask's own shape), as
+        over broadcast dimensions and GQA groups), ``d_attn_mask`` (float
+        mask only, in the mask's own shape) and ``d_sinks`` (sinks only), as
         :func:`numpy_attention.attention.attention_backward`.
 
     Raises
     ------
+    TypeError
+        If ``cache`` is not a :class:`FlashCache` (a core cache goes to
+        ``attention_backward``).
     ValueError
-        If ``d_out`` does not have the output's shape.
+        If ``d_out`` does not have the output's shape; a ``score_mod``
+        without ``score_mod_grad``.
 
     Notes
     -----
     Eqs. (5.7)-(5.12) of ``docs/flash.md``; each block of :math:`P` is
-    recomputed from the saved log-sum-exp instead of being stored:
+    recomputed from the saved row maximum and sum instead of being stored:
 
     .. math::
 
         D_i = \mathrm{rowsum}(dO_i \odot O_i) \;(5.7), \qquad
-        P_{ij} = e^{S_{ij} - \mathrm{lse}_i} \;(5.8),
+        P_{ij} = e^{S_{ij} - m_i} / \ell_i \;(5.8),
 
         dV_j \mathrel{+}= P_{ij}^\top dO_i, \ dP_{ij} = dO_i V_j^\top \;(5.9), \qquad
         dS_{ij} = P_{ij} \odot (dP_{ij} - D_i) \;(5.10),
@@ -606,46 +683,62 @@ def flash_attention_backward(d_out: ArrayLike, cache: FlashCache) -> AttentionGr
     ...     [(g.dq, ref.dq), (g.dk, ref.dk), (g.dv, ref.dv)])
     True
     """
+    check_instance(cache, FlashCache, "cache", "flash_attention_forward")
     x = cache.inputs
     lay = _Layout(x.scores_shape, x.groups)
-    dO = as_float_array(d_out, "d_out")
-    if dO.shape != cache.out.shape:
-        raise ValueError(
-            f"d_out has shape {dO.shape}, expected the output's shape {cache.out.shape}"
-        )
-    dO = dO.astype(cache.out.dtype, copy=False)
-    lse = cache.lse[..., None]
-    kv_lead = lay.heads() + (lay.S,)
-    bias_shape = (
-        None if x.bias is None else (1,) * (len(x.scores_shape) - x.bias.ndim) + x.bias.shape
-    )
-    grads = _KeyGrads(
-        dk=np.zeros(kv_lead + (x.k.shape[-1],), dtype=dO.dtype),
-        dv=np.zeros(kv_lead + (x.v.shape[-1],), dtype=dO.dtype),
-        d_bias=None if bias_shape is None else np.zeros(bias_shape, dtype=dO.dtype),
-        lock=threading.Lock(),
-    )
+    dO = check_grad(d_out, "d_out", cache.out.shape, cache.out.dtype)
+    # |dP| <= Ev max|dO| max|v| could overflow: v and out / 2^e (exact), dS * 2^e once small
+    (v, out), e = pow2_scaled((x.v, cache.out), (x.v.shape[-1], absmax(dO)))
+    l_safe = np.where(cache.l > 0, cache.l, 1.0)[..., None]  # a row with no key: l = 0
+    D = np.empty(cache.l.shape + (1,), dtype=dO.dtype)
+    grads = _key_grads(x, lay, dO.dtype)
     dq = np.empty(x.scores_shape[:-1] + (x.q.shape[-1],), dtype=dO.dtype)
     bq, bk = cache.block_q, cache.block_k
+    drop = (cache.keep, cache.dropout_p, v, e)
 
     def task(starts: list[int]) -> None:
         for i0 in starts:
             i1 = min(i0 + bq, lay.L)
-            dO_rows = lay.rows(dO, i0, i1)
-            # O_i = P_i V  (Eqs. 5.5-5.6)  ->  D_i = rowsum(dO_i * O_i) = rowsum(dP_i * P_i)
-            # (Eq. 5.7)
-            D_rows = np.sum(dO_rows * lay.rows(cache.out, i0, i1), axis=-1, keepdims=True)
-            rows = (dO_rows, D_rows, lay.rows(lse, i0, i1))
-            dq_rows = _backward_rows(x, lay, i0, i1, bk, rows, grads)
-            dq[..., i0:i1, :] = lay.unrows(dq_rows, i1 - i0)
+            # O_i = P_i V  (Eqs. 5.5-5.6)  ->  D_i = rowsum(dO_i * O_i)  (Eq. 5.7); with
+            # P = E / l (Eq. 5.8) the 1/l rides on the rows: dO_l = dO_i / l_i, D_l = D_i / l_i
+            dO_l = lay.rows(dO, i0, i1) / lay.rows(l_safe, i0, i1)
+            D_l = np.sum(dO_l * lay.rows(out, i0, i1), axis=-1, keepdims=True)
+            D[..., i0:i1, :] = lay.unrows(D_l * lay.rows(l_safe, i0, i1), i1 - i0)
+            rows = (dO_l, D_l, lay.rows(cache.m[..., None], i0, i1), drop)
+            dq[..., i0:i1, :] = lay.unrows(_backward_rows(x, lay, i0, i1, bk, rows, grads), i1 - i0)
 
     _map_blocks(task, lay.L, bq, cache.workers)
+    return _flash_grads(x, dq, grads, cache, D, e)
+
+
+def _key_grads(x: AttentionInputs, lay: _Layout, dtype: np.dtype) -> _KeyGrads:
+    """Zeroed sums for ``dK``, ``dV`` (block layout) and ``dB`` (the bias's shape)."""
+    kv_lead = lay.heads() + (lay.S,)
+    pad = len(x.scores_shape) - (0 if x.bias is None else x.bias.ndim)
+    return _KeyGrads(
+        dk=np.zeros(kv_lead + (x.k.shape[-1],), dtype=dtype),
+        dv=np.zeros(kv_lead + (x.v.shape[-1],), dtype=dtype),
+        d_bias=None if x.bias is None else np.zeros((1,) * pad + x.bias.shape, dtype=dtype),
+        lock=threading.Lock(),
+    )
+
+
+def _flash_grads(
+    x: AttentionInputs, dq: Array, grads: _KeyGrads, cache: FlashCache, D: Array, e: int
+) -> AttentionGrads:
+    """Sum the gradients to the inputs' shapes; ``d_sinks`` of Eq. (8.11) from ``D / 2^e``."""
     d_mask = None
     if grads.d_bias is not None and x.bias is not None:
         d_mask = grads.d_bias.reshape(x.bias.shape).astype(x.dtype)
+    d_sinks = None
+    if x.mods.sinks is not None:
+        g = -(sink_weights(x, cache.lse) * D[..., 0])
+        g = g.reshape((-1,) + g.shape[-2:]).sum(axis=(0, 2))
+        d_sinks = (np.ldexp(g, e) if e else g).astype(x.dtype, copy=False)
     return AttentionGrads(
         dq=sum_to_shape(dq, x.q.shape).astype(x.dtype, copy=False),
         dk=sum_to_shape(grads.dk, x.k.shape).astype(x.dtype, copy=False),
         dv=sum_to_shape(grads.dv, x.v.shape).astype(x.dtype, copy=False),
         d_attn_mask=d_mask,
+        d_sinks=d_sinks,
     )

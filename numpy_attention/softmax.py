@@ -27,6 +27,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from ._arrays import as_float_array as _as_float
 from ._arrays import compute_dtype
+from ._validate import check_grad
 
 __all__ = [
     "softmax",
@@ -34,12 +35,23 @@ __all__ = [
     "logsumexp",
     "softmax_backward",
     "log_softmax_backward",
+    "row_shift",
+    "softmax_lse_inplace",
 ]
 
 
-def _safe_max(x: NDArray[np.floating], axis: int) -> NDArray[np.floating]:
-    """Row maximum used as the shift ``m`` of Eq. (1.1); ``-inf`` and empty rows shift by 0."""
-    m = np.max(x, axis=axis, keepdims=True, initial=-np.inf)
+def row_shift(m: NDArray[np.floating]) -> NDArray[np.floating]:
+    """Return the shift ``m`` of Eq. (1.1) from a row maximum; a ``-inf`` row max shifts by 0.
+
+    The one place that decides what a fully masked row becomes: with a shift
+    of 0, ``exp(-inf - 0) = 0`` and no ``-inf - (-inf) = NaN`` can arise.
+    Used by every softmax here and by the tiled online softmax.
+
+    Examples
+    --------
+    >>> row_shift(np.array([2.0, -np.inf])).tolist()
+    [2.0, 0.0]
+    """
     return np.where(m == -np.inf, np.zeros_like(m), m)
 
 
@@ -50,11 +62,49 @@ def _upcast(*arrays: NDArray[np.floating]) -> tuple[np.dtype, list[NDArray[np.fl
     return dtype, [a.astype(cdtype, copy=False) for a in arrays]
 
 
-def _lse(x: NDArray[np.floating], axis: int) -> NDArray[np.floating]:
-    """Eq. (1.2) with ``keepdims=True``, in the dtype of ``x``."""
-    m = _safe_max(x, axis)
+def softmax_lse_inplace(
+    x: NDArray[np.floating], axis: int = -1, sink: NDArray[np.floating] | None = None
+) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
+    r"""Eqs. (1.1)-(1.2) in place: turn ``x`` into its softmax; also return the log-sum-exp.
+
+    The one softmax of the package: :func:`softmax`, :func:`logsumexp` and
+    the attention core (the weights and ``lse`` of Eq. (2.3)) call it.
+    ``sink`` (broadcastable to the log-sum-exp, keepdims) is one more logit
+    per slice that joins the denominator and gets no entry of the result (a
+    learned attention sink, Eq. (8.5)).
+
+    Returns
+    -------
+    P : ndarray
+        ``x`` itself, overwritten by ``exp(x - m) / sum``; all zeros for an all
+        ``-inf`` slice (with no sink).
+    lse : ndarray
+        ``m + log(sum)`` with ``axis`` kept (length 1); ``-inf`` for an all
+        ``-inf`` slice without a sink, the sink logit with one.
+
+    Examples
+    --------
+    >>> x = np.array([[0.0, 0.0], [-np.inf, -np.inf]])
+    >>> P, lse = softmax_lse_inplace(x)
+    >>> P.tolist(), lse.ravel().tolist()
+    ([[0.5, 0.5], [0.0, 0.0]], [0.6931471805599453, -inf])
+    >>> P, lse = softmax_lse_inplace(np.zeros((1, 2)), sink=np.zeros((1, 1)))
+    >>> P.round(4).tolist(), bool(lse[0, 0] == np.log(3.0))
+    ([[0.3333, 0.3333]], True)
+    """
+    m = np.max(x, axis=axis, keepdims=True, initial=-np.inf)  # empty slice: -inf
+    if sink is not None:
+        m = np.maximum(m, sink)
+    m = row_shift(m)
+    x -= m
+    np.exp(x, out=x)  # Eq. (1.1): e^{x - m} <= 1
+    total = np.sum(x, axis=axis, keepdims=True)
+    if sink is not None:
+        total = total + np.exp(sink - m)  # Eq. (8.5): the sink's term, no entry of its own
+    # an all -inf slice has total = 0: divide by 1 to give zeros; NaN stays NaN
+    x /= np.where(total == 0, np.ones_like(total), total)
     with np.errstate(divide="ignore"):  # log(0) = -inf for an all -inf slice
-        return m + np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True))
+        return x, m + np.log(total)  # Eq. (1.2)
 
 
 def softmax(x: ArrayLike, axis: int = -1) -> NDArray[np.floating]:
@@ -102,10 +152,8 @@ def softmax(x: ArrayLike, axis: int = -1) -> NDArray[np.floating]:
     array([0., 0.])
     """
     dtype, (x,) = _upcast(_as_float(x, "x"))
-    e = np.exp(x - _safe_max(x, axis))
-    total = np.sum(e, axis=axis, keepdims=True)
-    # an all -inf row has e = 0 and total = 0: divide by 1 to give zeros; NaN stays NaN
-    return (e / np.where(total == 0, np.ones_like(total), total)).astype(dtype, copy=False)
+    P, _ = softmax_lse_inplace(np.array(x, copy=True), axis)
+    return P.astype(dtype, copy=False)
 
 
 def logsumexp(x: ArrayLike, axis: int = -1, keepdims: bool = False) -> NDArray[np.floating]:
@@ -144,7 +192,8 @@ def logsumexp(x: ArrayLike, axis: int = -1, keepdims: bool = False) -> NDArray[n
     -inf
     """
     dtype, (x,) = _upcast(_as_float(x, "x"))
-    lse = _lse(x, axis).astype(dtype, copy=False)
+    _, lse = softmax_lse_inplace(np.array(x, copy=True), axis)
+    lse = lse.astype(dtype, copy=False)
     return lse if keepdims else np.squeeze(lse, axis=axis)
 
 
@@ -173,7 +222,11 @@ def log_softmax(x: ArrayLike, axis: int = -1) -> NDArray[np.floating]:
     -----
     Eq. (1.3) of ``docs/softmax.md``:
 
-    .. math:: \log\mathrm{softmax}(x)_i = x_i - \mathrm{lse}(x).
+    .. math:: \log\mathrm{softmax}(x)_i = x_i - \mathrm{lse}(x)
+              = (x_i - m) - \log\textstyle\sum_j e^{x_j - m}.
+
+    The shifted form keeps the digits of ``x_i - m``: in float32, ``[1e8, 1e8]``
+    gives ``-0.693`` each (``x - (m + log 2)`` would round to 0).
 
     Examples
     --------
@@ -181,9 +234,12 @@ def log_softmax(x: ArrayLike, axis: int = -1) -> NDArray[np.floating]:
     True
     """
     dtype, (x,) = _upcast(_as_float(x, "x"))
-    lse = _lse(x, axis)
-    safe_lse = np.where(lse == -np.inf, np.zeros_like(lse), lse)  # all -inf slice: stays -inf
-    return (x - safe_lse).astype(dtype, copy=False)
+    m = row_shift(np.max(x, axis=axis, keepdims=True, initial=-np.inf))
+    z = x - m  # Eq. (1.3), shifted first: (x - m) - log(sum), never x - (m + log(sum))
+    with np.errstate(divide="ignore"):  # an all -inf slice: log(0) = -inf, z - (-inf) below
+        log_total = np.log(np.sum(np.exp(z), axis=axis, keepdims=True))
+    y = z - np.where(log_total == -np.inf, np.zeros_like(log_total), log_total)
+    return y.astype(dtype, copy=False)
 
 
 def softmax_backward(d_y: ArrayLike, y: ArrayLike, axis: int = -1) -> NDArray[np.floating]:
@@ -222,9 +278,8 @@ def softmax_backward(d_y: ArrayLike, y: ArrayLike, axis: int = -1) -> NDArray[np
     >>> abs(float(softmax_backward([1.0, 0.0, 0.0], y).sum())) < 1e-15
     True
     """
-    d_y, y = _as_float(d_y, "d_y"), _as_float(y, "y")
-    if d_y.shape != y.shape:
-        raise ValueError(f"d_y has shape {d_y.shape}, expected the shape of y {y.shape}")
+    y = _as_float(y, "y")
+    d_y = check_grad(d_y, "d_y", y.shape, what="the shape of y")
     dtype, (d_y, y) = _upcast(d_y, y)
     # Eq. (1.4): the Jacobian-vector product, O(n) per slice instead of an n x n Jacobian
     return (y * (d_y - np.sum(d_y * y, axis=axis, keepdims=True))).astype(dtype, copy=False)
@@ -266,9 +321,8 @@ def log_softmax_backward(d_y: ArrayLike, y: ArrayLike, axis: int = -1) -> NDArra
     >>> np.allclose(d_x, [1.0, 0.0] - np.exp(y))
     True
     """
-    d_y, y = _as_float(d_y, "d_y"), _as_float(y, "y")
-    if d_y.shape != y.shape:
-        raise ValueError(f"d_y has shape {d_y.shape}, expected the shape of y {y.shape}")
+    y = _as_float(y, "y")
+    d_y = check_grad(d_y, "d_y", y.shape, what="the shape of y")
     dtype, (d_y, y) = _upcast(d_y, y)
     masked = y == -np.inf  # constants: they take no gradient and give none
     d_y = np.where(masked, np.zeros_like(d_y), d_y)
