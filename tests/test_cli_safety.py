@@ -411,13 +411,20 @@ def test_demo_restart_only_when_needed(tmp_path, monkeypatch, case):
     assert len(ran) == (0 if case == "not_the_demo" else 1)
 
 
-def test_run_demo_limits_blas_to_one_thread_while_it_runs(tmp_path, monkeypatch):
-    """With threadpoolctl, every BLAS library reports one thread inside the demo's block."""
+def test_run_demo_trains_the_model_on_one_blas_thread(tmp_path, monkeypatch):
+    """With threadpoolctl, every BLAS library reports one thread while the demo trains, and the
+    limit is lifted afterwards."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    from numpy_attention.app.demo import one_blas_thread
+    import numpy_attention.app.demo as demo
 
-    with one_blas_thread():
-        inside = [
+    def blas_threads():
+        return [
             i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"
         ]
-    assert inside and set(inside) == {1}
+
+    seen, train = [], demo.train
+    monkeypatch.setattr(demo, "train", lambda **kw: seen.append(blas_threads()) or train(**kw))
+    before = blas_threads()
+    demo.run_demo(tmp_path, quick=True, log=lambda line: None)
+    assert seen and set(seen[0]) == {1}
+    assert blas_threads() == before

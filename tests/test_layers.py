@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from optional import import_torch
+from optional import TORCH_MISSING
 from oracles import attention_oracle
 
 from numpy_attention.attention import attention_backward, attention_forward
@@ -462,7 +462,7 @@ def test_matches_torch_multihead_attention_with_kdim_vdim_and_padding(bias):
     """Same weights (w_q = q_proj_weight.T, ...), kdim = vdim != embed_dim, key_padding_mask
     (True = ignore) converted to key_lengths: outputs, per-head weights
     (average_attn_weights=False) and gradients of inputs and every parameter agree in float64."""
-    torch = import_torch()
+    torch = pytest.importorskip("torch", reason=TORCH_MISSING)
     rng = np.random.default_rng(14)
     E, Ekv, H, B, L, S = 6, 4, 3, 2, 3, 5
     mha = torch.nn.MultiheadAttention(E, H, kdim=Ekv, vdim=Ekv, batch_first=True, bias=bias)
@@ -514,7 +514,7 @@ def test_matches_torch_self_attention_with_packed_in_proj_and_causal_mask():
     """Self-attention with torch's packed in_proj_weight (3E, E) split into w_q, w_k, w_v and a
     causal attn_mask (torch's float -inf mask) agrees with our is_causal=True, with d_x the sum
     of both paths."""
-    torch = import_torch()
+    torch = pytest.importorskip("torch", reason=TORCH_MISSING)
     rng = np.random.default_rng(15)
     E, H, B, T = 4, 2, 2, 5
     mha = torch.nn.MultiheadAttention(E, H, batch_first=True).double()

@@ -29,8 +29,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -39,6 +38,7 @@ import numpy as np
 
 from .._arrays import Array
 from .._validate import check_int
+from ..flash import one_blas_thread
 from ..fusion import weighted_fusion
 from ..layers import CrossAttentionParams, cross_attention_forward
 from ..masks import causal_mask, padding_mask, sliding_window_mask
@@ -371,26 +371,6 @@ def _output_directory(out: str | Path) -> Path:
     return p
 
 
-@contextmanager
-def one_blas_thread() -> Iterator[None]:
-    """Run the block on one BLAS thread (with threadpoolctl; without it, leave BLAS as it is).
-
-    The demo's products are tiny: BLAS threads only fight over them.
-
-    Examples
-    --------
-    >>> with one_blas_thread():
-    ...     pass
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
-
-
 def run_demo(
     out: str | Path = "figures",
     *,
@@ -430,14 +410,15 @@ def run_demo(
     -----
     matplotlib's default style is used whatever the user's ``matplotlibrc``
     says, so the figures do not depend on local settings. BLAS runs on one
-    thread meanwhile (:func:`one_blas_thread`).
+    thread meanwhile (with threadpoolctl: :func:`numpy_attention.flash.one_blas_thread`).
     """
     import matplotlib.style
 
     seed = check_int(seed, "seed", minimum=0)
     out = _output_directory(out)
     written: list[Path] = []
-    with matplotlib.style.context("default"), one_blas_thread():
+    # one_blas_thread(n) limits BLAS while n > 1 threads run; here: the whole demo, one thread
+    with matplotlib.style.context("default"), one_blas_thread(2):
         _cross_attention(out, written, log)
         _fusion(out, written, log)
         _heads(out, written, log)
