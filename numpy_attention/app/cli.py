@@ -391,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
             _discard_stdout()
             return _fail(prog, f"cannot write to standard output: {e}")
         except KeyboardInterrupt:
-            return _fail(prog, "interrupted")
+            _fail(prog, "interrupted")
+            return 130  # the shell's code for SIGINT
         except Exception as e:  # never a traceback: say what happened in one line
             if os.environ.get("NUMPY_ATTENTION_TRACEBACK"):
                 raise
