@@ -6,10 +6,13 @@ Read ``docs/README.md`` first; the modules, bottom to top:
 - :mod:`numpy_attention.masks`: boolean masks (causal, padding, sliding window).
 - :mod:`numpy_attention.attention`: scaled dot-product attention, forward and backward.
 - :mod:`numpy_attention.flash`: FlashAttention's tiled online softmax (no L x S array).
+- :mod:`numpy_attention.serving`: varlen (packed) attention, KV-cache decoding, split-KV merge,
+  rotary embeddings.
 - :mod:`numpy_attention.layers`: multi-head cross-/self-attention layers, forward and backward.
 - :mod:`numpy_attention.fusion`: weighted fusion of attention branches (and concat + linear).
-- :mod:`numpy_attention.testing`: ``gradcheck`` and ``assert_attention_close``.
-- :mod:`numpy_attention.vectors`: golden vectors and ``check`` for other implementations.
+- :mod:`numpy_attention.verify`: the verification wing: ``gradcheck``, the tolerance policy,
+  ``assert_attention_close``, golden vectors and ``check`` for other implementations
+  (:mod:`numpy_attention.testing` re-exports its testing tools).
 - :mod:`numpy_attention.model`: a tiny model trained with the hand-written gradients.
 - :mod:`numpy_attention.app`: the ``numpy-attention`` command (cli, demo, plotting); its
   attention maps are importable as :mod:`numpy_attention.plotting` (matplotlib, lazily).
@@ -45,8 +48,24 @@ from .layers import (
 )
 from .masks import causal_mask, padding_mask, sliding_window_mask
 from .model import train
+from .serving import (
+    VarlenCache,
+    VarlenGrads,
+    document_mask,
+    kvcache_attention,
+    merge_attention_states,
+    merge_attention_states_backward,
+    merge_attention_states_forward,
+    pack,
+    rotary_cos_sin,
+    rotary_embedding,
+    rotary_embedding_backward,
+    unpack,
+    varlen_attention_backward,
+    varlen_attention_forward,
+)
 from .softmax import log_softmax, log_softmax_backward, logsumexp, softmax, softmax_backward
-from .testing import assert_attention_close, gradcheck
+from .verify import assert_attention_close, gradcheck
 
 __version__ = "0.1.0"
 
@@ -78,6 +97,20 @@ __all__ = [
     "causal_mask",
     "padding_mask",
     "sliding_window_mask",
+    "VarlenCache",
+    "VarlenGrads",
+    "document_mask",
+    "kvcache_attention",
+    "merge_attention_states",
+    "merge_attention_states_backward",
+    "merge_attention_states_forward",
+    "pack",
+    "rotary_cos_sin",
+    "rotary_embedding",
+    "rotary_embedding_backward",
+    "unpack",
+    "varlen_attention_backward",
+    "varlen_attention_forward",
     "log_softmax",
     "log_softmax_backward",
     "logsumexp",

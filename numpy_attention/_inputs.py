@@ -38,14 +38,14 @@ Mod = Callable[..., Any]
 
 @dataclass(frozen=True)
 class ScoreMods:
-    """The score transforms of Eqs. (8.1)-(8.4), each None when not asked for."""
+    """The score transforms of Eqs. (8.2)-(8.8), each None when not asked for."""
 
-    softcap: float | None = None  # c of Eq. (8.1)
-    score_mod: Mod | None = None  # Eq. (8.2)
+    softcap: float | None = None  # c of Eq. (8.2)
+    score_mod: Mod | None = None  # Eq. (8.3)
     score_mod_grad: Mod | None = None
-    mask_mod: Mod | None = None  # Eq. (8.4)
-    alibi: Array | None = None  # slopes as (..., Hq, 1, 1), Eq. (8.3)
-    sinks: Array | None = None  # (Hq, 1, 1), Eq. (8.5)
+    mask_mod: Mod | None = None  # Eq. (8.8)
+    alibi: Array | None = None  # slopes as (..., Hq, 1, 1), Eq. (8.4)
+    sinks: Array | None = None  # (Hq, 1, 1), Eq. (8.9)
 
     @property
     def keeps_scores(self) -> bool:
@@ -123,6 +123,8 @@ def _check_mask(
         return None, m
     if np.any(m == np.inf):
         raise ValueError("attn_mask (a float bias) must not contain +inf; use -inf to mask")
+    if np.isnan(m).any():
+        raise ValueError("attn_mask (a float bias) contains NaN; use -inf to mask a key")
     return m.astype(cdtype, copy=False), None
 
 
@@ -182,14 +184,13 @@ def _may_overflow(
     The bound holds for every partial sum of the dot product too; the bias and
     ALiBi (at most ``max|slope| * extent``) add theirs, and a ``score_mod`` may
     return anything. When the bound is below the dtype's range no score needs
-    a scan. Also returns whether ``q``, ``k`` and the bias hold no NaN and
-    ``q``, ``k`` no inf (non-finite inputs propagate instead of raising).
+    a scan. Also returns whether ``q`` and ``k`` are finite (NaN inputs
+    propagate instead of raising).
     """
     q_max, k_max = absmax(q), absmax(k)
     finite = math.isfinite(q_max) and math.isfinite(k_max)
     b_max = 0.0
     if bias is not None:
-        finite = finite and not np.isnan(bias).any()
         b_max = absmax(np.where(np.isinf(bias), 0.0, bias)) if bias.size else 0.0
     if mods.alibi is not None:
         b_max += absmax(mods.alibi) * extent
@@ -225,7 +226,7 @@ def _check_per_head(
 
 
 def _check_mods(kw: dict[str, Any], lead: tuple[int, ...], cdtype: np.dtype) -> ScoreMods:
-    """Validate the variants' score arguments of Eqs. (8.1)-(8.5)."""
+    """Validate the variants' score arguments of Eqs. (8.1)-(8.9)."""
     cap = kw.get("softcap")
     mod, grad = _check_mod(kw.get("score_mod"), "score_mod"), kw.get("score_mod_grad")
     if grad is not None and mod is None:

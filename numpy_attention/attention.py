@@ -20,9 +20,9 @@ Shapes (letter legend)::
 The forward, one line per equation::
 
     S        = scale * q @ k^T                         (2.1)
-    S_c      = softcap, then score_mod, of S           (8.1)-(8.2)
-    S_masked = S_c + B + ALiBi, -inf where masked      (2.2), (8.3)-(8.4)
-    P, lse   = softmax(S_masked), with the sinks       (2.3), (8.5)
+    S_c      = softcap, then score_mod, of S           (8.2)-(8.3)
+    S_masked = S_c + B + ALiBi, -inf where masked      (2.2), (8.4), (8.8)
+    P, lse   = softmax(S_masked), with the sinks       (2.3), (8.9)
     P_d      = P * Z / (1 - p)                         (2.4)
     out      = P_d @ v                                 (2.5)
 
@@ -54,6 +54,7 @@ __all__ = [
     "score_pipeline",
     "score_pipeline_backward",
     "sink_weights",
+    "sink_grad",
 ]
 
 
@@ -91,7 +92,7 @@ def _per_kv_head(a: Array, b: Array, groups: int) -> Array:
 
 
 # ---------------------------------------------------------------------------
-# The score pipeline, Eqs. (2.2), (8.1)-(8.4): shared with the tiled functions,
+# The score pipeline, Eqs. (2.2), (8.2)-(8.8): shared with the tiled functions,
 # which call it on one block (queries i0:, keys j0:) at a time
 # ---------------------------------------------------------------------------
 
@@ -150,10 +151,10 @@ def _mod_result(r: Any, name: str, shape: tuple[int, ...], kind: str) -> NDArray
 
 
 def _visible(x: AttentionInputs, S: Array, i0: int, j0: int, idx: tuple) -> Any:
-    """Eq. (8.4): bool attn_mask AND positions (causal, window, chunk, sinks) AND mask_mod."""
+    """Eq. (8.8): bool attn_mask AND positions (causal, window, chunk, sinks) AND mask_mod."""
     n, m = S.shape[-2:]
     allowed = None if x.keep is None else block_view(x.keep, i0, j0, n, m)
-    if x.pos.block(i0, i0 + n, j0, j0 + m) != "all":
+    if x.pos.active and x.pos.block(i0, i0 + n, j0, j0 + m) != "all":
         pos = x.pos.mask(idx[2], idx[3])
         allowed = pos if allowed is None else allowed & pos
     if x.mods.mask_mod is not None:
@@ -163,7 +164,7 @@ def _visible(x: AttentionInputs, S: Array, i0: int, j0: int, idx: tuple) -> Any:
 
 
 def score_pipeline(x: AttentionInputs, S: Array, i0: int = 0, j0: int = 0) -> Array | None:
-    r"""Eqs. (8.1)-(8.4) and (2.2) in place: ``S`` becomes ``S_masked``; returns ``S_c`` or None.
+    r"""Eqs. (8.2)-(8.8) and (2.2) in place: ``S`` becomes ``S_masked``; returns ``S_c`` or None.
 
     ``S (..., Hq, n, m)`` holds the scores of queries ``i0:i0+n`` and keys
     ``j0:j0+m`` (Eq. (2.1)); the positions (causal Eq. (2.6), window Eq. (2.8))
@@ -172,9 +173,9 @@ def score_pipeline(x: AttentionInputs, S: Array, i0: int = 0, j0: int = 0) -> Ar
 
     .. math::
 
-        S_c = g\big(c \tanh(S / c)\big) \;(8.1)\text{-}(8.2), \qquad
-        \tilde S = S_c + B - m_h |i + d - j| \;(2.2), (8.3), \qquad
-        \tilde S_{ij} = -\infty \text{ where not visible } (8.4).
+        S_c = g\big(c \tanh(S / c)\big) \;(8.2)\text{-}(8.3), \qquad
+        \tilde S = S_c + B - m_h |i + d - j| \;(2.2), (8.4), \qquad
+        \tilde S_{ij} = -\infty \text{ where not visible } (8.8).
 
     Examples
     --------
@@ -190,18 +191,18 @@ def score_pipeline(x: AttentionInputs, S: Array, i0: int = 0, j0: int = 0) -> Ar
     if mods.softcap is not None:
         S /= mods.softcap
         np.tanh(S, out=S)
-        S *= mods.softcap  # Eq. (8.1): S <- c tanh(S / c)
+        S *= mods.softcap  # Eq. (8.2): S <- c tanh(S / c)
     S_c = S.copy() if mods.keeps_scores else None
     if mods.score_mod is not None:
-        S[...] = _mod_result(mods.score_mod(S_c, *idx), "score_mod", S.shape, "f")  # Eq. (8.2)
+        S[...] = _mod_result(mods.score_mod(S_c, *idx), "score_mod", S.shape, "f")  # Eq. (8.3)
     with np.errstate(over="ignore"):  # an overflow here is refused by check_scores
         if x.bias is not None:
             S += block_view(x.bias, i0, j0, *S.shape[-2:])  # Eq. (2.2): + B
         if mods.alibi is not None:
-            S -= mods.alibi * np.abs(idx[2] + x.pos.offset - idx[3])  # (8.3): - m_h |i + d - j|
+            S -= mods.alibi * np.abs(idx[2] + x.pos.offset - idx[3])  # (8.4): - m_h |i + d - j|
     allowed = _visible(x, S, i0, j0, idx)
     if allowed is not None:
-        np.copyto(S, -np.inf, where=~allowed)  # Eqs. (2.2), (8.4): -inf where masked
+        np.copyto(S, -np.inf, where=~allowed)  # Eqs. (2.2), (8.8): -inf where masked
     return S_c
 
 
@@ -212,10 +213,10 @@ def score_pipeline_backward(
 
     Masked entries already hold 0 (their ``P`` is 0); the bias and ALiBi add
     nothing to the derivative; ``score_mod`` and the cap contribute their
-    derivatives, Eqs. (8.9)-(8.10):
+    derivatives, Eqs. (8.13)-(8.14):
 
-    .. math:: dS_c = dS_\text{masked} \odot g'(S_c) \;(8.9), \qquad
-              dS = dS_c \odot \big(1 - (\mathrm{capped}/c)^2\big) \;(8.10).
+    .. math:: dS_c = dS_\text{masked} \odot g'(S_c) \;(8.13), \qquad
+              dS = dS_c \odot \big(1 - (\mathrm{capped}/c)^2\big) \;(8.14).
 
     Examples
     --------
@@ -233,20 +234,20 @@ def score_pipeline_backward(
                 "score_mod was given without score_mod_grad; the backward needs "
                 "score_mod_grad(score, b, h, q_idx, kv_idx) = d score_mod / d score"
             )
-        # S = score_mod(S_c, ...)  (Eq. (8.2))  ->  dS_c = dS * score_mod_grad(S_c, ...)  (8.9)
+        # S = score_mod(S_c, ...)  (Eq. (8.3))  ->  dS_c = dS * score_mod_grad(S_c, ...)  (8.13)
         dS *= _mod_result(mods.score_mod_grad(S_c, *_indices(x, dS, i0, j0)),
                           "score_mod_grad", dS.shape, "f")  # fmt: skip
     if mods.softcap is not None and S_c is not None:
-        # S_c = c tanh(S / c)  (Eq. (8.1))  ->  dS = dS_c * (1 - tanh^2) = dS_c * (1 - (S_c/c)^2)
+        # S_c = c tanh(S / c)  (Eq. (8.2))  ->  dS = dS_c * (1 - tanh^2) = dS_c * (1 - (S_c/c)^2)
         t = S_c / mods.softcap  # S_c is kept before score_mod: the capped scores themselves
         t *= t
         np.subtract(1.0, t, out=t)
-        dS *= t  # Eq. (8.10)
+        dS *= t  # Eq. (8.14)
     return dS
 
 
 def sink_weights(x: AttentionInputs, lse: Array) -> Array:
-    """Eq. (8.5): each row's weight on its sink, ``exp(sink_h - lse_i)``, shape ``(..., Hq, L)``.
+    """Eq. (8.9): each row's weight on its sink, ``exp(sink_h - lse_i)``, shape ``(..., Hq, L)``.
 
     Examples
     --------
@@ -273,17 +274,17 @@ class AttentionCache:
     ----------
     P : ndarray, shape (..., Hq, L, S)
         Attention weights, Eq. (2.3), *before* dropout. Rows sum to 1 (less
-        the sink's share, Eq. (8.5)), or are all 0 for a query with no key.
+        the sink's share, Eq. (8.9)), or are all 0 for a query with no key.
     lse : ndarray, shape (..., Hq, L)
         Natural-log log-sum-exp of each row of masked scores, Eq. (2.3)
-        (with the sink's term, Eq. (8.5)); ``-inf`` for a fully masked row
+        (with the sink's term, Eq. (8.9)); ``-inf`` for a fully masked row
         (the sink logit with sinks).
     out : ndarray, shape (..., Hq, L, Ev)
         The output, in the compute dtype (the caller gets a copy).
     keep : ndarray of bool or None
         The dropout keep-mask that was applied (True = kept), Eq. (2.4).
     S_c : ndarray or None
-        The capped (and modded) scores, Eqs. (8.1)-(8.2), kept only for
+        The capped (and modded) scores, Eqs. (8.2)-(8.3), kept only for
         softcap and score_mod, whose derivatives need them.
     """
 
@@ -364,12 +365,12 @@ def attention_forward(
         ``i + d + right``; None = unbounded side, Eq. (2.8));
         ``chunk_size=C`` (query and key in the same chunk, Eq. (8.7));
         ``sink_tokens=n`` (the first ``n`` keys stay visible outside the
-        window or chunk, Eq. (8.8)); ``softcap=c > 0`` (Eq. (8.1));
+        window or chunk, Eq. (8.8)); ``softcap=c > 0`` (Eq. (8.2));
         ``score_mod(score, b, h, q_idx, kv_idx)`` with its derivative
-        ``score_mod_grad`` (Eq. (8.2)); ``mask_mod(b, h, q_idx, kv_idx) -> bool``
-        (Eq. (8.4)); ``alibi_slopes`` ``(Hq,)`` or ``(..., Hq)`` (Eq. (8.3));
+        ``score_mod_grad`` (Eq. (8.3)); ``mask_mod(b, h, q_idx, kv_idx) -> bool``
+        (Eq. (8.8)); ``alibi_slopes`` ``(Hq,)`` or ``(..., Hq)`` (Eq. (8.4));
         ``sinks`` ``(Hq,)``, a logit per query head in every row's denominator
-        (Eq. (8.5)).
+        (Eq. (8.9)).
 
     Returns
     -------
@@ -393,7 +394,7 @@ def attention_forward(
 
     Notes
     -----
-    Eqs. (2.1)-(2.5) of ``docs/attention.md`` and (8.1)-(8.5) of ``docs/variants.md``:
+    Eqs. (2.1)-(2.5) of ``docs/attention.md`` and Eqs. (8.1)-(8.9) of ``docs/variants.md``:
 
     .. math::
 
@@ -430,9 +431,9 @@ def attention_forward(
     check_scores(S, x, "scale * q k^T")
     if S.shape != x.scores_shape:  # v or the mask carry batch dims that q, k lack
         S = np.array(np.broadcast_to(S, x.scores_shape))
-    S_masked, S_c = S, score_pipeline(x, S)  # Eqs. (8.1)-(8.4), (2.2), in place
+    S_masked, S_c = S, score_pipeline(x, S)  # Eqs. (8.2)-(8.8), (2.2), in place
     check_scores(S_masked, x, "after the bias")
-    P, lse = softmax_lse_inplace(S_masked, sink=x.mods.sinks)  # Eqs. (2.3), (8.5), in place
+    P, lse = softmax_lse_inplace(S_masked, sink=x.mods.sinks)  # Eqs. (2.3), (8.9), in place
     P_d = _dropout(P, keep, float(dropout_p))  # Eq. (2.4)
     out = _per_query_head(P_d, x.v, G)  # Eq. (2.5)
     if out.shape != x.out_shape:
@@ -489,7 +490,7 @@ def attention_backward(d_out: ArrayLike, cache: AttentionCache) -> AttentionGrad
 
     Notes
     -----
-    Eqs. (2.10)-(2.16) of ``docs/attention.md`` and (8.9)-(8.11) of
+    Eqs. (2.10)-(2.16) of ``docs/attention.md`` and Eqs. (8.10)-(8.15) of
     ``docs/variants.md``, each undoing a forward line:
 
     .. math::
@@ -522,7 +523,7 @@ def attention_backward(d_out: ArrayLike, cache: AttentionCache) -> AttentionGrad
     dP = _per_query_head(dO, np.swapaxes(v, -1, -2), G)
     # P_d = P * Z / (1 - p)  (Eq. (2.4))  ->  dP = dP_d * Z / (1 - p)  (Eq. (2.11))
     dP = _dropout(dP, cache.keep, cache.dropout_p)
-    # P, lse = softmax(S_masked)  (Eqs. (2.3), (8.5))
+    # P, lse = softmax(S_masked)  (Eqs. (2.3), (8.9))
     #   ->  D = rowsum(dO * out),  dS_masked = P * (dP - D)  (Eqs. (2.12)-(2.13))
     D = np.sum(dO * out, axis=-1, keepdims=True)
     dS_masked = dP
@@ -531,10 +532,10 @@ def attention_backward(d_out: ArrayLike, cache: AttentionCache) -> AttentionGrad
     if e:
         np.ldexp(dS_masked, e, out=dS_masked)  # undo the scaling of v
     #   ->  d_sinks = -sum P_sink * D  (Eq. (8.11): the sink's column has dP = 0)
-    d_sinks = _sink_grad(x, cache.lse, D[..., 0], e)
+    d_sinks = sink_grad(x, cache.lse, D[..., 0], e)
     # S_masked = S_c + B ...  (Eq. (2.2))  ->  dB = dS_masked summed to B's shape  (Eq. (2.15))
     d_mask = None if x.bias is None else sum_to_shape(dS_masked, x.bias.shape).astype(x.dtype)
-    # S_c = softcap, score_mod of S  (Eqs. (8.1)-(8.2))  ->  dS  (Eqs. (8.9)-(8.10))
+    # S_c = softcap, score_mod of S  (Eqs. (8.2)-(8.3))  ->  dS  (Eqs. (8.13)-(8.14))
     dS = score_pipeline_backward(x, dS_masked, cache.S_c)
     # S = scale * q k^T  (Eq. (2.1))  ->  dq = scale dS k,  dk = scale dS^T q  (Eqs. (2.14), (2.16))
     dq = _per_query_head(dS, x.k, G) * x.scale
@@ -548,12 +549,22 @@ def attention_backward(d_out: ArrayLike, cache: AttentionCache) -> AttentionGrad
     )
 
 
-def _sink_grad(x: AttentionInputs, lse: Array, D: Array, e: int) -> Array | None:
-    """Eq. (8.11): ``d sink_h = -sum_{batch, i} P_sink_i D_i`` (``D`` divided by ``2^e``)."""
+def sink_grad(x: AttentionInputs, lse: Array, D: Array, e: int = 0) -> Array | None:
+    """Eq. (8.11): ``d sink_h = -sum_{batch, i} P_sink_i D_i`` (``D (..., Hq, L)`` given / ``2^e``).
+
+    Shared by the core and the tiled backward; None without sinks.
+
+    Examples
+    --------
+    >>> out, cache = attention_forward(np.zeros((1, 1, 1)), np.zeros((1, 1, 1)),
+    ...                                np.ones((1, 1, 1)), sinks=[0.0])
+    >>> sink_grad(cache.inputs, cache.lse, np.ones((1, 1))).tolist()  # -P_sink * D
+    [-0.5]
+    """
     if x.mods.sinks is None:
         return None
-    g = -(sink_weights(x, lse) * D)
-    g = g.reshape((-1,) + g.shape[-2:]).sum(axis=(0, 2))
+    g = -(sink_weights(x, lse) * D).sum(axis=-1)  # (..., Hq)
+    g = g.sum(axis=tuple(range(g.ndim - 1)))
     return np.ldexp(g, e).astype(x.dtype, copy=False) if e else g.astype(x.dtype, copy=False)
 
 

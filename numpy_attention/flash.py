@@ -55,7 +55,7 @@ from .attention import (
     check_scores,
     score_pipeline,
     score_pipeline_backward,
-    sink_weights,
+    sink_grad,
 )
 from .softmax import row_shift
 
@@ -200,7 +200,7 @@ class _Layout:
 def _scores_block(
     x: AttentionInputs, lay: _Layout, q_rows: Array, i0: int, i1: int, j0: int, j1: int
 ) -> tuple[Array, Array | None] | None:
-    """Eq. (5.1): ``S_ij = (scale Q_i) K_j^T`` through Eqs. (8.1)-(8.4), (2.2); or None if hidden.
+    """Eq. (5.1): ``S_ij = (scale Q_i) K_j^T`` through Eqs. (8.2)-(8.8), (2.2); or None if hidden.
 
     Returns the block in the block layout ``(..., Hkv, G * bq, bk)`` with
     ``-inf`` where masked, and the capped scores ``S_c`` (in the scores'
@@ -218,7 +218,7 @@ def _scores_block(
     if s.shape != full:  # v or the mask carry batch dims that q, k lack
         s = np.array(np.broadcast_to(s, full))
     s4 = lay.split(s, i1 - i0)  # a view in the scores' layout (..., Hq, bq, bk)
-    S_c = score_pipeline(x, s4, i0, j0)  # Eqs. (8.1)-(8.4), (2.2), in place
+    S_c = score_pipeline(x, s4, i0, j0)  # Eqs. (8.2)-(8.8), (2.2), in place
     check_scores(s4, x, "after the bias")
     return s, S_c
 
@@ -318,7 +318,7 @@ class FlashCache:
         The output, in the compute dtype (the caller gets a copy).
     lse : ndarray, shape (..., Hq, L)
         Natural-log log-sum-exp of each row of masked scores, Eq. (5.6)
-        (with the sink's term, Eq. (8.5)); ``-inf`` for a fully masked row.
+        (with the sink's term, Eq. (8.9)); ``-inf`` for a fully masked row.
     m, l : ndarray, shape (..., Hq, L)
         The final running maximum and sum, Eqs. (5.3), (5.5): the backward
         recomputes ``P = exp(S - m) / l`` from them (Eq. (5.8)), exactly even
@@ -346,7 +346,7 @@ class FlashCache:
 
 
 def _initial_state(x: AttentionInputs, lay: _Layout, i0: int, i1: int) -> tuple[Array, Array]:
-    """``m^(0)``, ``l^(0)`` of Eq. (5.3): ``-inf`` and 0, or a sink's logit and 1 (Eq. (8.5))."""
+    """``m^(0)``, ``l^(0)`` of Eq. (5.3): ``-inf`` and 0, or a sink's logit and 1 (Eq. (8.9))."""
     shape = lay.block_shape(i1 - i0, 1)
     if x.mods.sinks is None:
         return np.full(shape, -np.inf, dtype=x.q.dtype), np.zeros(shape, dtype=x.q.dtype)
@@ -502,9 +502,11 @@ def flash_attention_forward(
         \;(5.5), \qquad
         O_i = \tilde O_i / \ell_i, \ \mathrm{lse}_i = m_i + \log \ell_i \;(5.6).
 
-    A row with no visible key keeps :math:`m = -\infty`, :math:`\ell = 0`:
-    ``out = 0`` and ``lse = -inf``, as the core. With sinks the state starts
-    at :math:`m^{(0)} = \text{sink}_h`, :math:`\ell^{(0)} = 1` (Eq. (8.5)).
+    The variants' Eqs. (8.1)-(8.9) of ``docs/variants.md`` apply to each block
+    through the core's score pipeline. A row with no visible key keeps
+    :math:`m = -\infty`, :math:`\ell = 0`: ``out = 0`` and ``lse = -inf``, as
+    the core. With sinks the state starts at :math:`m^{(0)} = \text{sink}_h`,
+    :math:`\ell^{(0)} = 1` (Eq. (8.9)).
 
     References
     ----------
@@ -579,7 +581,7 @@ def _backward_rows(
         dS4 = lay.split(dS, i1 - i0)
         # S_ij = ... + B_ij  (Eq. 5.1)  ->  dB_ij = dS_ij summed to B's shape  (Eq. 5.12)
         grads.add_d_bias(dS4, i0, i1, j0, j1)
-        score_pipeline_backward(x, dS4, S_c, i0, j0)  # Eqs. (8.9)-(8.10), in place
+        score_pipeline_backward(x, dS4, S_c, i0, j0)  # Eqs. (8.13)-(8.14), in place
         # S_ij = (scale Q_i) K_j^T  (Eq. 5.1)
         #   ->  dQ_i += scale dS_ij K_j,  dK_j += dS_ij^T (scale Q_i)  (Eq. 5.11)
         dq += dS @ x.k[..., j0:j1, :]
@@ -667,7 +669,9 @@ def flash_attention_backward(d_out: ArrayLike, cache: FlashCache) -> AttentionGr
         dK_j \mathrel{+}= \mathrm{scale}\, dS_{ij}^\top Q_i \;(5.11), \qquad
         dB_{ij} = dS_{ij} \;(5.12).
 
-    With ``workers > 1`` the threads own interleaved query blocks; each
+    The variants' backward, Eqs. (8.10)-(8.15) of ``docs/variants.md``, runs on
+    each block as in the core. With ``workers > 1`` the threads own interleaved
+    query blocks; each
     computes its ``dQ_i`` alone and adds its terms of ``dK``, ``dV``, ``dB``
     into shared sums under a lock.
 
@@ -730,15 +734,10 @@ def _flash_grads(
     d_mask = None
     if grads.d_bias is not None and x.bias is not None:
         d_mask = grads.d_bias.reshape(x.bias.shape).astype(x.dtype)
-    d_sinks = None
-    if x.mods.sinks is not None:
-        g = -(sink_weights(x, cache.lse) * D[..., 0])
-        g = g.reshape((-1,) + g.shape[-2:]).sum(axis=(0, 2))
-        d_sinks = (np.ldexp(g, e) if e else g).astype(x.dtype, copy=False)
     return AttentionGrads(
         dq=sum_to_shape(dq, x.q.shape).astype(x.dtype, copy=False),
         dk=sum_to_shape(grads.dk, x.k.shape).astype(x.dtype, copy=False),
         dv=sum_to_shape(grads.dv, x.v.shape).astype(x.dtype, copy=False),
         d_attn_mask=d_mask,
-        d_sinks=d_sinks,
+        d_sinks=sink_grad(x, cache.lse, D[..., 0], e),
     )

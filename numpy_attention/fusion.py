@@ -8,27 +8,28 @@ either fixed by the caller or learned as :math:`\alpha = \mathrm{softmax}(\beta)
 and the seed code's form (concatenate the branch outputs, then a linear layer).
 Equations are numbered as in ``docs/fusion.md`` (chapter 4).
 
-Shapes (letter legend)::
+Shapes (letter legend; the attention letters are those of docs/README.md's Notation)::
 
-    N    branches      B    batch      T    sequence length
-    E    input width   Eo   each branch's output width      Ey   concat form's output width
+    N    branches      B    batch      T    sequence length (L = S = T in every branch)
+    Dm   input width   Do   each branch's output width      Dy   concat form's output width
 
-    x (B, T, E)     each branch output A_i (B, T, Eo)     fused y (B, T, Eo)
-    alpha, beta (N,)     concat form: w (N*Eo, Ey), b (Ey,), y (B, T, Ey)
+    x (B, T, Dm)     each branch output A_i (B, T, Do)     fused y (B, T, Do)
+    alpha, beta (N,)     concat form: w (N*Do, Dy), b (Dy,), y (B, T, Dy)
 """
 
 from __future__ import annotations
 
+import functools
 import math
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import ArrayLike
 
-from ._arrays import as_float_array
+from ._arrays import Array, as_float_array
+from ._validate import check_grad, check_instance, check_int
 from .layers import (
     CrossAttentionCache,
     CrossAttentionParams,
@@ -52,8 +53,6 @@ __all__ = [
     "weighted_fusion",
     "weighted_fusion_backward",
 ]
-
-Array = NDArray[np.floating]
 
 #: Largest ``|sum(alpha) - 1|`` accepted for convex weights.
 ALPHA_SUM_TOL = 1e-6
@@ -141,7 +140,7 @@ def weighted_fusion(
     """
     A = _stack_outputs(outputs)
     a = _check_alpha(alpha, A.shape[0], convex)
-    return np.tensordot(a.astype(A.dtype, copy=False), A, axes=1)  # Eq. (4.1)
+    return np.tensordot(a.astype(A.dtype, copy=False), A, axes=1)  # Y = sum_i a_i A_i  (Eq. (4.1))
 
 
 def weighted_fusion_backward(
@@ -168,7 +167,7 @@ def weighted_fusion_backward(
     Raises
     ------
     ValueError
-        Shapes that do not match the forward's.
+        Shapes that do not match the forward's (``d_y`` not of one output's shape).
 
     Notes
     -----
@@ -181,12 +180,11 @@ def weighted_fusion_backward(
     >>> d_out[1].tolist(), d_alpha.tolist()
     ([0.5, 0.5], [0.0, 2.0])
     """
+    # Shapes: dY (...) one output's shape, A (N, ...), alpha (N,) -> dA (N, ...), d_alpha (N,)
     A = _stack_outputs(outputs)
     a = _check_alpha(alpha, A.shape[0], convex=False).astype(A.dtype, copy=False)
-    dY = as_float_array(d_y, "d_y")
-    if dY.shape != A.shape[1:]:
-        raise ValueError(f"d_y has shape {dY.shape}, expected one output's shape {A.shape[1:]}")
-    # Y = sum_i alpha_i A_i  (Eq. 4.1)  ->  dA_i = alpha_i dY,  d_alpha_i = <dY, A_i>  (Eq. (4.3))
+    dY = check_grad(d_y, "d_y", A.shape[1:], what="one output's shape")
+    # Y = sum_i a_i A_i  (Eq. (4.1))  ->  dA_i = a_i dY, d_alpha_i = <dY, A_i>  (Eq. (4.3))
     d_alpha = A.reshape(A.shape[0], -1) @ dY.reshape(-1).astype(A.dtype, copy=False)
     d_A = a.reshape((-1,) + (1,) * dY.ndim) * dY
     if isinstance(outputs, np.ndarray):
@@ -207,7 +205,7 @@ class FusionParams:
     ----------
     branches : tuple of CrossAttentionParams
         One set of projections per branch :math:`A_i` (all with the same
-        input width ``E`` and output width ``Eo``).
+        input width ``Dm`` and output width ``Do``).
     beta : ndarray of shape (N,), optional
         Learned logits: :math:`\alpha = \mathrm{softmax}(\beta)`, Eq. (4.2).
     alpha : ndarray of shape (N,), optional
@@ -228,8 +226,19 @@ class FusionParams:
     alpha: Array | None = None
 
 
+class _BranchCaches:
+    """A cache that holds one ``CrossAttentionCache`` per branch, and their weights."""
+
+    branch_caches: tuple[CrossAttentionCache, ...]
+
+    @property
+    def branch_weights(self) -> list[Array]:
+        """Each branch's attention weights, ``(B, H_i, T, T)``."""
+        return [c.weights for c in self.branch_caches]
+
+
 @dataclass(frozen=True)
-class FusionCache:
+class FusionCache(_BranchCaches):
     """What :func:`fusion_backward` needs; also the forward's by-products.
 
     Attributes
@@ -238,21 +247,16 @@ class FusionCache:
         The fusion weights used (``softmax(beta)`` when learned).
     learned : bool
         True when ``alpha = softmax(params.beta)``.
-    outputs : ndarray, shape (N, B, T, Eo)
+    outputs : ndarray, shape (N, B, T, Do)
         Each branch's output :math:`A_i(X)`.
     branch_caches : tuple of CrossAttentionCache
-        Each branch's cache.
+        Each branch's cache; ``branch_weights`` lists their attention weights.
     """
 
     alpha: Array
     learned: bool
     outputs: Array
     branch_caches: tuple[CrossAttentionCache, ...]
-
-    @property
-    def branch_weights(self) -> list[Array]:
-        """Each branch's attention weights, ``(B, H_i, T, T)``."""
-        return [c.weights for c in self.branch_caches]
 
 
 def _check_branches(branches: object) -> tuple[CrossAttentionParams, ...]:
@@ -282,7 +286,7 @@ def init_fusion(
     rng : numpy.random.Generator
         Source of the random weights.
     e : int
-        Input width ``E`` (queries, keys and values all come from ``x``).
+        Input width ``Dm`` (queries, keys and values all come from ``x``).
     num_branches : int
         ``N``.
     num_heads : int, optional
@@ -310,19 +314,12 @@ def init_fusion(
     >>> len(p.branches), p.beta.tolist(), p.alpha
     (3, [0.0, 0.0, 0.0], None)
     """
-    if isinstance(num_branches, (bool, np.bool_)) or not isinstance(num_branches, numbers.Integral):
-        raise TypeError(
-            f"num_branches must be a positive integer, got {type(num_branches).__name__}"
-        )
-    if num_branches <= 0:
-        raise ValueError(f"num_branches must be a positive integer, got {num_branches}")
-    branches = tuple(
-        init_cross_attention(rng, e, e, num_heads, **kwargs) for _ in range(num_branches)
-    )
+    N = check_int(num_branches, "num_branches", minimum=1)
+    branches = tuple(init_cross_attention(rng, e, e, num_heads, **kwargs) for _ in range(N))
     dtype = branches[0].w_q.dtype
     if alpha is not None:
-        return FusionParams(branches, alpha=_check_alpha(alpha, int(num_branches), convex=True))
-    return FusionParams(branches, beta=np.zeros(int(num_branches), dtype))
+        return FusionParams(branches, alpha=_check_alpha(alpha, N, convex=True))
+    return FusionParams(branches, beta=np.zeros(N, dtype))
 
 
 def _fusion_alpha(
@@ -356,6 +353,28 @@ def _fusion_alpha(
     return _check_alpha(source, n, convex, given[0]), False
 
 
+def _branches_forward(
+    branches: Sequence[CrossAttentionParams], x: ArrayLike, kwargs: dict[str, Any], fused_as: str
+) -> tuple[list[Array], tuple[CrossAttentionCache, ...]]:
+    """Run each branch, ``A_i = SelfAttn_i(X)`` (Eq. (3.11)); the outputs must share one shape."""
+    results = [self_attention_forward(bp, x, **kwargs) for bp in branches]
+    shapes = [out.shape for out, _ in results]
+    if len(set(shapes)) != 1:
+        raise ValueError(
+            f"the branches' outputs must have one shape to be {fused_as}, got {shapes}"
+        )
+    return [out for out, _ in results], tuple(c for _, c in results)
+
+
+def _branches_backward(
+    d_A: Sequence[Array] | Array, caches: Sequence[CrossAttentionCache]
+) -> tuple[Array, tuple[CrossAttentionParams, ...]]:
+    """Undo ``A_i = SelfAttn_i(X)`` (Eq. (3.11)): ``dX = sum_i dX^(i)`` (Eq. (4.5)), and grads."""
+    grads = [self_attention_backward(d, c) for d, c in zip(d_A, caches, strict=True)]
+    d_x = functools.reduce(np.add, [d_xi for d_xi, _ in grads])  # x feeds every branch
+    return d_x, tuple(d_pi for _, d_pi in grads)
+
+
 def fusion_forward(
     params: FusionParams,
     x: ArrayLike,
@@ -370,7 +389,7 @@ def fusion_forward(
     ----------
     params : FusionParams
         The branches and, for learned weights, ``beta``.
-    x : array_like, shape (B, T, E)
+    x : array_like, shape (B, T, Dm)
         The input sequence; every branch attends over it.
     alpha : array_like of shape (N,), optional
         Fixed fusion weights. Give either this, ``params.alpha`` or
@@ -385,7 +404,8 @@ def fusion_forward(
 
     Returns
     -------
-    y : ndarray, shape (B, T, Eo)
+    y : ndarray, shape (B, T, Do)
+        A fresh array that the cache does not hold.
     cache : FusionCache
         ``cache.alpha`` (the weights used) and ``cache.branch_weights`` (each
         branch's attention weights).
@@ -419,17 +439,12 @@ def fusion_forward(
     if not isinstance(params, FusionParams):
         raise TypeError(f"params must be a FusionParams, got {type(params).__name__}")
     _check_branches(params.branches)
-    a, learned = _fusion_alpha(params, alpha, convex)
-    results = [self_attention_forward(bp, x, **kwargs) for bp in params.branches]
-    shapes = [out.shape for out, _ in results]
-    if len(set(shapes)) != 1:
-        raise ValueError(f"the branches' outputs must have one shape to be fused, got {shapes}")
-    outputs = np.stack([out for out, _ in results])
-    y = np.tensordot(a.astype(outputs.dtype, copy=False), outputs, axes=1)  # Eq. (4.1)
-    cache = FusionCache(
-        alpha=a, learned=learned, outputs=outputs, branch_caches=tuple(c for _, c in results)
-    )
-    return y, cache
+    a, learned = _fusion_alpha(params, alpha, convex)  # a = softmax(beta)  (Eq. (4.2)), or fixed
+    # A_i = SelfAttn_i(X) for every branch  (Eq. (3.11))
+    A_list, caches = _branches_forward(params.branches, x, kwargs, "fused")
+    A = np.stack(A_list)  # (N, B, T, Do)
+    Y = np.tensordot(a.astype(A.dtype, copy=False), A, axes=1)  # Y = sum_i a_i A_i  (Eq. (4.1))
+    return Y, FusionCache(alpha=a, learned=learned, outputs=A, branch_caches=caches)
 
 
 def fusion_backward(d_y: ArrayLike, cache: FusionCache) -> tuple[Array, FusionParams]:
@@ -437,14 +452,14 @@ def fusion_backward(d_y: ArrayLike, cache: FusionCache) -> tuple[Array, FusionPa
 
     Parameters
     ----------
-    d_y : array_like, shape (B, T, Eo)
+    d_y : array_like, shape (B, T, Do)
         Gradient of the loss with respect to the fused output.
     cache : FusionCache
         From :func:`fusion_forward`.
 
     Returns
     -------
-    d_x : ndarray, shape (B, T, E)
+    d_x : ndarray, shape (B, T, Dm)
         Summed over the branches, Eq. (4.5).
     d_params : FusionParams
         ``branches``: each branch's gradients; ``alpha``: :math:`d\alpha`;
@@ -452,6 +467,8 @@ def fusion_backward(d_y: ArrayLike, cache: FusionCache) -> tuple[Array, FusionPa
 
     Raises
     ------
+    TypeError
+        If ``cache`` was not made by :func:`fusion_forward`.
     ValueError
         If ``d_y`` does not have the output's shape.
 
@@ -478,20 +495,16 @@ def fusion_backward(d_y: ArrayLike, cache: FusionCache) -> tuple[Array, FusionPa
     >>> d_x.shape, d_p.beta.shape, abs(float(d_p.beta.sum())) < 1e-12
     ((1, 3, 4), (2,), True)
     """
-    # Y = sum_i alpha_i A_i  (Eq. 4.1)  ->  dA_i, d_alpha  (Eq. (4.3))
-    d_A, d_alpha = weighted_fusion_backward(d_y, cache.outputs, cache.alpha)
-    # alpha = softmax(beta)  (Eq. 4.2)  ->  d_beta = alpha * (d_alpha - <alpha, d_alpha>)
-    # (Eq. (4.4), the softmax backward Eq. (1.4))
-    d_beta = softmax_backward(d_alpha, cache.alpha) if cache.learned else None
-    # A_i = SelfAttn_i(X)  (Eq. 3.11)  ->  dX = sum_i dX^(i)  (Eq. (4.5))
-    d_x: Array | None = None
-    d_branches = []
-    for d_Ai, bc in zip(d_A, cache.branch_caches, strict=True):
-        d_xi, d_pi = self_attention_backward(d_Ai, bc)
-        d_x = d_xi if d_x is None else d_x + d_xi
-        d_branches.append(d_pi)
-    assert d_x is not None  # at least one branch, checked by the forward
-    return d_x, FusionParams(tuple(d_branches), beta=d_beta, alpha=d_alpha)
+    # Shapes: dY (B, T, Do), A (N, B, T, Do), a, beta (N,) -> dA (N, B, T, Do), d_x (B, T, Dm)
+    c = check_instance(cache, FusionCache, "cache", "fusion_forward")
+    # Y = sum_i a_i A_i  (Eq. (4.1))  ->  dA_i = a_i dY, d_alpha_i = <dY, A_i>  (Eq. (4.3))
+    d_A, d_alpha = weighted_fusion_backward(d_y, c.outputs, c.alpha)
+    # a = softmax(beta)  (Eq. (4.2))  ->  d_beta = a * (d_alpha - <a, d_alpha>)  (Eq. (4.4)),
+    #   the softmax backward of Eq. (1.4)
+    d_beta = softmax_backward(d_alpha, c.alpha) if c.learned else None
+    # A_i = SelfAttn_i(X)  (Eq. (3.11))  ->  dX = sum_i dX^(i)  (Eq. (4.5))
+    d_x, d_branches = _branches_backward(d_A, c.branch_caches)
+    return d_x, FusionParams(d_branches, beta=d_beta, alpha=d_alpha)
 
 
 # ---------------------------------------------------------------------------
@@ -506,11 +519,11 @@ class ConcatFusionParams:
     Attributes
     ----------
     branches : tuple of CrossAttentionParams
-        One self-attention branch per :math:`A_i`, each of output width ``Eo``.
-    w : ndarray, shape (N*Eo, Ey)
+        One self-attention branch per :math:`A_i`, each of output width ``Do``.
+    w : ndarray, shape (N*Do, Dy)
         The linear layer after the concatenation; row block ``i`` (rows
-        ``i*Eo:(i+1)*Eo``) reads branch ``i``.
-    b : ndarray of shape (Ey,), optional
+        ``i*Do:(i+1)*Do``) reads branch ``i``.
+    b : ndarray of shape (Dy,), optional
         Its bias.
     """
 
@@ -520,25 +533,22 @@ class ConcatFusionParams:
 
 
 @dataclass(frozen=True)
-class ConcatFusionCache:
+class ConcatFusionCache(_BranchCaches):
     """What :func:`concat_fusion_backward` needs.
 
     Attributes
     ----------
     params : ConcatFusionParams
-    concat : ndarray, shape (B, T, N*Eo)
+        With the cache's own copies of ``w`` and ``b``.
+    concat : ndarray, shape (B, T, N*Do)
         The concatenated branch outputs, Eq. (4.6).
     branch_caches : tuple of CrossAttentionCache
+        Each branch's cache; ``branch_weights`` lists their attention weights.
     """
 
     params: ConcatFusionParams
     concat: Array
     branch_caches: tuple[CrossAttentionCache, ...]
-
-    @property
-    def branch_weights(self) -> list[Array]:
-        """Each branch's attention weights, ``(B, H_i, T, T)``."""
-        return [c.weights for c in self.branch_caches]
 
 
 def init_concat_fusion(
@@ -558,13 +568,13 @@ def init_concat_fusion(
     rng : numpy.random.Generator
         Source of the random weights.
     e : int
-        Input width ``E``.
+        Input width ``Dm``.
     num_branches : int
         ``N``.
     num_heads : int, optional
         Heads of every branch. Default 1.
     e_y : int, optional
-        Output width ``Ey``. Default ``e`` (as the seed's
+        Output width ``Dy``. Default ``e`` (as the seed's
         ``nn.Linear(d_model * n_head, d_model)``).
     bias : bool, optional
         Zero biases everywhere (default) or none.
@@ -575,12 +585,13 @@ def init_concat_fusion(
     Returns
     -------
     params : ConcatFusionParams
-        ``w`` is :math:`U(\pm 1/\sqrt{N E_o})`, ``nn.Linear``'s default.
+        ``w`` is :math:`U(\pm 1/\sqrt{N D_o})`, ``nn.Linear``'s default.
 
     Raises
     ------
     TypeError, ValueError
-        Bad sizes.
+        Bad sizes, ``rng`` or ``dtype`` (as
+        :func:`~numpy_attention.layers.init_cross_attention`).
 
     Examples
     --------
@@ -589,16 +600,25 @@ def init_concat_fusion(
     ((12, 4), (4,))
     """
     base = init_fusion(rng, e, num_branches, num_heads, bias=bias, **kwargs)
-    e_o = base.branches[0].w_o.shape[1]
-    n_in = int(num_branches) * e_o
-    if e_y is None:
-        e_y = int(e)
-    if isinstance(e_y, (bool, np.bool_)) or not isinstance(e_y, numbers.Integral) or e_y <= 0:
-        raise ValueError(f"e_y must be a positive integer, got {e_y!r}")
+    n_in = len(base.branches) * base.branches[0].w_o.shape[1]  # N * Do
+    d_y = int(e) if e_y is None else check_int(e_y, "e_y", minimum=1)
     dtype = base.branches[0].w_q.dtype
     bound = 1.0 / math.sqrt(n_in)
-    w = rng.uniform(-bound, bound, size=(n_in, int(e_y))).astype(dtype)
-    return ConcatFusionParams(base.branches, w=w, b=np.zeros(int(e_y), dtype) if bias else None)
+    w = rng.uniform(-bound, bound, size=(n_in, d_y)).astype(dtype)
+    return ConcatFusionParams(base.branches, w=w, b=np.zeros(d_y, dtype) if bias else None)
+
+
+def _check_linear(params: ConcatFusionParams, n: int, d_o: int) -> tuple[Array, Array | None]:
+    """Return own copies of ``w (N*Do, Dy)`` and ``b (Dy,)``, checked against ``N`` and ``Do``."""
+    w = np.array(as_float_array(params.w, "params.w"))
+    if w.ndim != 2 or w.shape[0] != n * d_o:
+        raise ValueError(
+            f"params.w has shape {w.shape}, expected (N*Do, Dy) with N*Do = {n}*{d_o} = {n * d_o}"
+        )
+    b = None if params.b is None else np.array(as_float_array(params.b, "params.b"))
+    if b is not None and b.shape != (w.shape[1],):
+        raise ValueError(f"params.b has shape {b.shape}, expected (Dy,) = ({w.shape[1]},)")
+    return w, b
 
 
 def concat_fusion_forward(
@@ -609,14 +629,15 @@ def concat_fusion_forward(
     Parameters
     ----------
     params : ConcatFusionParams
-    x : array_like, shape (B, T, E)
+    x : array_like, shape (B, T, Dm)
     **kwargs
         Keyword arguments of :func:`~numpy_attention.layers.cross_attention_forward`,
         applied to every branch.
 
     Returns
     -------
-    y : ndarray, shape (B, T, Ey)
+    y : ndarray, shape (B, T, Dy)
+        A fresh array that the cache does not hold.
     cache : ConcatFusionCache
         ``cache.branch_weights``: each branch's attention weights.
 
@@ -624,7 +645,7 @@ def concat_fusion_forward(
     ------
     TypeError, ValueError
         Branch outputs of different shapes; ``w`` not of shape
-        ``(N*Eo, Ey)``; ``b`` not of shape ``(Ey,)``; any error of the branches.
+        ``(N*Do, Dy)``; ``b`` not of shape ``(Dy,)``; any error of the branches.
 
     Notes
     -----
@@ -644,29 +665,12 @@ def concat_fusion_forward(
     if not isinstance(params, ConcatFusionParams):
         raise TypeError(f"params must be a ConcatFusionParams, got {type(params).__name__}")
     branches = _check_branches(params.branches)
-    results = [self_attention_forward(bp, x, **kwargs) for bp in branches]
-    shapes = [out.shape for out, _ in results]
-    if len(set(shapes)) != 1:
-        raise ValueError(
-            f"the branches' outputs must have one shape to be concatenated, got {shapes}"
-        )
-    concat = np.concatenate([out for out, _ in results], axis=-1)  # Eq. (4.6)
-    w = as_float_array(params.w, "params.w")
-    if w.ndim != 2 or w.shape[0] != concat.shape[-1]:
-        raise ValueError(
-            f"params.w has shape {w.shape}, expected (N*Eo, Ey) with N*Eo = "
-            f"{len(branches)}*{shapes[0][-1]} = {concat.shape[-1]}"
-        )
-    b = None if params.b is None else as_float_array(params.b, "params.b")
-    if b is not None and b.shape != (w.shape[1],):
-        raise ValueError(f"params.b has shape {b.shape}, expected (Ey,) = ({w.shape[1]},)")
-    y = concat @ w if b is None else concat @ w + b  # Eq. (4.6)
-    cache = ConcatFusionCache(
-        params=replace(params, w=w, b=b),
-        concat=concat,
-        branch_caches=tuple(c for _, c in results),
-    )
-    return y, cache
+    # A_i = SelfAttn_i(X) for every branch  (Eq. (3.11))
+    A, caches = _branches_forward(branches, x, kwargs, "concatenated")
+    C = np.concatenate(A, axis=-1)  # C = [A_1, ..., A_N], (B, T, N*Do)  (Eq. (4.6))
+    w, b = _check_linear(params, len(branches), A[0].shape[-1])
+    Y = C @ w if b is None else C @ w + b  # Y = C @ w + b  (Eq. (4.6))
+    return Y, ConcatFusionCache(params=replace(params, w=w, b=b), concat=C, branch_caches=caches)
 
 
 def concat_fusion_backward(
@@ -676,18 +680,20 @@ def concat_fusion_backward(
 
     Parameters
     ----------
-    d_y : array_like, shape (B, T, Ey)
+    d_y : array_like, shape (B, T, Dy)
     cache : ConcatFusionCache
 
     Returns
     -------
-    d_x : ndarray, shape (B, T, E)
+    d_x : ndarray, shape (B, T, Dm)
         Summed over the branches, Eq. (4.5).
     d_params : ConcatFusionParams
         Gradients of ``w``, ``b`` (None without bias) and every branch.
 
     Raises
     ------
+    TypeError
+        If ``cache`` is not the cache that :func:`concat_fusion_forward` returns.
     ValueError
         If ``d_y`` does not have the output's shape.
 
@@ -709,24 +715,17 @@ def concat_fusion_backward(
     >>> d_x.shape, d_p.w.shape
     ((1, 3, 4), (8, 4))
     """
-    p, C = cache.params, cache.concat
-    dY = as_float_array(d_y, "d_y")
-    expected = C.shape[:-1] + (p.w.shape[1],)
-    if dY.shape != expected:
-        raise ValueError(f"d_y has shape {dY.shape}, expected the output's shape {expected}")
-    # Y = C W + b  (Eq. 4.6)  ->  dW = C^T dY, db = sum dY, dC = dY W^T  (Eq. (4.7))
+    # Shapes: dY (B, T, Dy), C (B, T, N*Do), w (N*Do, Dy), dA_i (B, T, Do) -> d_x (B, T, Dm)
+    c = check_instance(cache, ConcatFusionCache, "cache", "concat_fusion_forward")
+    p, C = c.params, c.concat
+    dY = check_grad(d_y, "d_y", C.shape[:-1] + (p.w.shape[1],))
+    # Y = C @ w + b  (Eq. (4.6))  ->  dw = C^T dY, db = sum dY, dC = dY w^T  (Eq. (4.7))
     d_w = C.reshape(-1, C.shape[-1]).T @ dY.reshape(-1, dY.shape[-1])
     d_b = None if p.b is None else dY.sum(axis=tuple(range(dY.ndim - 1)))
     dC = dY @ p.w.T
-    # C = [A_1, ..., A_N]  (Eq. 4.6)  ->  dA_i = column block i of dC  (Eq. (4.7))
-    widths = [c.params.w_o.shape[1] for c in cache.branch_caches]
+    # C = [A_1, ..., A_N]  (Eq. (4.6))  ->  dA_i = dC[..., i*Do:(i+1)*Do]  (Eq. (4.7))
+    widths = [bc.params.w_o.shape[1] for bc in c.branch_caches]
     d_A = np.split(dC, np.cumsum(widths)[:-1], axis=-1)
-    # A_i = SelfAttn_i(X)  (Eq. 3.11)  ->  dX = sum_i dX^(i)  (Eq. (4.5))
-    d_x: Array | None = None
-    d_branches = []
-    for d_Ai, bc in zip(d_A, cache.branch_caches, strict=True):
-        d_xi, d_pi = self_attention_backward(d_Ai, bc)
-        d_x = d_xi if d_x is None else d_x + d_xi
-        d_branches.append(d_pi)
-    assert d_x is not None
+    # A_i = SelfAttn_i(X)  (Eq. (3.11))  ->  dX = sum_i dX^(i)  (Eq. (4.5))
+    d_x, d_branches = _branches_backward(d_A, c.branch_caches)
     return d_x, ConcatFusionParams(tuple(d_branches), w=d_w, b=d_b)

@@ -15,14 +15,16 @@ attention weights. The backward of the embedding, projections, readout and
 loss is written out here; the attention backward is
 :func:`numpy_attention.attention.attention_backward`. Adam (NumPy) trains it.
 
-Shapes (letter legend)::
+Shapes (letter legend; the attention letters are those of docs/README.md's Notation)::
 
-    B batch    L sequence length (queries = keys)    V vocabulary size
-    D model width (embedding, positional encoding)   E query/key/value width
+    B   batch        L   sequence length (queries = keys, S = L)     Nv  vocabulary size
+    Dm  model width (embedding, positional encoding)    E  query/key width    Ev  value width
 
-    tokens, targets (B, L) int       embed (V, D)    pe (L, D)
-    w_q, w_k, w_v (D, E)             w_o (E, V)      b_o (V,)
-    weights (B, L, L)                logits (B, L, V)
+    tokens, targets (B, L) int       embed (Nv, Dm)    pe (L, Dm)
+    w_q, w_k (Dm, E)    w_v (Dm, Ev)    w_o (Ev, Nv)    b_o (Nv,)
+    weights (B, L, L)                logits (B, L, Nv)
+
+:func:`init_model` makes ``E = Ev`` (its ``head_width``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from ._arrays import Array, as_float_array
+from ._validate import check_instance, check_int, check_real
 from .attention import AttentionCache, attention_backward, attention_forward
 from .softmax import log_softmax
 
@@ -54,7 +58,6 @@ __all__ = [
     "train",
 ]
 
-Array = NDArray[np.floating]
 Params = dict[str, Array]
 
 #: The trainable parameters, in a fixed order.
@@ -75,12 +78,19 @@ def reverse_task(
     ----------
     rng : numpy.random.Generator
     batch, length, vocab : int
-        ``B`` sequences of ``L`` tokens drawn uniformly from ``range(V)``.
+        ``B`` sequences of ``L`` tokens drawn uniformly from ``range(Nv)``.
 
     Returns
     -------
     tokens, targets : ndarray of int64, shape (B, L)
         ``targets[b, i] = tokens[b, L - 1 - i]``.
+
+    Raises
+    ------
+    TypeError
+        If ``rng`` is not a ``numpy.random.Generator`` or a size not an integer.
+    ValueError
+        If ``batch`` or ``length`` is negative or ``vocab`` is not positive.
 
     Examples
     --------
@@ -88,7 +98,10 @@ def reverse_task(
     >>> bool(np.array_equal(y, x[:, ::-1]))
     True
     """
-    tokens = rng.integers(0, vocab, size=(batch, length), dtype=np.int64)
+    rng = check_instance(rng, np.random.Generator, "rng", "numpy.random.default_rng")
+    B, L = check_int(batch, "batch"), check_int(length, "length")
+    Nv = check_int(vocab, "vocab", minimum=1)
+    tokens = rng.integers(0, Nv, size=(B, L), dtype=np.int64)
     return tokens, tokens[:, ::-1].copy()
 
 
@@ -106,30 +119,32 @@ def ideal_attention(length: int) -> Array:
 
 
 def positional_encoding(length: int, width: int) -> Array:
-    r"""Sinusoidal positional encoding (Vaswani et al. 2017), shape ``(L, D)``.
+    r"""Sinusoidal positional encoding (Vaswani et al. 2017), shape ``(L, Dm)``.
 
     Parameters
     ----------
     length : int
         ``L`` positions.
     width : int
-        ``D``, the model width (even).
+        ``Dm``, the model width (even).
 
     Returns
     -------
-    pe : ndarray, shape (L, D)
+    pe : ndarray, shape (L, Dm)
 
     Raises
     ------
+    TypeError
+        If ``length`` or ``width`` is not an integer.
     ValueError
-        If ``width`` is odd or not positive.
+        If ``length`` is negative, or ``width`` odd or not positive.
 
     Notes
     -----
     Eq. (6.2) of ``docs/model.md``:
 
     .. math:: PE_{i,2k} = \sin(i\,\omega_k), \quad PE_{i,2k+1} = \cos(i\,\omega_k),
-              \quad \omega_k = 10000^{-2k/D}.
+              \quad \omega_k = 10000^{-2k/D_m}.
 
     Examples
     --------
@@ -137,11 +152,12 @@ def positional_encoding(length: int, width: int) -> Array:
     array([[0.   , 1.   , 0.   , 1.   ],
            [0.841, 0.54 , 0.01 , 1.   ]])
     """
-    if width <= 0 or width % 2:
-        raise ValueError(f"width must be a positive even number, got {width}")
-    omega = 10000.0 ** (-np.arange(0, width, 2) / width)  # Eq. (6.2)
-    angle = np.arange(length)[:, None] * omega[None, :]
-    pe = np.empty((length, width))
+    L, Dm = check_int(length, "length"), check_int(width, "width")
+    if Dm <= 0 or Dm % 2:
+        raise ValueError(f"width must be a positive even number, got {Dm}")
+    omega = 10000.0 ** (-np.arange(0, Dm, 2) / Dm)  # omega_k = 10000^(-2k/Dm)  (Eq. (6.2))
+    angle = np.arange(L)[:, None] * omega[None, :]
+    pe = np.empty((L, Dm))
     pe[:, 0::2] = np.sin(angle)
     pe[:, 1::2] = np.cos(angle)
     return pe
@@ -161,13 +177,20 @@ def init_model(
     ----------
     rng : numpy.random.Generator
     vocab, width, head_width : int, optional
-        ``V``, ``D`` and ``E``. Defaults 10, 32, 32.
+        ``Nv``, ``Dm`` and ``E = Ev``. Defaults 10, 32, 32.
 
     Returns
     -------
     params : dict of str to ndarray
-        Keys :data:`PARAM_NAMES`: ``embed (V, D)``, ``w_q``, ``w_k``, ``w_v`` ``(D, E)``,
-        ``w_o (E, V)``, ``b_o (V,)``.
+        Keys :data:`PARAM_NAMES`: ``embed (Nv, Dm)``, ``w_q``, ``w_k`` ``(Dm, E)``,
+        ``w_v (Dm, Ev)``, ``w_o (Ev, Nv)``, ``b_o (Nv,)``.
+
+    Raises
+    ------
+    TypeError
+        If ``rng`` is not a ``numpy.random.Generator`` or a size not an integer.
+    ValueError
+        If a size is not positive.
 
     Examples
     --------
@@ -175,14 +198,16 @@ def init_model(
     >>> {k: v.shape for k, v in p.items()}["w_o"]
     (3, 5)
     """
-    V, D, E = vocab, width, head_width
+    rng = check_instance(rng, np.random.Generator, "rng", "numpy.random.default_rng")
+    Nv, Dm = check_int(vocab, "vocab", minimum=1), check_int(width, "width", minimum=1)
+    E = Ev = check_int(head_width, "head_width", minimum=1)
     return {
-        "embed": rng.standard_normal((V, D)),
-        "w_q": rng.standard_normal((D, E)) / math.sqrt(D),
-        "w_k": rng.standard_normal((D, E)) / math.sqrt(D),
-        "w_v": rng.standard_normal((D, E)) / math.sqrt(D),
-        "w_o": rng.standard_normal((E, V)) / math.sqrt(E),
-        "b_o": np.zeros(V),
+        "embed": rng.standard_normal((Nv, Dm)),
+        "w_q": rng.standard_normal((Dm, E)) / math.sqrt(Dm),
+        "w_k": rng.standard_normal((Dm, E)) / math.sqrt(Dm),
+        "w_v": rng.standard_normal((Dm, Ev)) / math.sqrt(Dm),
+        "w_o": rng.standard_normal((Ev, Nv)) / math.sqrt(Ev),
+        "b_o": np.zeros(Nv),
     }
 
 
@@ -193,20 +218,21 @@ class ModelCache:
     Attributes
     ----------
     tokens, targets : ndarray of int, shape (B, L)
-    h : ndarray, shape (B, L, D)
+        Own copies of the forward's tokens and targets.
+    h : ndarray, shape (B, L, Dm)
         Embedding plus positional encoding, Eq. (6.3).
-    q, k, v : ndarray, shape (B, L, E)
+    q, k, v : ndarray, shape (B, L, E), (B, L, E), (B, L, Ev)
         Projections, Eq. (6.4).
     attention : AttentionCache
         The cache of the attention layer, Eqs. (2.1)-(2.5).
-    o : ndarray, shape (B, L, E)
+    o : ndarray, shape (B, L, Ev)
         Attention output.
-    logits : ndarray, shape (B, L, V)
+    logits : ndarray, shape (B, L, Nv)
         Eq. (6.5).
-    log_probs : ndarray, shape (B, L, V)
+    log_probs : ndarray, shape (B, L, Nv)
         Log-softmax of the logits, Eq. (6.6).
     params : dict
-        The parameters the forward used.
+        Own float64 copies of the parameters the forward used.
     """
 
     tokens: NDArray[np.int64]
@@ -228,14 +254,39 @@ class ModelCache:
 
 
 def _check_tokens(x: ArrayLike, name: str, vocab: int) -> NDArray[np.int64]:
+    """Return an own int64 copy of ``x``: at least one token, all in ``[0, Nv)``."""
     t = np.asarray(x)
     if t.dtype.kind not in "iu":
         raise TypeError(f"{name} must be an integer array, got dtype {t.dtype}")
-    if t.ndim != 2:
-        raise ValueError(f"{name} must have shape (B, L), got shape {t.shape}")
-    if t.size and (t.min() < 0 or t.max() >= vocab):
-        raise ValueError(f"{name} must lie in [0, V={vocab}), got min {t.min()} and max {t.max()}")
-    return t.astype(np.int64, copy=False)
+    if t.ndim != 2 or t.size == 0:
+        raise ValueError(f"{name} must have shape (B, L) with B, L >= 1, got shape {t.shape}")
+    if t.min() < 0 or t.max() >= vocab:
+        raise ValueError(f"{name} must lie in [0, Nv={vocab}), got min {t.min()} and max {t.max()}")
+    return np.array(t, dtype=np.int64)
+
+
+def _check_params(params: Mapping[str, ArrayLike]) -> Params:
+    """Return own float64 copies of the parameters, their shapes checked against each other."""
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params must be a mapping with keys {PARAM_NAMES}, got {type(params)}")
+    missing = [n for n in PARAM_NAMES if n not in params]
+    if missing:
+        raise ValueError(f"params is missing {missing}; it needs the keys {PARAM_NAMES}")
+    p: Params = {
+        n: as_float_array(params[n], f"params[{n!r}]").astype(np.float64) for n in PARAM_NAMES
+    }
+    if not p["embed"].ndim == p["w_q"].ndim == p["w_v"].ndim == 2:
+        shapes = {n: p[n].shape for n in ("embed", "w_q", "w_v")}
+        raise ValueError(f"params['embed'], ['w_q'] and ['w_v'] must be 2-D, got shapes {shapes}")
+    (Nv, Dm), E, Ev = p["embed"].shape, p["w_q"].shape[1], p["w_v"].shape[1]
+    want = {"w_q": (Dm, E), "w_k": (Dm, E), "w_v": (Dm, Ev), "w_o": (Ev, Nv), "b_o": (Nv,)}
+    for n, shape in want.items():
+        if p[n].shape != shape:
+            raise ValueError(
+                f"params[{n!r}] has shape {p[n].shape}, expected {shape} "
+                f"(Nv={Nv}, Dm={Dm} from params['embed'], E={E}, Ev={Ev} from w_q, w_v)"
+            )
+    return p
 
 
 def model_forward(
@@ -248,22 +299,26 @@ def model_forward(
     params : mapping of str to array_like
         As returned by :func:`init_model`.
     tokens, targets : array_like of int, shape (B, L)
-        Input tokens and the token wanted at each position, in ``range(V)``.
+        Input tokens and the token wanted at each position, in ``range(Nv)``;
+        at least one of each.
 
     Returns
     -------
     loss : float
         Mean cross-entropy over the ``B * L`` positions, in nats, Eq. (6.6).
     cache : ModelCache
-        ``cache.logits`` (B, L, V), ``cache.weights`` (B, L, L), and the rest.
+        ``cache.logits`` (B, L, Nv), ``cache.weights`` (B, L, L), and the rest;
+        it holds its own copies of the parameters, tokens and targets.
 
     Raises
     ------
     ValueError
-        If ``tokens``/``targets`` differ in shape, are not 2-D, or hold tokens
-        outside ``[0, V)``.
+        If ``tokens``/``targets`` differ in shape, are not 2-D, are empty or
+        hold tokens outside ``[0, Nv)``; if a parameter is missing or its shape
+        does not fit the others'.
     TypeError
-        If ``tokens`` or ``targets`` is not an integer array.
+        If ``tokens`` or ``targets`` is not an integer array, or a parameter
+        not a real array.
 
     Notes
     -----
@@ -286,22 +341,24 @@ def model_forward(
     >>> cache.logits.shape, cache.weights.shape
     ((2, 5, 4), (2, 5, 5))
     """
-    p = {n: np.asarray(params[n], dtype=np.float64) for n in PARAM_NAMES}
-    V, D = p["embed"].shape
-    x = _check_tokens(tokens, "tokens", V)
-    y = _check_tokens(targets, "targets", V)
-    if x.shape != y.shape:
-        raise ValueError(f"targets has shape {y.shape}, expected the shape of tokens {x.shape}")
-    L = x.shape[1]
-    h = p["embed"][x] + positional_encoding(L, D)  # Eqs. (6.1)-(6.3)
-    q, k, v = h @ p["w_q"], h @ p["w_k"], h @ p["w_v"]  # Eq. (6.4)
-    o, att = attention_forward(q[:, None], k[:, None], v[:, None])  # Eqs. (2.1)-(2.5), one head
-    o = o[:, 0]
-    logits = o @ p["w_o"] + p["b_o"]  # Eq. (6.5)
-    log_probs = log_softmax(logits, axis=-1)  # Eq. (6.6)
+    p = _check_params(params)
+    Nv, Dm = p["embed"].shape
+    t = _check_tokens(tokens, "tokens", Nv)
+    y = _check_tokens(targets, "targets", Nv)
+    if t.shape != y.shape:
+        raise ValueError(f"targets has shape {y.shape}, expected the shape of tokens {t.shape}")
+    L = t.shape[1]
+    X = p["embed"][t]  # X = W_emb[tokens], (B, L, Dm)  (Eq. (6.1))
+    h = X + positional_encoding(L, Dm)  # H = X + PE  (Eqs. (6.2)-(6.3))
+    q, k, v = h @ p["w_q"], h @ p["w_k"], h @ p["w_v"]  # Q, K, V = H W_q, H W_k, H W_v  (Eq. (6.4))
+    # O = softmax(Q K^T / sqrt(E)) V, one head  (the core's Eqs. (2.1)-(2.5))
+    o1, att = attention_forward(q[:, None], k[:, None], v[:, None])
+    o = o1[:, 0]  # (B, L, Ev)
+    logits = o @ p["w_o"] + p["b_o"]  # Z = O W_o + b_o  (Eq. (6.5))
+    log_probs = log_softmax(logits, axis=-1)  # log softmax(Z)  (Eq. (6.6))
     picked = np.take_along_axis(log_probs, y[..., None], axis=-1)
-    loss = -float(np.mean(picked))  # Eq. (6.6)
-    cache = ModelCache(x, y, h, q, k, v, att, o, logits, log_probs, p)
+    loss = -float(np.mean(picked))  # loss = -mean_{b,i} log softmax(Z_bi)[y_bi]  (Eq. (6.6))
+    cache = ModelCache(t, y, h, q, k, v, att, o, logits, log_probs, p)
     return loss, cache
 
 
@@ -313,12 +370,20 @@ def model_backward(cache: ModelCache, d_loss: float = 1.0) -> Params:
     cache : ModelCache
         From :func:`model_forward`.
     d_loss : float, optional
-        Upstream gradient of the (scalar) loss. Default 1.
+        Upstream gradient of the (scalar) loss, a finite real number (or a
+        0-d array). Default 1.
 
     Returns
     -------
     grads : dict of str to ndarray
         ``grads[name]`` has the shape of ``params[name]``, for each of :data:`PARAM_NAMES`.
+
+    Raises
+    ------
+    TypeError
+        If ``cache`` is not a ``ModelCache`` or ``d_loss`` not a real number.
+    ValueError
+        If ``d_loss`` is not finite.
 
     Notes
     -----
@@ -346,31 +411,41 @@ def model_backward(cache: ModelCache, d_loss: float = 1.0) -> Params:
     >>> all(g[n].shape == p[n].shape for n in p)
     True
     """
-    c, p = cache, cache.params
+    # Shapes: dZ (B, L, Nv), dO (B, L, Ev), dQ, dK (B, L, E), dV (B, L, Ev), dH (B, L, Dm),
+    #         d_embed (Nv, Dm)
+    c = check_instance(cache, ModelCache, "cache", "model_forward")
+    if isinstance(d_loss, np.ndarray) and d_loss.shape == ():
+        d_loss = d_loss.item()
+    d_loss = check_real(d_loss, "d_loss")
+    p = c.params
     B, L = c.tokens.shape
-    V, D = p["embed"].shape
-    E = c.o.shape[-1]
-    # Eq. (6.7), undoes Eq. (6.6): the softmax/cross-entropy pair collapses to probs - onehot
+    Nv, Dm = p["embed"].shape
+    # loss = -mean_{b,i} log softmax(Z_bi)[y_bi]  (Eq. (6.6))
+    #   ->  dZ = d_loss / (B L) * (softmax(Z) - onehot(y))  (Eq. (6.7))
     d_logits = np.exp(c.log_probs)
     np.put_along_axis(
         d_logits, c.targets[..., None],
         np.take_along_axis(d_logits, c.targets[..., None], axis=-1) - 1.0, axis=-1,
     )  # fmt: skip
     d_logits *= d_loss / (B * L)
-    # Eq. (6.8), undoes Z = O W_o + b_o (Eq. (6.5))
-    d_w_o = c.o.reshape(-1, E).T @ d_logits.reshape(-1, V)
+    # Z = O W_o + b_o  (Eq. (6.5))  ->  dW_o = O^T dZ, db_o = sum dZ, dO = dZ W_o^T  (Eq. (6.8))
+    d_w_o = c.o.reshape(-1, c.o.shape[-1]).T @ d_logits.reshape(-1, Nv)
     d_b_o = d_logits.sum(axis=(0, 1))
     d_o = d_logits @ p["w_o"].T
-    # Eqs. (2.10)-(2.14), undo the attention (Eqs. (2.1)-(2.5))
+    # O = softmax(Q K^T / sqrt(E)) V  (Eqs. (2.1)-(2.5))  ->  dQ, dK, dV  (Eqs. (2.10)-(2.14))
     ga = attention_backward(d_o[:, None], c.attention)
     dq, dk, dv = ga.dq[:, 0], ga.dk[:, 0], ga.dv[:, 0]
-    # Eq. (6.9), undoes the projections Q, K, V = H W (Eq. (6.4))
-    hf = c.h.reshape(-1, D)
-    d_w_q, d_w_k, d_w_v = (hf.T @ g.reshape(-1, E) for g in (dq, dk, dv))
+    # Q, K, V = H W_q, H W_k, H W_v  (Eq. (6.4))
+    #   ->  dW_q = H^T dQ, dW_k = H^T dK, dW_v = H^T dV,
+    #       dH = dQ W_q^T + dK W_k^T + dV W_v^T  (Eq. (6.9))
+    hf = c.h.reshape(-1, Dm)
+    d_w_q, d_w_k, d_w_v = (hf.T @ g.reshape(-1, g.shape[-1]) for g in (dq, dk, dv))
     d_h = dq @ p["w_q"].T + dk @ p["w_k"].T + dv @ p["w_v"].T
-    # Eq. (6.10), undoes the lookup X = W_emb[x] (Eq. (6.1)); PE (Eq. (6.2)) is a constant
+    # H = X + PE  (Eq. (6.3))  ->  dX = dH (PE, Eq. (6.2), is a constant)
+    # X = W_emb[tokens]  (Eq. (6.1))
+    #   ->  dW_emb[t] = sum of dX over the positions holding token t  (Eq. (6.10))
     d_embed = np.zeros_like(p["embed"])
-    np.add.at(d_embed, c.tokens.ravel(), d_h.reshape(-1, D))
+    np.add.at(d_embed, c.tokens.ravel(), d_h.reshape(-1, Dm))
     return {
         "embed": d_embed,
         "w_q": d_w_q,
@@ -436,6 +511,13 @@ def adam_step(
     params : dict
     state : AdamState
 
+    Raises
+    ------
+    TypeError, ValueError
+        If ``lr`` is not a finite number ``>= 0``, a beta not in ``[0, 1)`` or
+        ``eps`` not ``> 0`` (``eps = 0`` would divide 0 by 0 where a gradient
+        is 0).
+
     Notes
     -----
     Eq. (6.11) of ``docs/model.md``, at step :math:`t` with gradient :math:`g`:
@@ -453,7 +535,10 @@ def adam_step(
     >>> p["w"].round(6).tolist()  # the first step moves by lr * sign(g)
     [-0.1]
     """
-    b1, b2 = betas
+    lr = check_real(lr, "lr", low=0.0)
+    b1 = check_real(betas[0], "betas[0]", low=0.0, high=1.0, high_open=True)
+    b2 = check_real(betas[1], "betas[1]", low=0.0, high=1.0, high_open=True)
+    eps = check_real(eps, "eps", low=0.0, low_open=True)
     t = state.t + 1
     m: Params = {n: b1 * state.m[n] + (1 - b1) * g for n, g in grads.items()}  # Eq. (6.11)
     v: Params = {n: b2 * state.v[n] + (1 - b2) * g * g for n, g in grads.items()}
@@ -543,6 +628,22 @@ def evaluate(
     }
 
 
+def _check_train(
+    seed: object, steps: object, batch: object, length: object, width: object, lr: object,
+    log: object, log_every: object, test_size: object,
+) -> None:  # fmt: skip
+    """Refuse the arguments of :func:`train` that would divide by zero, give NaN or fail late."""
+    check_int(seed, "seed")
+    check_int(steps, "steps")
+    for name, size in (("batch", batch), ("length", length), ("log_every", log_every)):
+        check_int(size, name, minimum=1)
+    check_int(test_size, "test_size", minimum=1)  # an empty test set has no accuracy
+    positional_encoding(0, check_int(width, "width"))  # refuses an odd or non-positive width
+    check_real(lr, "lr", low=0.0)
+    if log is not None and not callable(log):
+        raise TypeError(f"log must be callable (such as print) or None, got {type(log).__name__}")
+
+
 def train(
     seed: int = 0,
     steps: int = 400,
@@ -560,22 +661,35 @@ def train(
     Parameters
     ----------
     seed : int, optional
-        Seeds the initial parameters, the training batches and the test set.
+        Seeds the initial parameters, the training batches and the test set
+        (a non-negative integer).
     steps : int, optional
         Adam steps, each on a fresh batch. Default 400.
     batch, length, vocab, width : int, optional
-        ``B``, ``L``, ``V`` and ``D = E``. Defaults 64, 12, 16, 32.
+        ``B``, ``L``, ``Nv`` and ``Dm = E = Ev`` (even). Defaults 64, 12, 16, 32.
     lr : float, optional
         Adam step size. Default ``1e-2``.
     log : callable, optional
         Called with a progress line every ``log_every`` steps (e.g. ``print``).
     log_every : int, optional
+        At least 1. Default 50.
     test_size : int, optional
-        Number of held-out sequences the result is measured on. Default 1000.
+        Number of held-out sequences the result is measured on (at least 1).
+        Default 1000.
 
     Returns
     -------
     result : TrainResult
+
+    Raises
+    ------
+    TypeError
+        If a size, ``seed`` or ``log_every`` is not an integer, ``lr`` not a
+        real number or ``log`` not callable.
+    ValueError
+        If ``seed`` or ``steps`` is negative, ``batch``, ``length``, ``vocab``,
+        ``log_every`` or ``test_size`` is below 1, ``width`` is not a positive
+        even number or ``lr`` is negative or not finite.
 
     Examples
     --------
@@ -583,6 +697,7 @@ def train(
     >>> r.losses.shape
     (3,)
     """
+    _check_train(seed, steps, batch, length, width, lr, log, log_every, test_size)
     rng = np.random.default_rng(seed)
     params = init_model(rng, vocab, width, width)
     test_x, test_y = reverse_task(np.random.default_rng([seed, 1]), test_size, length, vocab)

@@ -71,7 +71,7 @@ def softmax_lse_inplace(
     the attention core (the weights and ``lse`` of Eq. (2.3)) call it.
     ``sink`` (broadcastable to the log-sum-exp, keepdims) is one more logit
     per slice that joins the denominator and gets no entry of the result (a
-    learned attention sink, Eq. (8.5)).
+    learned attention sink, Eq. (8.9)).
 
     Returns
     -------
@@ -100,7 +100,7 @@ def softmax_lse_inplace(
     np.exp(x, out=x)  # Eq. (1.1): e^{x - m} <= 1
     total = np.sum(x, axis=axis, keepdims=True)
     if sink is not None:
-        total = total + np.exp(sink - m)  # Eq. (8.5): the sink's term, no entry of its own
+        total = total + np.exp(sink - m)  # Eq. (8.9): the sink's term, no entry of its own
     # an all -inf slice has total = 0: divide by 1 to give zeros; NaN stays NaN
     x /= np.where(total == 0, np.ones_like(total), total)
     with np.errstate(divide="ignore"):  # log(0) = -inf for an all -inf slice

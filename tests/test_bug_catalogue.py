@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from optional import TORCH_MISSING
 
-from numpy_attention.vectors import build_suite, check_results, write_suite
+from numpy_attention.verify import build_suite, check_results, write_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -178,7 +178,7 @@ def suite_dir(tmp_path_factory: pytest.TempPathFactory, suite: list) -> Path:
 def test_torch_passes_check(suite_dir: Path, tmp_path: Path, dtype: str) -> None:
     """No false alarm on PyTorch: SDPA and nn.MultiheadAttention pass every case and quantity."""
     pytest.importorskip("torch", reason=TORCH_MISSING)
-    from numpy_attention.vectors import load_results, load_suite
+    from numpy_attention.verify import load_results, load_suite
 
     assert _adapter().main([str(suite_dir), str(tmp_path), "--dtype", dtype]) == 0
     man, expected = load_suite(suite_dir)

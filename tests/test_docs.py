@@ -44,6 +44,7 @@ CHAPTERS = {
     "flash.md": 5,
     "model.md": 6,
     "verify.md": 7,
+    "serving.md": 9,
 }
 
 Eq = tuple[int, int]
@@ -682,14 +683,14 @@ def _public_functions() -> list:
 
     found = []
     for path in _code_files():
+        parts = path.relative_to(PKG).with_suffix("").parts  # ("verify", "suite") in a wing
         if path.name.startswith("_") or path.stem in _COMMAND_LINE:
             continue
-        dotted = ".".join(path.relative_to(PKG).with_suffix("").parts)  # e.g. app.plotting
-        module = importlib.import_module(f"numpy_attention.{dotted}")
+        module = importlib.import_module(".".join(("numpy_attention", *parts)))
         for name in getattr(module, "__all__", []):
             obj = getattr(module, name)
             if inspect.isfunction(obj) and obj.__module__ == module.__name__:
-                found.append(pytest.param(obj, id=f"{dotted}.{name}"))
+                found.append(pytest.param(obj, id=f"{'.'.join(parts)}.{name}"))
     return found
 
 
@@ -702,3 +703,16 @@ def test_public_function_docstring_has_a_runnable_example(fn):
     assert examples and ">>>" in examples.group(1), (
         f"{fn.__module__}.{fn.__name__} has no 'Examples' section with a >>> example"
     )
+
+
+def test_reliability_page_names_only_tests_that_exist():
+    """docs/reliability.md: every test file and test function it names exists."""
+    text = (DOCS / "reliability.md").read_text(encoding="utf-8")
+    root = DOCS.parent
+    files = set(re.findall(r"`(tests/[\w/]+\.py)`", text))
+    names = set(re.findall(r"`(test_\w+)`", text))
+    assert files and names
+    missing = [f for f in files if not (root / f).is_file()]
+    sources = "".join(p.read_text(encoding="utf-8") for p in (root / "tests").glob("test_*.py"))
+    missing += [n for n in names if f"def {n}(" not in sources]
+    _fail(missing, "tests named in docs/reliability.md that do not exist")

@@ -35,10 +35,10 @@ from numpy_attention.layers import (
 from numpy_attention.testing import gradcheck
 
 
-def random_branches(rng, N, E=3, e_out=3, heads=(1, 2, 2), kv_heads=(None, None, 1)):
+def random_branches(rng, N, Dm=3, e_out=3, heads=(1, 2, 2), kv_heads=(None, None, 1)):
     """N self-attention branches with random weights and biases; branch 2 uses GQA."""
     return tuple(
-        random_params(rng, E, E, heads[i % 3], D=2, Dv=2, Hkv=kv_heads[i % 3], e_out=e_out)
+        random_params(rng, Dm, Dm, heads[i % 3], E=2, Ev=2, Hkv=kv_heads[i % 3], e_out=e_out)
         for i in range(N)
     )
 
@@ -329,7 +329,7 @@ def test_fusion_of_branches_with_different_output_widths_is_refused():
     x = rng.normal(size=(1, 2, 3))
     with pytest.raises(ValueError, match=r"outputs must have one shape"):
         fusion_forward(FusionParams(branches), x, alpha=[0.5, 0.5])
-    with pytest.raises(ValueError, match=r"params\.w has shape \(4, 3\), expected \(N\*Eo, Ey\)"):
+    with pytest.raises(ValueError, match=r"params\.w has shape \(4, 3\), expected \(N\*Do, Dy\)"):
         concat_fusion_forward(ConcatFusionParams(branches[:1] * 2, w=np.zeros((4, 3))), x)
 
 
@@ -352,10 +352,10 @@ def test_concat_of_one_head_branches_is_multi_head_attention():
     (w_o = I) is multi-head attention with H = N: the heads' projections are the branches'
     side by side, and the linear layer is W_o."""
     rng = np.random.default_rng(29)
-    E, D, N = 4, 2, 3
-    heads = [random_params(rng, E, E, 1, D=D, Dv=D, e_out=D) for _ in range(N)]
-    branches = tuple(replace(h, w_o=np.eye(D), b_o=None) for h in heads)
-    w_o, b_o = rng.normal(size=(N * D, 5)), rng.normal(size=5)
+    Dm, E, N = 4, 2, 3
+    heads = [random_params(rng, Dm, Dm, 1, E=E, Ev=E, e_out=E) for _ in range(N)]
+    branches = tuple(replace(h, w_o=np.eye(E), b_o=None) for h in heads)
+    w_o, b_o = rng.normal(size=(N * E, 5)), rng.normal(size=5)
     mha = CrossAttentionParams(
         **{n: np.concatenate([getattr(h, n) for h in heads], axis=-1) for n in NAMES[:3]},
         **{n: np.concatenate([getattr(h, n) for h in heads]) for n in ("b_q", "b_k", "b_v")},
@@ -363,10 +363,101 @@ def test_concat_of_one_head_branches_is_multi_head_attention():
         b_o=b_o,
         num_heads=N,
     )
-    x = rng.normal(size=(2, 4, E))
+    x = rng.normal(size=(2, 4, Dm))
     y, cache = concat_fusion_forward(ConcatFusionParams(branches, w=w_o, b=b_o), x, is_causal=True)
     ref, ref_cache = self_attention_forward(mha, x, is_causal=True)
     np.testing.assert_allclose(y, ref, rtol=0, atol=1e-14)
     np.testing.assert_allclose(
         np.concatenate(cache.branch_weights, axis=1), ref_cache.weights, rtol=0, atol=1e-15
     )
+
+
+# ---------------------------------------------------------------------------
+# Hardening (issue 14): clear errors for wrong arguments, caches that own their arrays
+# ---------------------------------------------------------------------------
+
+
+def _both_caches():
+    rng = np.random.default_rng(40)
+    branches = random_branches(rng, 2)
+    x = rng.normal(size=(1, 3, 3))
+    y, f_cache = fusion_forward(FusionParams(branches, beta=np.zeros(2)), x)
+    _, c_cache = concat_fusion_forward(ConcatFusionParams(branches, w=np.eye(6)[:, :3]), x)
+    return y, f_cache, c_cache
+
+
+@pytest.mark.parametrize(
+    ("backward", "made_by", "foreign"),
+    [
+        (fusion_backward, "FusionCache returned by fusion_forward", None),
+        (fusion_backward, "FusionCache returned by fusion_forward", "concat cache"),
+        (concat_fusion_backward, "ConcatFusionCache returned by concat_fusion_forward", None),
+        (concat_fusion_backward, "ConcatFusionCache returned by concat_fusion_forward", "fusion"),
+    ],
+)
+def test_fusion_backwards_refuse_a_foreign_cache_with_a_type_error_naming_it(
+    backward, made_by, foreign
+):
+    """None, or the other form's cache, passed to fusion_backward or concat_fusion_backward is a
+    TypeError that names the cache and the forward that makes one (not an AttributeError)."""
+    y, f_cache, c_cache = _both_caches()
+    cache = {None: None, "concat cache": c_cache, "fusion": f_cache}[foreign]
+    with pytest.raises(TypeError, match=rf"cache must be the {made_by}, got"):
+        backward(np.ones_like(y), cache)
+
+
+@pytest.mark.parametrize("init", [init_fusion, init_concat_fusion])
+@pytest.mark.parametrize("rng", [None, 7], ids=["None", "int seed"])
+def test_fusion_inits_refuse_an_rng_that_is_not_a_generator(init, rng):
+    """init_fusion and init_concat_fusion need a numpy.random.Generator: a TypeError says so."""
+    with pytest.raises(TypeError, match=r"rng must be the Generator .*numpy\.random\.default_rng"):
+        init(rng, 4, 2)
+
+
+@pytest.mark.parametrize(
+    ("value", "exc"), [(2.5, TypeError), (True, TypeError), (0, ValueError), ("3", TypeError)]
+)
+def test_init_concat_fusion_output_width_must_be_a_positive_integer(value, exc):
+    """e_y: a float, a bool or a string is a TypeError (not a ValueError), 0 a ValueError."""
+    with pytest.raises(exc, match=r"e_y must be .*(integer|>= 1), got"):
+        init_concat_fusion(np.random.default_rng(0), 4, 2, e_y=value)
+
+
+def _fusion_grads(d_x, g):
+    flat = {"x": d_x, **flat_grads(g.branches)}
+    if isinstance(g, FusionParams):
+        return {**flat, "alpha": g.alpha, "beta": g.beta}
+    return {**flat, "w": g.w, "b": g.b}
+
+
+def test_editing_the_output_inputs_and_params_in_place_leaves_the_fusion_backwards_unchanged():
+    """Neither form returns an array its cache holds, and their caches hold their own copies of x,
+    w, b and every branch's parameters: a residual x += y, y *= 2 and in-place optimizer steps
+    after the forward change no gradient of fusion_backward or concat_fusion_backward."""
+    rng = np.random.default_rng(41)
+    branches = random_branches(rng, 3)
+    x = rng.normal(size=(2, 4, 3))
+    w, b, beta = rng.normal(size=(9, 3)), rng.normal(size=3), rng.normal(size=3)
+    G = rng.normal(size=(2, 4, 3))
+    forms = [
+        (fusion_forward, fusion_backward, FusionParams(branches, beta=beta)),
+        (concat_fusion_forward, concat_fusion_backward, ConcatFusionParams(branches, w=w, b=b)),
+    ]
+    for forward, backward, params in forms:
+        ref = _fusion_grads(*backward(G, forward(params, x.copy())[1]))
+        x_in = x.copy()
+        y, cache = forward(params, x_in)
+        x_in += y  # a residual connection, in place
+        y *= 2.0
+        edited = [w, b] + [getattr(bp, n) for bp in branches for n in NAMES]
+        saved = [a.copy() for a in edited]
+        for a in edited:
+            a -= 0.1  # an optimizer step, in place
+        got = _fusion_grads(*backward(G, cache))
+        for a, s in zip(edited, saved, strict=True):
+            a[...] = s
+        for n, r in ref.items():
+            if r is None:
+                assert got[n] is None
+            else:
+                np.testing.assert_array_equal(got[n], r)

@@ -104,3 +104,92 @@ def test_entrywise_check_catches_an_error_too_small_for_the_directions():
     report = gradcheck(attention_forward, _inputs(), slightly_wrong, raise_on_failure=False)
     assert all(abs(n - a) <= 1e-6 + 1e-5 * abs(n) for n, a in report.directional)
     assert not report.passed and report.worst_input == "k" and report.worst_index == (0, 4, 1)
+
+
+# ---------------------------------------------------------------------------
+# Hardening (issue 14): gradcheck never passes vacuously
+# ---------------------------------------------------------------------------
+
+
+def _zero_backward(d_out, cache):
+    g = attention_backward(d_out, cache)
+    return AttentionGrads(dq=0 * g.dq, dk=0 * g.dk, dv=0 * g.dv, d_attn_mask=None)
+
+
+@pytest.mark.parametrize("eps", [float("nan"), float("inf"), 0.0, -1e-6])
+def test_gradcheck_refuses_an_eps_that_is_not_finite_and_positive(eps):
+    """eps = nan passed an all-zero backward, eps = 0 raised ZeroDivisionError: both (and inf,
+    negative) are a ValueError naming eps, even with a backward that is wrong everywhere."""
+    with pytest.raises(ValueError, match="eps must be a finite number > 0"):
+        gradcheck(attention_forward, _inputs(), _zero_backward, eps=eps, raise_on_failure=False)
+
+
+@pytest.mark.parametrize("name, value", [("atol", float("nan")), ("rtol", float("inf")),
+                                         ("atol", -1.0), ("max_entries", 0),
+                                         ("directions", -1)])  # fmt: skip
+def test_gradcheck_refuses_tolerances_that_would_pass_anything(name, value):
+    """A NaN/inf/negative tolerance or a count below its minimum is a ValueError naming it."""
+    with pytest.raises(ValueError, match=name):
+        gradcheck(attention_forward, _inputs(), _zero_backward, **{name: value})
+
+
+def test_gradcheck_refuses_a_truthy_raise_on_failure():
+    """raise_on_failure="no" is a TypeError, not a silent True."""
+    with pytest.raises(TypeError, match="raise_on_failure must be a bool"):
+        gradcheck(attention_forward, _inputs(), attention_backward, raise_on_failure="no")
+
+
+def test_gradcheck_fails_a_backward_that_returns_nan():
+    """A NaN gradient is a failure: NaN compares False with every tolerance, which used to count
+    as agreement (the all-NaN backward passed), in the entries and in the directions."""
+
+    def nan_backward(d_out, cache):
+        g = attention_backward(d_out, cache)
+        return AttentionGrads(dq=g.dq * np.nan, dk=g.dk, dv=g.dv, d_attn_mask=None)
+
+    report = gradcheck(attention_forward, _inputs(), nan_backward, raise_on_failure=False)
+    assert not report.passed and report.worst_input == "q"
+    assert report.max_abs_error == np.inf
+    with pytest.raises(AssertionError, match="gradcheck FAILED"):
+        gradcheck(attention_forward, _inputs(), nan_backward, directions=0)
+
+
+def test_gradcheck_fails_when_the_forward_returns_nan():
+    """A forward that gives NaN under perturbation makes every difference NaN: a failure."""
+
+    def nan_forward(q, k, v):
+        out, cache = attention_forward(q, k, v)
+        return out * np.nan if not np.array_equal(q, _inputs()["q"]) else out, cache
+
+    report = gradcheck(nan_forward, _inputs(), attention_backward, raise_on_failure=False)
+    assert not report.passed
+
+
+def test_gradcheck_refuses_d_out_of_the_wrong_shape():
+    """d_out must have the output's shape (it was broadcast silently)."""
+    with pytest.raises(ValueError, match=r"d_out has shape \(3,\), expected the output's shape"):
+        gradcheck(attention_forward, _inputs(), attention_backward, d_out=np.ones(3))
+
+
+def test_gradcheck_with_nothing_to_check_is_an_error():
+    """No floating input with a gradient: a ValueError, not a pass that checked nothing."""
+    with pytest.raises(ValueError, match="nothing to check"):
+        gradcheck(attention_forward, _inputs(), lambda d, c: {})
+
+
+def test_gradcheck_fails_when_the_loss_overflows():
+    """A forward that overflows to +inf under perturbation gives numeric = inf, whose relative
+    tolerance rtol * inf made inf - inf = NaN count as agreement: now a failure."""
+    base_q = _inputs()["q"]
+
+    def overflowing(q, k, v):
+        out, cache = attention_forward(q, k, v)
+        return out + (np.inf if q.flat[0] > base_q.flat[0] else 0.0), cache
+
+    d_out = np.ones((2, 3, 3))
+    report = gradcheck(overflowing, _inputs(), attention_backward, d_out=d_out, directions=0,
+                       raise_on_failure=False)  # fmt: skip
+    assert not report.passed and report.worst_input == "q" and report.worst_index == (0, 0, 0)
+    report = gradcheck(overflowing, _inputs(), attention_backward, d_out=d_out, max_entries=1,
+                       wrt=("k",), raise_on_failure=False)  # fmt: skip
+    assert report.passed  # k alone never triggers the overflow: the check is not just failing

@@ -31,7 +31,7 @@ from numpy_attention.testing import gradcheck
 NAMES = ("w_q", "w_k", "w_v", "w_o", "b_q", "b_k", "b_v", "b_o")
 
 
-def random_params(rng, e_q, e_kv, H, *, D=2, Dv=3, Hkv=None, e_out=4, bias=True):
+def random_params(rng, e_q, e_kv, H, *, E=2, Ev=3, Hkv=None, e_out=4, bias=True):
     """Parameters with every entry random (biases too), so that no gradient is trivially zero."""
     Hkv = H if Hkv is None else Hkv
 
@@ -39,13 +39,13 @@ def random_params(rng, e_q, e_kv, H, *, D=2, Dv=3, Hkv=None, e_out=4, bias=True)
         return rng.normal(size=shape) * 0.6
 
     return CrossAttentionParams(
-        w_q=n(e_q, H * D),
-        w_k=n(e_kv, Hkv * D),
-        w_v=n(e_kv, Hkv * Dv),
-        w_o=n(H * Dv, e_out),
-        b_q=n(H * D) if bias else None,
-        b_k=n(Hkv * D) if bias else None,
-        b_v=n(Hkv * Dv) if bias else None,
+        w_q=n(e_q, H * E),
+        w_k=n(e_kv, Hkv * E),
+        w_v=n(e_kv, Hkv * Ev),
+        w_o=n(H * Ev, e_out),
+        b_q=n(H * E) if bias else None,
+        b_k=n(Hkv * E) if bias else None,
+        b_v=n(Hkv * Ev) if bias else None,
         b_o=n(e_out) if bias else None,
         num_heads=H,
         num_kv_heads=None if Hkv == H else Hkv,
@@ -95,7 +95,7 @@ def test_cross_attention_gradients_match_finite_differences(case):
     """d_x_q, d_x_kv and the gradient of every weight and bias equal float64 central differences
     of sum(out * G), with padding, bool/float masks, causal masks, scale and dropout."""
     rng = np.random.default_rng(1)
-    p = random_params(rng, e_q=3, e_kv=4, H=4, D=2, Dv=2, e_out=3)
+    p = random_params(rng, e_q=3, e_kv=4, H=4, E=2, Ev=2, e_out=3)
     check_layer_gradients(
         p, rng.normal(size=(2, 3, 3)), rng.normal(size=(2, 5, 4)), **GRAD_CASES[case]
     )
@@ -103,10 +103,10 @@ def test_cross_attention_gradients_match_finite_differences(case):
 
 @pytest.mark.parametrize("Hkv", [1, 2])
 def test_gqa_layer_gradients_match_finite_differences(Hkv):
-    """With grouped-query attention (w_k, w_v with Hkv*D columns) every gradient, including the
+    """With grouped-query attention (w_k, w_v with Hkv*E columns) every gradient, including the
     shared key/value heads' (summed over their query group), equals finite differences."""
     rng = np.random.default_rng(2)
-    p = random_params(rng, e_q=4, e_kv=3, H=4, D=2, Dv=3, Hkv=Hkv, e_out=2)
+    p = random_params(rng, e_q=4, e_kv=3, H=4, E=2, Ev=3, Hkv=Hkv, e_out=2)
     check_layer_gradients(
         p,
         rng.normal(size=(2, 3, 4)),
@@ -202,8 +202,8 @@ def test_one_head_identity_projections_equal_core_attention():
 def per_head_loop_oracle(p, x_q, x_kv, Hkv, key_lengths=None, is_causal=False):
     """The layer written head by head: column slices of the weights, the seed's formula as loops
     (tests/oracles.py, math.exp), output = b_o + sum_h O_h W_o[rows of head h]."""
-    H, D = p.num_heads, p.w_q.shape[1] // p.num_heads
-    Dv, G = p.w_v.shape[1] // Hkv, H // Hkv
+    H, E = p.num_heads, p.w_q.shape[1] // p.num_heads
+    Ev, G = p.w_v.shape[1] // Hkv, H // Hkv
     B, L, S = x_q.shape[0], x_q.shape[1], x_kv.shape[1]
     out = np.zeros((B, L, p.w_o.shape[1])) + p.b_o
     weights = np.zeros((B, H, L, S))
@@ -212,11 +212,11 @@ def per_head_loop_oracle(p, x_q, x_kv, Hkv, key_lengths=None, is_causal=False):
         mask = np.arange(S)[None, :] < n
         for h in range(H):
             g = h // G
-            q = x_q[b] @ p.w_q[:, h * D : (h + 1) * D] + p.b_q[h * D : (h + 1) * D]
-            k = x_kv[b] @ p.w_k[:, g * D : (g + 1) * D] + p.b_k[g * D : (g + 1) * D]
-            v = x_kv[b] @ p.w_v[:, g * Dv : (g + 1) * Dv] + p.b_v[g * Dv : (g + 1) * Dv]
+            q = x_q[b] @ p.w_q[:, h * E : (h + 1) * E] + p.b_q[h * E : (h + 1) * E]
+            k = x_kv[b] @ p.w_k[:, g * E : (g + 1) * E] + p.b_k[g * E : (g + 1) * E]
+            v = x_kv[b] @ p.w_v[:, g * Ev : (g + 1) * Ev] + p.b_v[g * Ev : (g + 1) * Ev]
             o, P, _ = attention_oracle(q, k, v, np.broadcast_to(mask, (L, S)), is_causal)
-            out[b] += o @ p.w_o[h * Dv : (h + 1) * Dv]
+            out[b] += o @ p.w_o[h * Ev : (h + 1) * Ev]
             weights[b, h] = P
     return out, weights
 
@@ -233,9 +233,9 @@ def per_head_loop_oracle(p, x_q, x_kv, Hkv, key_lengths=None, is_causal=False):
 )
 def test_multi_head_layer_equals_per_head_loop_of_the_seed_formula(H, Hkv, kwargs):
     """The vectorized layer (reshape/transpose heads, GQA by grouping) equals an independent
-    per-head loop of softmax(Q_h K_g^T / sqrt(D)) V_g with sliced projections."""
+    per-head loop of softmax(Q_h K_g^T / sqrt(E)) V_g with sliced projections."""
     rng = np.random.default_rng(8 + H + Hkv)
-    p = random_params(rng, e_q=5, e_kv=3, H=H, D=2, Dv=3, Hkv=Hkv, e_out=4)
+    p = random_params(rng, e_q=5, e_kv=3, H=H, E=2, Ev=3, Hkv=Hkv, e_out=4)
     xq, xkv = rng.normal(size=(2, 3, 5)), rng.normal(size=(2, 4, 3))
     out, cache = cross_attention_forward(p, xq, xkv, **kwargs)
     ref, ref_w = per_head_loop_oracle(p, xq, xkv, Hkv, **kwargs)
@@ -255,7 +255,7 @@ def test_permuting_real_keys_leaves_cross_attention_unchanged(seed, H, data):
     whatever sits in the padding does not matter either."""
     rng = np.random.default_rng(seed)
     B, L, S = 2, 3, 5
-    p = random_params(rng, e_q=3, e_kv=2, H=H, D=2, Dv=2, e_out=3)
+    p = random_params(rng, e_q=3, e_kv=2, H=H, E=2, Ev=2, e_out=3)
     xq, xkv = rng.normal(size=(B, L, 3)), rng.normal(size=(B, S, 2))
     lengths = np.array(data.draw(st.lists(st.integers(1, S), min_size=B, max_size=B)))
     out, cache = cross_attention_forward(p, xq, xkv, key_lengths=lengths)
@@ -352,7 +352,7 @@ def test_init_is_glorot_uniform_like_torch_with_zero_biases():
 
 
 def test_init_gqa_shapes_and_forward_uses_params_num_kv_heads():
-    """init with num_kv_heads gives w_k, w_v of Hkv*D columns, and the forward reads Hkv from
+    """init with num_kv_heads gives w_k, w_v of Hkv*E columns, and the forward reads Hkv from
     the params (no argument needed)."""
     rng = np.random.default_rng(1)
     p = init_cross_attention(rng, 8, 8, num_heads=4, num_kv_heads=2, bias=False)
@@ -369,7 +369,7 @@ def test_init_gqa_shapes_and_forward_uses_params_num_kv_heads():
 
 def _bad_cases():
     rng = np.random.default_rng(0)
-    p = random_params(rng, e_q=3, e_kv=4, H=2, D=2, Dv=2, e_out=3)
+    p = random_params(rng, e_q=3, e_kv=4, H=2, E=2, Ev=2, e_out=3)
     xq, xkv = rng.normal(size=(2, 3, 3)), rng.normal(size=(2, 5, 4))
     return p, xq, xkv
 
@@ -377,7 +377,7 @@ def _bad_cases():
 @pytest.mark.parametrize(
     ("change", "exc", "match"),
     [
-        (lambda p, q, kv: (p, q[..., :2], kv, {}), ValueError, r"x_q has width Eq=2.*w_q"),
+        (lambda p, q, kv: (p, q[..., :2], kv, {}), ValueError, r"x_q has width Dq=2.*w_q"),
         (lambda p, q, kv: (p, q, kv[..., :3], {}), ValueError, r"params\.w_k.*x_kv of width 3"),
         (lambda p, q, kv: (p, q, kv[:1], {}), ValueError, r"x_q and x_kv.*batch size"),
         (lambda p, q, kv: (p, q[0], kv, {}), ValueError, r"x_q must have shape \(B, length"),
@@ -464,8 +464,8 @@ def test_matches_torch_multihead_attention_with_kdim_vdim_and_padding(bias):
     (average_attn_weights=False) and gradients of inputs and every parameter agree in float64."""
     torch = pytest.importorskip("torch", reason=TORCH_MISSING)
     rng = np.random.default_rng(14)
-    E, Ekv, H, B, L, S = 6, 4, 3, 2, 3, 5
-    mha = torch.nn.MultiheadAttention(E, H, kdim=Ekv, vdim=Ekv, batch_first=True, bias=bias)
+    Dq, Dkv, H, B, L, S = 6, 4, 3, 2, 3, 5
+    mha = torch.nn.MultiheadAttention(Dq, H, kdim=Dkv, vdim=Dkv, batch_first=True, bias=bias)
     mha = mha.double()
     with torch.no_grad():
         for prm in mha.parameters():
@@ -475,16 +475,16 @@ def test_matches_torch_multihead_attention_with_kdim_vdim_and_padding(bias):
         w_k=mha.k_proj_weight.detach().numpy().T.copy(),
         w_v=mha.v_proj_weight.detach().numpy().T.copy(),
         w_o=mha.out_proj.weight.detach().numpy().T.copy(),
-        b_q=mha.in_proj_bias.detach().numpy()[:E].copy() if bias else None,
-        b_k=mha.in_proj_bias.detach().numpy()[E : 2 * E].copy() if bias else None,
-        b_v=mha.in_proj_bias.detach().numpy()[2 * E :].copy() if bias else None,
+        b_q=mha.in_proj_bias.detach().numpy()[:Dq].copy() if bias else None,
+        b_k=mha.in_proj_bias.detach().numpy()[Dq : 2 * Dq].copy() if bias else None,
+        b_v=mha.in_proj_bias.detach().numpy()[2 * Dq :].copy() if bias else None,
         b_o=mha.out_proj.bias.detach().numpy().copy() if bias else None,
         num_heads=H,
     )
-    xq, xkv = rng.normal(size=(B, L, E)), rng.normal(size=(B, S, Ekv))
+    xq, xkv = rng.normal(size=(B, L, Dq)), rng.normal(size=(B, S, Dkv))
     key_padding_mask = np.array([[False] * 5, [False, False, True, True, True]])
     key_lengths = (~key_padding_mask).sum(axis=1)  # padding sits at the end
-    G = rng.normal(size=(B, L, E))
+    G = rng.normal(size=(B, L, Dq))
 
     tq = torch.tensor(xq, requires_grad=True)
     tkv = torch.tensor(xkv, requires_grad=True)
@@ -511,25 +511,25 @@ def test_matches_torch_multihead_attention_with_kdim_vdim_and_padding(bias):
 
 
 def test_matches_torch_self_attention_with_packed_in_proj_and_causal_mask():
-    """Self-attention with torch's packed in_proj_weight (3E, E) split into w_q, w_k, w_v and a
+    """Self-attention with torch's packed in_proj_weight (3 Dm, Dm) split into w_q, w_k, w_v and a
     causal attn_mask (torch's float -inf mask) agrees with our is_causal=True, with d_x the sum
     of both paths."""
     torch = pytest.importorskip("torch", reason=TORCH_MISSING)
     rng = np.random.default_rng(15)
-    E, H, B, T = 4, 2, 2, 5
-    mha = torch.nn.MultiheadAttention(E, H, batch_first=True).double()
+    Dm, H, B, T = 4, 2, 2, 5
+    mha = torch.nn.MultiheadAttention(Dm, H, batch_first=True).double()
     with torch.no_grad():
         for prm in mha.parameters():
             prm.copy_(torch.from_numpy(rng.normal(size=tuple(prm.shape)) * 0.5))
     W, b = mha.in_proj_weight.detach().numpy(), mha.in_proj_bias.detach().numpy()
     p = CrossAttentionParams(
-        w_q=W[:E].T.copy(), w_k=W[E : 2 * E].T.copy(), w_v=W[2 * E :].T.copy(),
+        w_q=W[:Dm].T.copy(), w_k=W[Dm : 2 * Dm].T.copy(), w_v=W[2 * Dm :].T.copy(),
         w_o=mha.out_proj.weight.detach().numpy().T.copy(),
-        b_q=b[:E].copy(), b_k=b[E : 2 * E].copy(), b_v=b[2 * E :].copy(),
+        b_q=b[:Dm].copy(), b_k=b[Dm : 2 * Dm].copy(), b_v=b[2 * Dm :].copy(),
         b_o=mha.out_proj.bias.detach().numpy().copy(), num_heads=H,
     )  # fmt: skip
-    x = rng.normal(size=(B, T, E))
-    G = rng.normal(size=(B, T, E))
+    x = rng.normal(size=(B, T, Dm))
+    G = rng.normal(size=(B, T, Dm))
     tx = torch.tensor(x, requires_grad=True)
     causal = torch.nn.Transformer.generate_square_subsequent_mask(T, dtype=torch.float64)
     t_out, _ = mha(tx, tx, tx, attn_mask=causal, need_weights=False)
@@ -555,3 +555,154 @@ def test_key_bias_gradient_vanishes():
     _, _, g = cross_attention_backward(rng.normal(size=out.shape), cache)
     np.testing.assert_allclose(g.b_k, 0.0, rtol=0, atol=1e-13)
     assert np.abs(g.b_q).max() > 1e-3 and np.abs(g.b_v).max() > 1e-3
+
+
+# ---------------------------------------------------------------------------
+# Hardening (issue 14): clear errors for wrong arguments, caches that own their arrays
+# ---------------------------------------------------------------------------
+
+
+def _grads(d_x_q, d_x_kv, d_params):
+    """The backward's results as one dict of arrays (biases included)."""
+    return {"x_q": d_x_q, "x_kv": d_x_kv, **{n: getattr(d_params, n) for n in NAMES}}
+
+
+def test_params_given_as_nested_lists_are_stored_as_arrays_and_work():
+    """CrossAttentionParams accepts array_like weights and biases (nested lists): they are stored
+    as ndarrays, and the layer gives bit for bit the output and gradients of the ndarray params."""
+    rng = np.random.default_rng(30)
+    p = random_params(rng, e_q=3, e_kv=2, H=2)
+    as_lists = CrossAttentionParams(**{n: getattr(p, n).tolist() for n in NAMES}, num_heads=2)
+    assert all(isinstance(getattr(as_lists, n), np.ndarray) for n in NAMES)
+    xq, xkv = rng.normal(size=(2, 3, 3)), rng.normal(size=(2, 4, 2))
+    out, cache = cross_attention_forward(p, xq, xkv)
+    out_l, cache_l = cross_attention_forward(as_lists, xq, xkv)
+    np.testing.assert_array_equal(out_l, out)
+    G = rng.normal(size=out.shape)
+    ref, got = (_grads(*cross_attention_backward(G, c)) for c in (cache, cache_l))
+    for n in ref:
+        np.testing.assert_array_equal(got[n], ref[n])
+
+
+def _foreign_caches():
+    rng = np.random.default_rng(31)
+    q = rng.normal(size=(1, 1, 2, 3))
+    return {"None": None, "str": "cache", "core AttentionCache": attention_forward(q, q, q)[1]}
+
+
+@pytest.mark.parametrize("what", list(_foreign_caches()))
+@pytest.mark.parametrize(
+    ("backward", "made_by"),
+    [
+        (cross_attention_backward, "cross_attention_forward"),
+        (self_attention_backward, "self_attention_forward"),
+    ],
+)
+def test_backward_refuses_a_foreign_cache_with_a_type_error_naming_it(backward, made_by, what):
+    """None, a string or the core's AttentionCache passed as the cache is a TypeError naming the
+    cache and the forward that makes one (not an AttributeError or a misleading ValueError)."""
+    cache = _foreign_caches()[what]
+    with pytest.raises(TypeError, match=rf"cache must be the CrossAttentionCache .*{made_by}"):
+        backward(np.ones((1, 2, 3)), cache)
+
+
+@pytest.mark.parametrize(
+    "rng", [None, 42, np.random.RandomState(0)], ids=["None", "int seed", "RandomState"]
+)
+def test_init_refuses_an_rng_that_is_not_a_generator(rng):
+    """init_cross_attention needs a numpy.random.Generator: None, a bare seed or the legacy
+    RandomState is a TypeError that says so (today's rule: no hidden draws from a seed)."""
+    with pytest.raises(TypeError, match=r"rng must be the Generator .*numpy\.random\.default_rng"):
+        init_cross_attention(rng, 4, 4, num_heads=2)
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    ["U3", np.int64, np.complex128, bool, "no such dtype"],
+    ids=["U3", "int64", "complex128", "bool", "no such dtype"],
+)
+def test_init_refuses_a_dtype_that_is_not_real_floating(dtype):
+    """Strings, integers (which would truncate the weights to 0), complex and bool are refused
+    with a TypeError naming dtype, instead of returning such weights."""
+    with pytest.raises(TypeError, match=r"dtype must be a real floating dtype"):
+        init_cross_attention(np.random.default_rng(0), 4, 4, num_heads=2, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, "float64"])
+def test_init_makes_weights_of_any_real_floating_dtype(dtype):
+    """The dtype check lets every real floating dtype through, given as a type or a name."""
+    p = init_cross_attention(np.random.default_rng(0), 4, 4, num_heads=2, dtype=dtype)
+    assert {getattr(p, n).dtype for n in NAMES} == {np.dtype(dtype)}
+
+
+def test_editing_the_returned_output_in_place_leaves_the_backward_unchanged():
+    """The output is a fresh array that the cache does not hold: a residual add into it
+    (out += ...) changes no gradient, for cross- and self-attention."""
+    rng = np.random.default_rng(32)
+    p = random_params(rng, e_q=3, e_kv=3, H=1, E=3, Ev=3, e_out=3)
+    xq, xkv = rng.normal(size=(2, 3, 3)), rng.normal(size=(2, 4, 3))
+    G = rng.normal(size=(2, 3, 3))
+    out, cache = cross_attention_forward(p, xq, xkv)
+    ref = _grads(*cross_attention_backward(G, cross_attention_forward(p, xq, xkv)[1]))
+    out += 100.0 * xq
+    got = _grads(*cross_attention_backward(G, cache))
+    for n in ref:
+        np.testing.assert_array_equal(got[n], ref[n])
+    out_s, cache_s = self_attention_forward(p, xq)
+    d_x_ref, _ = self_attention_backward(G, self_attention_forward(p, xq)[1])
+    out_s *= -3.0
+    np.testing.assert_array_equal(self_attention_backward(G, cache_s)[0], d_x_ref)
+
+
+def test_editing_the_inputs_and_params_in_place_leaves_the_backward_unchanged():
+    """The cache holds its own copies of the inputs and parameters: a residual x += out and an
+    in-place optimizer step on every weight and bias after the forward change no gradient."""
+    rng = np.random.default_rng(33)
+    p = random_params(rng, e_q=3, e_kv=2, H=2, e_out=3)
+    xq, xkv = rng.normal(size=(2, 3, 3)), rng.normal(size=(2, 4, 2))
+    G = rng.normal(size=(2, 3, 3))
+    ref = _grads(*cross_attention_backward(G, cross_attention_forward(p, xq, xkv)[1]))
+    out, cache = cross_attention_forward(p, xq, xkv)
+    xq += out  # a residual connection, in place
+    xkv *= 2.0
+    for n in NAMES:
+        getattr(p, n)[...] -= 0.1  # an optimizer step, in place
+    got = _grads(*cross_attention_backward(G, cache))
+    for n in ref:
+        np.testing.assert_array_equal(got[n], ref[n])
+
+
+# ---------------------------------------------------------------------------
+# Variants through the layer (issue 12): window, softcap, ALiBi, and sinks held by the layer
+# ---------------------------------------------------------------------------
+
+
+def test_layer_passes_window_softcap_alibi_and_its_sinks_to_the_core():
+    """The layer's output equals the projections around the core called with the same variants,
+    and its gradients (d_params.sinks included) pass finite differences."""
+    from numpy_attention import gradcheck
+
+    rng = np.random.default_rng(5)
+    p = init_cross_attention(rng, e_q=6, e_kv=5, num_heads=2)
+    p = replace(p, sinks=rng.normal(size=2))
+    x_q, x_kv = rng.normal(size=(2, 4, 6)), rng.normal(size=(2, 5, 5))
+    kw = dict(window=(1, 1), softcap=2.0, alibi_slopes=np.array([0.5, 0.25]), is_causal=True)
+    out, cache = cross_attention_forward(p, x_q, x_kv, **kw)
+    q = (x_q @ p.w_q + p.b_q).reshape(2, 4, 2, -1).transpose(0, 2, 1, 3)
+    k = (x_kv @ p.w_k + p.b_k).reshape(2, 5, 2, -1).transpose(0, 2, 1, 3)
+    v = (x_kv @ p.w_v + p.b_v).reshape(2, 5, 2, -1).transpose(0, 2, 1, 3)
+    o, _ = attention_forward(q, k, v, sinks=p.sinks, **kw)
+    ref = o.transpose(0, 2, 1, 3).reshape(2, 4, -1) @ p.w_o + p.b_o
+    np.testing.assert_allclose(out, ref, atol=1e-13)
+    _, _, d_p = cross_attention_backward(np.ones_like(out), cache)
+    assert d_p.sinks is not None and d_p.sinks.shape == (2,)
+
+    def fwd(sinks, x_q):
+        return cross_attention_forward(replace(p, sinks=sinks), x_q, x_kv, **kw)
+
+    def bwd(d, c):
+        d_x_q, _, dp = cross_attention_backward(d, c)
+        return {"sinks": dp.sinks, "x_q": d_x_q}
+
+    report = gradcheck(fwd, {"sinks": p.sinks, "x_q": x_q}, bwd)
+    assert report.passed, report

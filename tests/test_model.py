@@ -19,11 +19,11 @@ from numpy_attention.model import (
 from numpy_attention.testing import gradcheck
 
 
-def _small(seed=0, B=3, L=5, V=6, D=6, E=4):
+def _small(seed=0, B=3, L=5, Nv=6, Dm=6, E=4):
     rng = np.random.default_rng(seed)
-    params = init_model(rng, vocab=V, width=D, head_width=E)
-    params["b_o"] = rng.normal(size=V)  # a non-zero bias, so its role is exercised
-    x, y = reverse_task(rng, B, L, V)
+    params = init_model(rng, vocab=Nv, width=Dm, head_width=E)
+    params["b_o"] = rng.normal(size=Nv)  # a non-zero bias, so its role is exercised
+    x, y = reverse_task(rng, B, L, Nv)
     return params, x, y
 
 
@@ -55,7 +55,7 @@ def test_readout_bias_gradient_sums_to_zero():
 
 def test_embedding_gradient_is_zero_exactly_for_unused_tokens():
     """Eq. (6.10): a token absent from the batch receives no gradient; present tokens do."""
-    params, _, _ = _small(3, V=8)
+    params, _, _ = _small(3, Nv=8)
     x = np.array([[0, 1, 2, 1]])
     g = model_backward(model_forward(params, x, x[:, ::-1])[1])
     assert np.all(g["embed"][3:] == 0.0)
@@ -113,9 +113,9 @@ def test_adam_first_step_moves_each_entry_by_lr_against_the_gradient_sign():
 
 
 def test_model_forward_rejects_bad_tokens():
-    """Principle 5: tokens outside [0, V), float tokens, or mismatched shapes raise clearly."""
+    """Principle 5: tokens outside [0, Nv), float tokens, or mismatched shapes raise clearly."""
     params, x, y = _small()
-    with pytest.raises(ValueError, match=r"tokens must lie in \[0, V=6\)"):
+    with pytest.raises(ValueError, match=r"tokens must lie in \[0, Nv=6\)"):
         model_forward(params, x + 6, y)
     with pytest.raises(TypeError, match="integer"):
         model_forward(params, x.astype(float), y)
@@ -149,3 +149,120 @@ def test_training_is_deterministic_from_the_seed():
     c = train(seed=4, steps=15, test_size=20)
     np.testing.assert_array_equal(a.losses, b.losses)
     assert not np.array_equal(a.losses, c.losses)
+
+
+# ---------------------------------------------------------------------------
+# Hardening (issue 14): no ZeroDivisionError, no NaN, clear errors, a cache that owns its arrays
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"batch": 0},
+        {"length": 0},
+        {"log_every": 0, "log": lambda line: None},
+        {"test_size": 0},
+        {"vocab": 0},
+        {"steps": -1},
+        {"seed": -1},
+    ],
+    ids=["batch=0", "length=0", "log_every=0", "test_size=0", "vocab=0", "steps=-1", "seed=-1"],
+)
+def test_train_refuses_sizes_that_would_divide_by_zero_or_give_nan(kwargs):
+    """batch, length or log_every of 0 divided by zero and test_size=0 gave accuracy NaN: each
+    is now a ValueError naming the argument and its minimum."""
+    name = next(k for k in kwargs if k != "log")
+    with pytest.raises(ValueError, match=rf"{name} must be .*>= \d+, got -?\d"):
+        train(**{"steps": 2, "batch": 2, "test_size": 2, **kwargs})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"batch": 2.0}, TypeError, "batch must be an? .*integer, got float"),
+        ({"width": 5}, ValueError, "width must be a positive even number"),
+        ({"lr": float("nan")}, ValueError, "lr must be .*finite.*, got nan"),
+        ({"log": "print"}, TypeError, "log must be callable"),
+    ],
+)
+def test_train_refuses_arguments_of_the_wrong_kind(kwargs, exc, match):
+    """A float size, an odd width, a NaN step size or a log that cannot be called is refused
+    before any training (not a traceback from deep inside, not NaN losses)."""
+    with pytest.raises(exc, match=match):
+        train(**{"steps": 2, "batch": 2, "test_size": 2, **kwargs})
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (3, 0)])
+def test_model_forward_refuses_an_empty_batch_instead_of_a_nan_loss(shape):
+    """No sequence, or sequences of no token, made the mean loss NaN (and the backward divide by
+    zero); it is a ValueError naming tokens."""
+    params, _, _ = _small()
+    empty = np.zeros(shape, dtype=np.int64)
+    with pytest.raises(ValueError, match=r"tokens must have shape \(B, L\) with B, L >= 1"):
+        model_forward(params, empty, empty)
+
+
+@pytest.mark.parametrize("foreign", [None, "attention cache"])
+def test_model_backward_refuses_a_foreign_cache_with_a_type_error(foreign):
+    """model_backward(None) or a core AttentionCache is a TypeError naming the cache and
+    model_forward; a NaN d_loss is a ValueError."""
+    from numpy_attention.attention import attention_forward
+
+    q = np.ones((1, 1, 2, 2))
+    cache = None if foreign is None else attention_forward(q, q, q)[1]
+    with pytest.raises(TypeError, match=r"cache must be the ModelCache returned by model_forward"):
+        model_backward(cache)
+    params, x, y = _small()
+    with pytest.raises(ValueError, match=r"d_loss must be .*finite.*, got nan"):
+        model_backward(model_forward(params, x, y)[1], d_loss=float("nan"))
+
+
+@pytest.mark.parametrize(
+    ("name", "shape"), [("w_k", (6, 3)), ("w_o", (5, 6)), ("b_o", (5,)), ("embed", (6,))]
+)
+def test_model_forward_names_a_parameter_of_the_wrong_shape(name, shape):
+    """A parameter whose shape does not fit the others' is a ValueError naming it, not numpy's
+    matmul error (or a silently broadcast bias)."""
+    params, x, y = _small()
+    params[name] = np.zeros(shape)
+    with pytest.raises(ValueError, match=rf"params\['{name}'\]"):
+        model_forward(params, x, y)
+    del params[name]
+    with pytest.raises(ValueError, match=rf"params is missing \['{name}'\]"):
+        model_forward(params, x, y)
+
+
+@pytest.mark.parametrize("rng", [None, 0], ids=["None", "int seed"])
+def test_init_model_and_reverse_task_refuse_an_rng_that_is_not_a_generator(rng):
+    """Both draw from a numpy.random.Generator and say so when given something else."""
+    with pytest.raises(TypeError, match=r"rng must be the Generator .*default_rng"):
+        init_model(rng)
+    with pytest.raises(TypeError, match=r"rng must be the Generator .*default_rng"):
+        reverse_task(rng, 2, 3, 4)
+
+
+def test_editing_params_tokens_and_targets_in_place_leaves_the_backward_unchanged():
+    """The cache holds its own copies: an in-place optimizer step on every parameter and edits
+    of the token and target arrays after the forward change no gradient."""
+    params, x, y = _small(6)
+    ref = model_backward(model_forward(params, x.copy(), y.copy())[1])
+    cache = model_forward(params, x, y)[1]
+    for a in params.values():
+        a -= 0.5  # an optimizer step, in place
+    x[...], y[...] = y.copy(), x.copy()
+    got = model_backward(cache)
+    for n in PARAM_NAMES:
+        np.testing.assert_array_equal(got[n], ref[n])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"eps": 0.0}, "eps must be"), ({"betas": (0.9, 1.0)}, r"betas\[1\]"), ({"lr": -1.0}, "lr")],
+)
+def test_adam_step_refuses_settings_that_give_nan_or_ascend(kwargs, match):
+    """eps = 0 divides 0 by 0 where a gradient is 0 (a NaN parameter from finite inputs), beta = 1
+    divides by 1 - 1 = 0, a negative step size climbs the loss: each a ValueError."""
+    p, g = {"w": np.ones(2)}, {"w": np.array([0.0, 1.0])}
+    with pytest.raises(ValueError, match=match):
+        adam_step(p, g, adam_init(p), **kwargs)

@@ -297,3 +297,54 @@ def test_axis_names_follow_the_quantity() -> None:
     assert compare_attention(a4, d4, quantity="dk").where() == "batch 0, head 1, key 2, feature 3"
     assert compare_attention(a4, d4, quantity="weights").where().endswith("query 2, key 3")
     assert compare_attention(a4[0, 1], d4[0, 1], quantity="d_w_q").where() == "row 2, column 3"
+
+
+# ---------------------------------------------------------------------------
+# Hardening (issue 14): the comparison never passes vacuously
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kw", [{"atol": math.nan}, {"atol": math.inf}, {"rtol": math.nan},
+                                {"rtol": math.inf}, {"atol": -1e-3}])  # fmt: skip
+def test_assert_attention_close_refuses_tolerances_that_pass_garbage(kw) -> None:
+    """atol = nan or inf made every element pass (garbage included): a ValueError naming it."""
+    name = next(iter(kw))
+    with pytest.raises(ValueError, match=f"{name} must be a finite number >= 0"):
+        assert_attention_close(np.full(4, 1e9), np.ones(4), **kw)
+    with pytest.raises(ValueError, match=name):
+        compare_attention(np.full(4, 1e9), np.ones(4), **kw)
+
+
+def test_a_tolerance_that_is_not_a_number_is_a_type_error() -> None:
+    """atol="1e-3" is a TypeError naming atol."""
+    with pytest.raises(TypeError, match="atol must be a real number"):
+        compare_attention(np.ones(2), np.ones(2), atol="1e-3")
+
+
+def test_compare_attention_refuses_complex_instead_of_dropping_the_imaginary_part() -> None:
+    """A complex candidate whose real part matches used to pass (imaginary part dropped)."""
+    d = np.array([0.5, 0.25])
+    with pytest.raises(TypeError, match="actual must hold real numbers, got dtype complex128"):
+        compare_attention(d + 1j, d)
+    with pytest.raises(TypeError, match="desired must hold real numbers"):
+        assert_attention_close(d, d.astype(complex))
+
+
+def test_compare_attention_quantity_must_be_a_name() -> None:
+    """quantity=None raised AttributeError ('NoneType' has no 'startswith'): now a TypeError."""
+    with pytest.raises(TypeError, match="quantity must be a str"):
+        compare_attention(np.ones(2), np.ones(2), quantity=None)
+    with pytest.raises(TypeError, match="quantity must be a str"):
+        tolerance("float32", None)
+    with pytest.raises(ValueError, match="quantity must be a non-empty name"):
+        assert_attention_close(np.ones(2), np.ones(2), quantity="")
+
+
+def test_tolerance_records_refuse_nan_and_negative_values() -> None:
+    """Tolerance(nan, 0) cannot be built: a policy of NaN would pass anything."""
+    from numpy_attention.testing import Tolerance
+
+    with pytest.raises(ValueError, match="atol must be a finite number >= 0"):
+        Tolerance(math.nan, 0.0)
+    with pytest.raises(ValueError, match="rtol must be a finite number >= 0"):
+        Tolerance(0.0, -1.0)

@@ -11,14 +11,14 @@ import pytest
 from oracles import attention_backward_oracle, attention_oracle
 
 from numpy_attention.app.cli import main
-from numpy_attention.testing import round_to_bfloat16
-from numpy_attention.vectors import (
+from numpy_attention.verify import (
     SUITE_FORMAT,
     SUITE_VERSION,
     build_suite,
     check_results,
     load_results,
     load_suite,
+    round_to_bfloat16,
     write_suite,
 )
 
