@@ -32,7 +32,7 @@ def one_error_line(stderr: str, prog: str = "numpy-attention") -> str:
     """The single stderr line of a refused command (no traceback, no usage block)."""
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
-    assert lines[0].startswith(f"{prog}"), stderr
+    assert lines[0].startswith(f"{prog}") and ": error: " in lines[0], stderr
     assert "Traceback" not in stderr
     return lines[0]
 
@@ -300,6 +300,9 @@ def test_every_cli_error_is_one_line_and_exit_2(tmp_path):
         ["demo", "--seed", "x"],
         ["demo", "--out", tmp_path / "file"],
         ["check", tmp_path / "missing"],
+        ["check", w, "--dtype", "float8"],
+        ["vectors"],
+        ["vectors", "--out", tmp_path / "file"],
     ]
     for argv in bad:
         proc = command(*argv)

@@ -221,6 +221,81 @@ def _run_plot(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------
+# vectors and check (the verification wing, numpy_attention.verify, does the work)
+# ---------------------------------------------------------------------------
+
+
+def _run_vectors(args: argparse.Namespace) -> int:
+    from ..verify import SUITE_VERSION, UnusableInput, write_suite
+
+    try:
+        paths = write_suite(args.out, force=args.force)
+    except (UnusableInput, OSError) as e:
+        why = getattr(e, "strerror", None) or e
+        return _fail("numpy-attention vectors", f"cannot write {args.out!r}: {why}")
+    print(f"wrote {len(paths) - 1} cases and manifest.json (suite version {SUITE_VERSION}) "
+          f"to {args.out}")  # fmt: skip
+    return 0
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    """Grade RESULTS; the exit code (0 pass, 1 mismatch) is known before anything is printed."""
+    import json
+
+    from ..verify import UnusableInput, check_path
+
+    try:
+        report = check_path(args.results, args.suite, dtype=args.dtype, strict=args.strict)
+    except (UnusableInput, OSError) as e:
+        return _fail("numpy-attention check", str(getattr(e, "strerror", None) or e))
+    code = report.exit_code()
+    print(json.dumps(report.as_json(), indent=2) if args.json else report.table())
+    return code
+
+
+def _add_vectors(sub: Any) -> None:
+    vec = sub.add_parser(
+        "vectors",
+        help="write the golden vectors (one .npz per case and manifest.json)",
+        description="Write the versioned golden suite: one <case>.npz per case with inputs "
+        "and float64 expected results, and manifest.json (format: docs/verify.md). Files in "
+        "DIR that are not those of a suite written there before are never replaced.",
+    )
+    vec.add_argument("--out", required=True, metavar="DIR", help="directory to write")
+    vec.add_argument(
+        "--force", action="store_true", help="replace files in DIR even if they are not ours"
+    )
+    vec.set_defaults(func=_run_vectors)
+
+
+def _add_check(sub: Any) -> None:
+    from ..verify import DTYPES
+
+    chk = sub.add_parser(
+        "check",
+        help="compare a candidate's results with the golden vectors",
+        description="Compare RESULTS (a directory of <case>.npz, or one .npz with keys "
+        "'<case>/<quantity>') with the suite. Exit 0: all pass; 1: a mismatch; 2: unusable "
+        "input.",
+    )
+    chk.add_argument("results", metavar="RESULTS", help="results directory or .npz file")
+    chk.add_argument(
+        "--suite", metavar="DIR", help="suite written by 'vectors' (default: build it in memory)"
+    )
+    chk.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="float32",
+        help="dtype the candidate computed in (default float32)",
+    )
+    chk.add_argument("--json", action="store_true", help="print the report as JSON")
+    chk.add_argument(
+        "--strict", action="store_true", help="count missing cases and quantities as failures"
+    )
+    chk.set_defaults(func=_run_check)
+
+
+# ---------------------------------------------------------------------------
 # The parser
 # ---------------------------------------------------------------------------
 
@@ -279,7 +354,7 @@ def _add_plot(sub: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of the ``numpy-attention`` command."""
-    from .. import __version__, vectors
+    from .. import __version__
 
     parser = _Parser(
         prog="numpy-attention",
@@ -289,7 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_demo(sub)
     _add_plot(sub)
-    vectors.register(sub)
+    _add_vectors(sub)
+    _add_check(sub)
     parser.set_defaults(func=_run_demo, out="figures", quick=False, seed=0)
     return parser
 
