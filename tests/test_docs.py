@@ -44,6 +44,7 @@ CHAPTERS = {
     "flash.md": 5,
     "model.md": 6,
     "verify.md": 7,
+    "variants.md": 8,
     "serving.md": 9,
 }
 
