@@ -246,11 +246,12 @@ def check_inputs(
     k: ArrayLike,
     v: ArrayLike,
     /,
-    attn_mask: ArrayLike | None = None,
-    is_causal: bool = False,
-    scale: float | None = None,
-    enable_gqa: bool = False,
+    *,
     causal_align: str = "top_left",
+    attn_mask: ArrayLike | None = None,
+    scale: float | None = None,
+    is_causal: bool = False,
+    enable_gqa: bool = False,
     **variants: Any,
 ) -> AttentionInputs:
     """Validate and convert the arguments shared by every attention function.

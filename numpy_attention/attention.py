@@ -423,7 +423,10 @@ def attention_forward(
     >>> float(cache.lse[0]) == float(np.log(np.e + 1.0))
     True
     """
-    x = check_inputs(q, k, v, attn_mask, is_causal, scale, enable_gqa, causal_align, **variants)
+    x = check_inputs(
+        q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa,
+        causal_align=causal_align, **variants,
+    )  # fmt: skip
     keep = check_dropout(dropout_p, dropout_mask, rng, x.scores_shape)
     G = x.groups
     with np.errstate(over="ignore", invalid="ignore"):  # refused just below if it happens

@@ -527,7 +527,10 @@ def flash_attention_forward(
     """
     _check_is_causal(is_causal)
     n_workers = 1 if workers is None else check_int(workers, "workers", minimum=1)
-    x = check_inputs(q, k, v, attn_mask, is_causal, scale, enable_gqa, causal_align, **variants)
+    x = check_inputs(
+        q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa,
+        causal_align=causal_align, **variants,
+    )  # fmt: skip
     keep = _check_tiled_dropout(dropout_p, dropout_mask, x.scores_shape)
     lay = _Layout(x.scores_shape, x.groups)
     bq, bk = _tiling(x.scores_shape, block_q, block_k, MAX_BLOCK)  # one block per thread

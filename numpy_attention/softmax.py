@@ -176,7 +176,7 @@ def logsumexp(x: ArrayLike, axis: int = -1, keepdims: bool = False) -> NDArray[n
     Raises
     ------
     TypeError
-        If ``x`` is complex, object or string.
+        For complex, object or string ``x`` (as :func:`softmax`).
 
     Notes
     -----
