@@ -436,7 +436,7 @@ def attention_forward(
         S = np.array(np.broadcast_to(S, x.scores_shape))
     S_masked, S_c = S, score_pipeline(x, S)  # Eqs. (8.2)-(8.8), (2.2), in place
     check_scores(S_masked, x, "after the bias")
-    P, lse = softmax_lse_inplace(S_masked, sink=x.mods.sinks)  # Eqs. (2.3), (8.9), in place
+    P, lse = softmax_lse_inplace(S_masked, sink=x.mods.sinks, bounded=x.exp_safe)  # (2.3), (8.9)
     P_d = _dropout(P, keep, float(dropout_p))  # Eq. (2.4)
     out = _per_query_head(P_d, x.v, G)  # Eq. (2.5)
     if out.shape != x.out_shape:
