@@ -249,3 +249,16 @@ def test_jax_passes_check_with_its_gaps_declared(tmp_path: Path, dtype: str) -> 
     rep = check_path(tmp_path / "res", tmp_path / "suite", dtype=dtype, strict=True)
     assert rep.passed, rep.table()
     assert rep.counts["N/A"] > 0 and rep.counts["PASS"] > 80
+
+
+def test_cli_policy_flag_selects_the_policy(tmp_path: Path, capsys) -> None:
+    """check --policy absolute passes an error of 2 % in bfloat16 that the default refuses."""
+    _, expected = load_suite()
+    d = tmp_path / "res"
+    d.mkdir()
+    out = expected["plain"]["out"]
+    np.savez(d / "plain.npz", out=out + 0.02 * np.max(np.abs(out)) * np.sign(out))
+    assert main(["check", str(d), "--dtype", "bfloat16"]) == 1
+    assert main(["check", str(d), "--dtype", "bfloat16", "--policy", "absolute"]) == 0
+    assert main(["check", str(d), "--policy", "loose"]) == 2
+    capsys.readouterr()
