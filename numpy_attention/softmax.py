@@ -222,7 +222,7 @@ def log_softmax(x: ArrayLike, axis: int = -1) -> NDArray[np.floating]:
     Raises
     ------
     TypeError
-        If ``x`` is complex, object or string.
+        For a complex, object or string ``x``, as :func:`softmax`.
 
     Notes
     -----
