@@ -310,7 +310,7 @@ def log_softmax_backward(d_y: ArrayLike, y: ArrayLike, axis: int = -1) -> NDArra
     Raises
     ------
     ValueError
-        If ``d_y`` and ``y`` have different shapes.
+        When the shape of ``d_y`` is not that of ``y``.
 
     Notes
     -----
