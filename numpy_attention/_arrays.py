@@ -156,7 +156,7 @@ def broadcast_as(a: np.ndarray, shape: tuple[int, ...], what: str) -> np.ndarray
     >>> broadcast_as(np.ones(2), (2, 3), "mask")
     Traceback (most recent call last):
     ...
-    ValueError: mask has shape (2,), not broadcastable to (2, 3)
+    ValueError: mask has shape (2,), which does not broadcast to (2, 3)
     """
     try:
         return np.broadcast_to(a, shape)
