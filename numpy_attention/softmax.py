@@ -209,9 +209,9 @@ def log_softmax(x: ArrayLike, axis: int = -1) -> NDArray[np.floating]:
     Parameters
     ----------
     x : array_like
-        Scores.
+        Scores (logits); ``-inf`` entries stay ``-inf``.
     axis : int, optional
-        The normalised axis. Default ``-1``.
+        The axis normalised (``-1``, the last, by default).
 
     Returns
     -------
