@@ -55,7 +55,7 @@ def padded_case(
     name: str, description: str, seed: int, shape: tuple[int, int, int, int, int],
     key_lengths: list[int], *, is_causal: bool = False,
 ) -> Case:  # fmt: skip
-    """Build a padded batch ``(B, H, L, S, E)`` whose k, v are NaN at key positions ``>= key_lengths[b]``.
+    """Build a padded batch ``(B, H, L, S, E)``, k and v NaN at positions ``>= key_lengths[b]``.
 
     The expected values are attention with the boolean padding mask over the same inputs
     with the padding replaced by 0 (any finite padding gives the same: its weights are 0);
@@ -81,8 +81,13 @@ def padded_case(
               "enable_gqa": np.array(False)}  # fmt: skip
     expected = {"out": out, "weights": cache.P, "lse": cache.lse, "dq": g.dq, "dk": g.dk,
                 "dv": g.dv}  # fmt: skip
-    flags = {"scale": scale, "is_causal": is_causal, "causal_align": "top_left",
-             "key_lengths": key_lengths, "padding": "NaN in k and v at positions >= key_lengths"}
+    flags = {
+        "scale": scale,
+        "is_causal": is_causal,
+        "causal_align": "top_left",
+        "key_lengths": key_lengths,
+        "padding": "NaN in k and v at positions >= key_lengths",
+    }
     return Case(name, "padded", description, inputs, _f64(expected), flags)
 
 
