@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..attention import attention_backward, attention_forward
+from ..attention import AttentionGrads, attention_backward, attention_forward
 from ..flash import flash_attention_backward, flash_attention_forward
 from ..masks import padding_mask, sliding_window_mask
 from .tolerance import round_to_bfloat16
@@ -144,12 +144,10 @@ def _sdpa_case(
     scale = 1.0 / math.sqrt(E) if scale is None else float(scale)
     common = dict(is_causal=is_causal, scale=scale, enable_gqa=enable_gqa,
                   causal_align=causal_align, **kw)  # fmt: skip
-    forward = flash_attention_forward if tiled else attention_forward
     probe_shape = np.broadcast_shapes(q_shape[:-1], k_shape[:-3] + (1, 1)) + (Ev,)
     keep = rng.random(probe_shape[:-1] + (k_shape[-2],)) >= dropout_p if dropout_p else None
     d_out = _normal(rng, *probe_shape)
-    out, cache = forward(q, k, v, mask, dropout_p=dropout_p, dropout_mask=keep, **common)
-    grads = (flash_attention_backward if tiled else attention_backward)(d_out, cache)
+    out, P, lse, grads = _attend(tiled, (q, k, v, mask), d_out, dropout_p, keep, common)
     inputs: dict[str, NDArray[Any]] = {"q": q, "k": k, "v": v}
     if mask is not None:
         inputs["attn_mask"] = mask
@@ -164,7 +162,7 @@ def _sdpa_case(
         enable_gqa=np.array(bool(enable_gqa)),
     )
     inputs.update(_variant_inputs(kw))
-    expected = {"out": out, "weights": getattr(cache, "P", None), "lse": cache.lse,
+    expected: dict[str, Any] = {"out": out, "weights": P, "lse": lse,
                 "dq": grads.dq, "dk": grads.dk, "dv": grads.dv,
                 "d_attn_mask": grads.d_attn_mask, "d_sinks": grads.d_sinks}  # fmt: skip
     flags = _sdpa_flags(scale, E, dropout_p, is_causal, causal_align, enable_gqa, mask)
@@ -172,9 +170,27 @@ def _sdpa_case(
         flags["variants"] = _variant_flags(kw)
     if tiled:
         flags["path"] = "tiled (flash_attention_forward/backward): no L x S array"
+    if draw is _tied_keys:
+        # every key of a head is one vector and each row of dS sums to 0: dq = scale dS K is
+        # exactly 0. Store that 0, not float64 round-off (~1e-16), a meaningless scale.
+        expected["dq"] = np.zeros_like(grads.dq)
     expected = {n: np.ascontiguousarray(a, dtype=np.float64)
                 for n, a in expected.items() if a is not None}  # fmt: skip
     return Case(name, "variant" if kw else "sdpa", description, inputs, expected, flags)
+
+
+def _attend(
+    tiled: bool, arrays: tuple[Any, ...], d_out: NDArray[np.float64], dropout_p: float,
+    keep: NDArray[np.bool_] | None, kw: dict[str, Any],
+) -> tuple[Any, Any, Any, AttentionGrads]:  # fmt: skip
+    """Forward and backward, dense (``out, P, lse, grads``) or tiled (``P`` is None)."""
+    q, k, v, mask = arrays
+    if tiled:
+        out, fc = flash_attention_forward(q, k, v, mask, dropout_p=dropout_p, dropout_mask=keep,
+                                          **kw)  # fmt: skip
+        return out, None, fc.lse, flash_attention_backward(d_out, fc)
+    out, cache = attention_forward(q, k, v, mask, dropout_p=dropout_p, dropout_mask=keep, **kw)
+    return out, cache.P, cache.lse, attention_backward(d_out, cache)
 
 
 def _sdpa_flags(
@@ -735,9 +751,11 @@ def _serving_cases() -> list[Case]:
     """Build the serving table's cases (their builders import this module)."""
     from . import serving_cases
 
-    builders = {"padded": serving_cases.padded_case, "varlen": serving_cases.varlen_case,
-                "kvcache": serving_cases.kvcache_case, "merge": serving_cases.merge_case,
-                "rotary": serving_cases.rotary_case}  # fmt: skip
+    sc = serving_cases
+    builders: dict[str, Callable[..., Case]] = {
+        "padded": sc.padded_case, "varlen": sc.varlen_case, "kvcache": sc.kvcache_case,
+        "merge": sc.merge_case, "rotary": sc.rotary_case,
+    }  # fmt: skip
     return [
         builders[kind](name, _SERVING_DESCRIPTIONS[name], seed, *args, **kw)
         for name, kind, seed, args, kw in _SERVING_TABLE

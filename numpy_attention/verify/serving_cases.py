@@ -106,7 +106,7 @@ def varlen_case(
     scale, kw = 1.0 / math.sqrt(E), {} if window is None else {"window": window}
     out, cache = varlen_attention_forward(
         q, k, v, cu_q, cu_k, scale=scale, is_causal=is_causal, causal_align=causal_align,
-        enable_gqa=Hq != Hkv, **kw,
+        enable_gqa=Hq != Hkv, window=window,
     )  # fmt: skip
     g = varlen_attention_backward(d_out, cache)
     inputs = {"q": q, "k": k, "v": v, "cu_seqlens_q": cu_q, "cu_seqlens_k": cu_k,
