@@ -364,10 +364,9 @@ def _outlier_channels(
 ) -> tuple[NDArray[np.float64], ...]:
     """Massive activations: 2 outlier channels of k 12x larger; one value row 50x larger."""
     q, k, v = _standard(rng, q_shape, k_shape, Ev)
-    q *= 0.5
     k[..., [3, 11]] *= 12.0
     v[..., 2, :] *= 50.0  # a "massive activation" token (an attention-sink-like key)
-    return q, k, v
+    return _exact(0.5 * q), _exact(k), _exact(v)
 
 
 _CAUSAL: dict[str, Any] = {"is_causal": True}

@@ -62,6 +62,12 @@ def padded_case(
     ``dk`` and ``dv`` are 0 there. A dense ``P V`` or ``dS K`` multiplies the NaN rows by a
     zero weight and leaks them (``0 * NaN = NaN``); a kernel that never reads past a
     sequence's length does not.
+
+    Examples
+    --------
+    >>> c = padded_case("p", "NaN padding", 0, (2, 1, 3, 4, 8), [4, 2])
+    >>> bool(np.isnan(c.inputs["k"][1, 0, 2:]).all()), bool(np.isfinite(c.expected["dq"]).all())
+    (True, True)
     """
     B, H, L, S, E = shape
     rng = np.random.default_rng(seed)
@@ -96,7 +102,14 @@ def varlen_case(
     heads: tuple[int, int], widths: tuple[int, int], *, is_causal: bool = False,
     causal_align: str = "bottom_right", window: tuple[int | None, int | None] | None = None,
 ) -> Case:  # fmt: skip
-    """Packed sequences: ``q (Tq, Hq, E)``, ``k (Tk, Hkv, E)``, ``v (Tk, Hkv, Ev)``."""
+    """Packed sequences: ``q (Tq, Hq, E)``, ``k (Tk, Hkv, E)``, ``v (Tk, Hkv, Ev)``.
+
+    Examples
+    --------
+    >>> c = varlen_case("v", "packed", 0, [2, 0, 1], [3, 1, 1], (2, 1), (4, 4), is_causal=True)
+    >>> c.inputs["cu_seqlens_q"].tolist(), c.expected["lse"].shape
+    ([0, 2, 2, 3], (2, 3))
+    """
     (Hq, Hkv), (E, Ev) = heads, widths
     rng = np.random.default_rng(seed)
     Tq, Tk = sum(lengths_q), sum(lengths_k)
@@ -144,7 +157,15 @@ def kvcache_case(
     heads: tuple[int, int], widths: tuple[int, int], *, page: int, max_blocks: int,
     rotary_dim: int, interleaved: bool, is_causal: bool = True,
 ) -> Case:  # fmt: skip
-    """Build a decoding step: L new queries, keys, values appended to a paged rotary cache."""
+    """Build a decoding step: L new queries, keys, values appended to a paged rotary cache.
+
+    Examples
+    --------
+    >>> c = kvcache_case("kv", "decode", 0, [3, 0], 1, (2, 1), (4, 4), page=2, max_blocks=2,
+    ...                  rotary_dim=4, interleaved=False)
+    >>> c.expected["out"].shape, int(np.isnan(c.expected["k_cache_out"]).any(axis=(2, 3)).sum())
+    ((2, 1, 2, 4), 5)
+    """
     (Hq, Hkv), (E, Ev), B = heads, widths, len(seqlens)
     rng = np.random.default_rng(seed)
     kc, vc, table = _paged_cache(rng, B, page, max_blocks, Hkv, widths, seqlens)
@@ -176,6 +197,12 @@ def merge_case(
 
     ``shape = (B, Hq, L, S, E)``; query 1 of batch 1 sees no key at all. The chunks' states
     are rounded to bfloat16; an empty chunk's output is NaN (it must not be read).
+
+    Examples
+    --------
+    >>> c = merge_case("m", "merge", 0, (2, 1, 3, 6, 4), [0, 3, 6])
+    >>> c.expected["out"].shape, bool(np.isinf(c.expected["lse"][1, 0, 1]))
+    ((2, 1, 3, 4), True)
     """
     B, H, L, S, E = shape
     rng = np.random.default_rng(seed)
@@ -203,7 +230,14 @@ def rotary_case(
     name: str, description: str, seed: int, shape: tuple[int, int, int, int], rotary_dim: int,
     *, interleaved: bool, offset: int = 0,
 ) -> Case:  # fmt: skip
-    """Rotary embedding of ``x (B, L, H, E)`` at positions ``offset + arange(L)``."""
+    """Rotary embedding of ``x (B, L, H, E)`` at positions ``offset + arange(L)``.
+
+    Examples
+    --------
+    >>> c = rotary_case("r", "rotary", 0, (1, 3, 2, 8), 4, interleaved=True)
+    >>> c.inputs["cos"].shape, bool(np.all(c.expected["out"][..., 4:] == c.inputs["x"][..., 4:]))
+    ((3, 2), True)
+    """
     B, L, H, E = shape
     rng = np.random.default_rng(seed)
     x, d_out = _normal(rng, B, L, H, E), _normal(rng, B, L, H, E)
