@@ -268,13 +268,16 @@ def eager_attention(a: dict, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """Attention written out in torch ops: ``out, weights, lse`` (softcap, ALiBi, sinks).
 
     ``a`` holds the case's scalars and variant arrays; ``q (Hq.., L, E)``, ``k``, ``v``
-    with the key/value heads of GQA repeated (``repeat_interleave``) here.
+    with the key/value heads of GQA repeated (``repeat_interleave``) here. In bfloat16 and
+    float16 the scores and the softmax are float32 and ``P`` is rounded to the inputs' dtype
+    for ``P V``, as FlashAttention and PyTorch's fused kernels compute.
     """
     L, S = q.shape[-2], k.shape[-2]
     if bool(a["enable_gqa"]) and k.shape[-3] != q.shape[-3]:
         G = q.shape[-3] // k.shape[-3]
         k, v = k.repeat_interleave(G, dim=-3), v.repeat_interleave(G, dim=-3)
-    s = (q @ k.transpose(-1, -2)) * float(a["scale"])
+    low = q.dtype in (torch.bfloat16, torch.float16)  # softmax in float32, as fused kernels do
+    s = (q @ k.transpose(-1, -2)).to(torch.float32 if low else q.dtype) * float(a["scale"])
     if "softcap" in a:
         c = float(a["softcap"])
         s = c * torch.tanh(s / c)  # Eq. (8.2), before masking
@@ -286,7 +289,7 @@ def eager_attention(a: dict, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     s = s.masked_fill(~torch.from_numpy(np.ascontiguousarray(allowed_keys(a, L, S))), -torch.inf)
     m = s.amax(dim=-1, keepdim=True)
     if sinks is not None:
-        sink = sinks[:, None, None].expand(m.shape)
+        sink = sinks.to(s.dtype)[:, None, None].expand(m.shape)
         m = torch.maximum(m, sink)
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m)).detach()
     e = torch.exp(s - m)
@@ -295,7 +298,7 @@ def eager_attention(a: dict, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         total = total + torch.exp(sink - m)  # Eq. (8.9): the sink joins the denominator
     P = e / torch.where(total > 0, total, torch.ones_like(total))
     lse = (m + torch.log(total)).squeeze(-1)
-    return P @ v, P, lse
+    return P.to(v.dtype) @ v, P, lse
 
 
 def run_variant(a: dict, dtype: torch.dtype) -> dict:
