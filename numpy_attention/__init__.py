@@ -6,6 +6,7 @@ Read ``docs/README.md`` first; the modules, bottom to top:
 - :mod:`numpy_attention.masks`: boolean masks (causal, padding, sliding window).
 - :mod:`numpy_attention.attention`: scaled dot-product attention, forward and backward.
 - :mod:`numpy_attention.flash`: FlashAttention's tiled online softmax (no L x S array).
+- :mod:`numpy_attention.variants`: ALiBi slopes and other libraries' windows in our convention.
 - :mod:`numpy_attention.serving`: varlen (packed) attention, KV-cache decoding, split-KV merge,
   rotary embeddings.
 - :mod:`numpy_attention.layers`: multi-head cross-/self-attention layers, forward and backward.
@@ -64,6 +65,13 @@ from .serving import (
     varlen_attention_forward,
 )
 from .softmax import log_softmax, log_softmax_backward, logsumexp, softmax, softmax_backward
+from .variants import (
+    alibi_slopes,
+    window_from_cudnn,
+    window_from_flash,
+    window_from_hf,
+    window_from_jax,
+)
 from .verify import assert_attention_close, gradcheck
 
 __version__ = "0.1.0"
@@ -118,4 +126,9 @@ __all__ = [
     "assert_attention_close",
     "gradcheck",
     "train",
+    "alibi_slopes",
+    "window_from_cudnn",
+    "window_from_flash",
+    "window_from_hf",
+    "window_from_jax",
 ]

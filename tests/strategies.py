@@ -16,7 +16,11 @@ import numpy as np
 from hypothesis import strategies as st
 
 __all__ = [
+    "MASK_MODS",
+    "SCORE_MODS",
+    "VARIANT_KEYWORDS",
     "AttnCase",
+    "VariantCase",
     "attention_cases",
     "bool_masks",
     "broadcastable_to",
@@ -25,9 +29,13 @@ __all__ = [
     "gqa_groups",
     "keep_masks",
     "normal_arrays",
+    "per_head_arrays",
     "scales",
     "score_rows",
     "seeds",
+    "variant_cases",
+    "variant_kwargs",
+    "windows",
 ]
 
 seeds = st.integers(min_value=0, max_value=2**32 - 1)
@@ -192,4 +200,147 @@ def attention_cases(
     if dropout:
         case.dropout_p = draw(st.sampled_from([0.2, 0.5]))
         case.dropout_mask = draw(keep_masks(scores_shape, case.dropout_p))
+    return case
+
+
+# ---------------------------------------------------------------------------
+# Variants (docs/variants.md): window, softcap, ALiBi, sinks, chunks, sink tokens, mods
+# ---------------------------------------------------------------------------
+# The mods use only arithmetic, comparisons, & | and %, so one definition serves NumPy index
+# arrays (the package), Python ints (the loop oracle) and torch tensors (the torch reference).
+# Each score_mod's gradient returns an array of the score's shape (the "+ 0 * s").
+
+
+def _mask_causal(b: Any, h: Any, i: Any, j: Any) -> Any:
+    return j <= i
+
+
+def _mask_head_batch(b: Any, h: Any, i: Any, j: Any) -> Any:
+    return ((i - j) % 3 != 1) | (h == 0) | (b == 1)
+
+
+def _mask_diagonal_stripes(b: Any, h: Any, i: Any, j: Any) -> Any:
+    return (i + j + b) % 2 == 0
+
+
+def _score_head_scale(s: Any, b: Any, h: Any, i: Any, j: Any) -> Any:
+    return s * (1 + 0.25 * h) + 0.1 * (i - j) + 0.05 * b
+
+
+def _score_head_scale_grad(s: Any, b: Any, h: Any, i: Any, j: Any) -> Any:
+    return 1 + 0.25 * h + 0 * s
+
+
+def _score_quadratic(s: Any, b: Any, h: Any, i: Any, j: Any) -> Any:
+    return s + 0.1 * s * s / (1 + b + (i - j) * (i - j))
+
+
+def _score_quadratic_grad(s: Any, b: Any, h: Any, i: Any, j: Any) -> Any:
+    return 1 + 0.2 * s / (1 + b + (i - j) * (i - j))
+
+
+#: ``mask_mod(b, h, q_idx, kv_idx) -> bool`` examples (flex_attention's signature).
+MASK_MODS = {
+    "causal": _mask_causal,
+    "head_batch": _mask_head_batch,
+    "stripes": _mask_diagonal_stripes,
+}
+
+#: ``(score_mod, score_mod_grad)`` pairs: ``g(score, b, h, q_idx, kv_idx)`` and ``dg/dscore``.
+SCORE_MODS = {
+    "head_scale": (_score_head_scale, _score_head_scale_grad),
+    "quadratic": (_score_quadratic, _score_quadratic_grad),
+}
+
+VARIANT_KEYWORDS = ("window", "softcap", "alibi_slopes", "sinks", "chunk_size", "sink_tokens",
+                    "mask_mod", "score_mod", "score_mod_grad")  # fmt: skip
+
+
+@dataclass
+class VariantCase(AttnCase):
+    """An :class:`AttnCase` plus the variant keywords (only those that are not the default)."""
+
+    variants: dict[str, Any] = field(default_factory=dict)
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``attention_forward`` and the oracles, variants included."""
+        return dict(super().kwargs(), **self.variants)
+
+    def tiled_kwargs(self) -> dict[str, Any]:
+        """The same for ``flash_attention_forward`` (no dropout there)."""
+        kw = self.kwargs()
+        del kw["dropout_p"], kw["dropout_mask"]
+        return kw
+
+
+def windows(max_side: int = 4) -> st.SearchStrategy[tuple[int | None, int | None]]:
+    """A ``window=(left, right)``, each side an int in [0, max_side] or None (unbounded)."""
+    side = st.none() | st.integers(0, max_side)
+    return st.tuples(side, side)
+
+
+@st.composite
+def per_head_arrays(
+    draw: Any, scores_shape: tuple[int, ...], batch: bool = True, positive: bool = False
+) -> np.ndarray:
+    """A per-head float array: ``(Hq,)``, or with ``batch`` possibly ``(..., Hq)`` broadcasting
+    against the scores' batch axes (ALiBi slopes may be per batch, FlashAttention's
+    ``(batch, nheads)``)."""
+    lead = scores_shape[:-2]
+    shape = lead[-1:]
+    if batch and len(lead) > 1 and draw(st.booleans()):
+        shape = draw(broadcastable_to(lead[:-1])) + lead[-1:]
+    a = np.random.default_rng(draw(seeds)).normal(size=shape)
+    return np.abs(a) if positive else a
+
+
+@st.composite
+def variant_kwargs(
+    draw: Any,
+    scores_shape: tuple[int, ...],
+    kinds: tuple[str, ...] = ("window", "softcap", "alibi", "sinks", "chunk", "sink_tokens",
+                              "mask_mod", "score_mod"),
+) -> dict[str, Any]:  # fmt: skip
+    """A random subset of the variant keywords (each kind in ``kinds`` drawn or not).
+
+    Per-head arrays (slopes, sinks) are drawn only when the scores have a head axis.
+    """
+    kw: dict[str, Any] = {}
+    heads = len(scores_shape) >= 3
+    if "window" in kinds and draw(st.booleans()):
+        kw["window"] = draw(windows())
+    if "softcap" in kinds and draw(st.booleans()):
+        kw["softcap"] = draw(st.sampled_from([0.5, 2.0, 30.0]))
+    if "alibi" in kinds and heads and draw(st.booleans()):
+        kw["alibi_slopes"] = draw(per_head_arrays(scores_shape, positive=True))
+    if "sinks" in kinds and heads and draw(st.booleans()):
+        kw["sinks"] = draw(per_head_arrays(scores_shape, batch=False))
+    if "chunk" in kinds and draw(st.booleans()):
+        kw["chunk_size"] = draw(st.integers(1, 4))
+    if "sink_tokens" in kinds and draw(st.booleans()):
+        kw["sink_tokens"] = draw(st.integers(1, 2))
+    if "mask_mod" in kinds and draw(st.booleans()):
+        kw["mask_mod"] = MASK_MODS[draw(st.sampled_from(sorted(MASK_MODS)))]
+    if "score_mod" in kinds and draw(st.booleans()):
+        name = draw(st.sampled_from(sorted(SCORE_MODS)))
+        kw["score_mod"], kw["score_mod_grad"] = SCORE_MODS[name]
+    return kw
+
+
+@st.composite
+def variant_cases(
+    draw: Any,
+    kinds: tuple[str, ...] = ("window", "softcap", "alibi", "sinks", "chunk", "sink_tokens",
+                              "mask_mod", "score_mod"),
+    masks: tuple[str, ...] = ("none", "bool", "float"),
+    dropout: bool = False,
+    max_len: int = 5,
+) -> VariantCase:  # fmt: skip
+    """:func:`attention_cases` (masks, causal either alignment, GQA, broadcast, L != S) plus a
+    random combination of variants from ``kinds``."""
+    base = draw(attention_cases(masks=masks, dropout=dropout, max_len=max_len))
+    case = VariantCase(**{f: getattr(base, f) for f in base.__dataclass_fields__})
+    case.variants = draw(variant_kwargs(case.scores_shape, kinds))
+    if {"window", "chunk_size", "alibi_slopes"} & set(case.variants):
+        case.causal_align = draw(st.sampled_from(["top_left", "bottom_right"]))  # d without causal
     return case

@@ -43,6 +43,7 @@ CHAPTERS = {
     "flash.md": 5,
     "model.md": 6,
     "verify.md": 7,
+    "variants.md": 8,
     "serving.md": 9,
 }
 
@@ -702,3 +703,16 @@ def test_public_function_docstring_has_a_runnable_example(fn):
     assert examples and ">>>" in examples.group(1), (
         f"{fn.__module__}.{fn.__name__} has no 'Examples' section with a >>> example"
     )
+
+
+def test_reliability_page_names_only_tests_that_exist():
+    """docs/reliability.md: every test file and test function it names exists."""
+    text = (DOCS / "reliability.md").read_text(encoding="utf-8")
+    root = DOCS.parent
+    files = set(re.findall(r"`(tests/[\w/]+\.py)`", text))
+    names = set(re.findall(r"`(test_\w+)`", text))
+    assert files and names
+    missing = [f for f in files if not (root / f).is_file()]
+    sources = "".join(p.read_text(encoding="utf-8") for p in (root / "tests").glob("test_*.py"))
+    missing += [n for n in names if f"def {n}(" not in sources]
+    _fail(missing, "tests named in docs/reliability.md that do not exist")
