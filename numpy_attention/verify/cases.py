@@ -27,6 +27,7 @@ from numpy.typing import NDArray
 from ..attention import AttentionGrads, attention_backward, attention_forward
 from ..flash import flash_attention_backward, flash_attention_forward
 from ..masks import padding_mask, sliding_window_mask
+from ..variants import alibi_slopes
 from .tolerance import round_to_bfloat16
 
 __all__ = ["Case", "CASE_NAME", "build_suite"]
@@ -221,22 +222,11 @@ def _standard(
     return q, k, _normal(rng, *k_shape[:-1], Ev)
 
 
-def alibi_slopes_of(Hq: int) -> NDArray[np.float64]:
-    """ALiBi's slopes ``2^(-8 (h + 1) / Hq)``, rounded to bfloat16 (exact in every dtype).
-
-    Examples
-    --------
-    >>> alibi_slopes_of(4).tolist()
-    [0.25, 0.0625, 0.015625, 0.00390625]
-    """
-    return _exact(2.0 ** (-8.0 * np.arange(1, Hq + 1) / Hq))
-
-
 def _draw_variants(rng: np.random.Generator, spec: dict[str, Any], Hq: int) -> dict[str, Any]:
     """Return a case's Variants keywords (``alibi_slopes=True``, ``sinks=True``: drawn)."""
     kw = dict(spec)
     if kw.get("alibi_slopes") is True:
-        kw["alibi_slopes"] = alibi_slopes_of(Hq)
+        kw["alibi_slopes"] = _exact(alibi_slopes(Hq))  # ALiBi's, rounded to bfloat16
     if kw.get("sinks") is True:
         kw["sinks"] = _normal(rng, Hq)
     return kw
@@ -622,7 +612,7 @@ _DESCRIPTIONS = {
     "query i sees keys i + 3 - 2 .. i + 3 + 1, Eq. (2.8).",
     "variant_window_left": "Window (3, None): query i sees keys j >= i - 3, unbounded on the "
     "right (FlashAttention window_size = (3, -1)).",
-    "variant_alibi": "ALiBi: slopes m_h = 2^(-8 (h + 1) / H), scores minus m_h |i - j|, "
+    "variant_alibi": "ALiBi: slopes m_h = 2^(-8 (h + 1) / H) (h from 0), scores minus m_h |i - j|, "
     "Eq. (8.4), no causal mask.",
     "variant_sinks": "Attention sinks (gpt-oss): a learned logit per head in every row's "
     "denominator, Eq. (8.9); d_sinks expected; weights sum to less than 1; lse includes the sink.",
