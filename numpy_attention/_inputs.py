@@ -245,6 +245,7 @@ def check_inputs(
     q: ArrayLike,
     k: ArrayLike,
     v: ArrayLike,
+    /,
     attn_mask: ArrayLike | None = None,
     is_causal: bool = False,
     scale: float | None = None,

@@ -573,29 +573,18 @@ def sink_grad(x: AttentionInputs, lse: Array, D: Array, e: int = 0) -> Array | N
 # ---------------------------------------------------------------------------
 
 
-def scaled_dot_product_attention(
-    q: ArrayLike,
-    k: ArrayLike,
-    v: ArrayLike,
-    attn_mask: ArrayLike | None = None,
-    dropout_p: float = 0.0,
-    is_causal: bool = False,
-    scale: float | None = None,
-    enable_gqa: bool = False,
-    *,
-    dropout_mask: ArrayLike | None = None,
-    rng: np.random.Generator | None = None,
-    causal_align: str = "top_left",
-    **variants: Any,
-) -> Array:
+def scaled_dot_product_attention(*args: Any, **kwargs: Any) -> Array:
     r"""Scaled dot-product attention (output only), as torch's function of the same name.
 
-    Parameters, shapes and errors are those of :func:`attention_forward`.
+    ``scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0,
+    is_causal=False, scale=None, enable_gqa=False, *, dropout_mask=None,
+    rng=None, causal_align="top_left", **variants)``: the arguments, shapes and
+    errors of :func:`attention_forward`, whose output it returns.
 
     Parameters
     ----------
-    q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa : see attention_forward
-    dropout_mask, rng, causal_align, **variants : see attention_forward
+    *args, **kwargs
+        Those of :func:`attention_forward`, in its order.
 
     Returns
     -------
@@ -612,8 +601,5 @@ def scaled_dot_product_attention(
     >>> scaled_dot_product_attention(q, k, v, is_causal=True).shape
     (2, 1, 3, 4)
     """
-    out, _ = attention_forward(
-        q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa,
-        dropout_mask=dropout_mask, rng=rng, causal_align=causal_align, **variants,
-    )  # fmt: skip
+    out, _ = attention_forward(*args, **kwargs)
     return out

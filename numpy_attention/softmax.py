@@ -290,12 +290,10 @@ def log_softmax_backward(d_y: ArrayLike, y: ArrayLike, axis: int = -1) -> NDArra
 
     Parameters
     ----------
-    d_y : array_like
-        Upstream gradient ``dL/dy``, same shape as ``y``.
-    y : array_like
-        The output of ``log_softmax(x, axis)``.
+    d_y, y : array_like
+        The upstream gradient ``dL/dy`` and ``y = log_softmax(x, axis)``, of one shape.
     axis : int, optional
-        The normalised axis. Default ``-1``.
+        The axis ``log_softmax`` normalised. Default ``-1``.
 
     Returns
     -------

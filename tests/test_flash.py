@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from optional import TORCH_MISSING
 from strategies import attention_cases
 
 from numpy_attention.attention import attention_backward, attention_forward
@@ -419,7 +420,7 @@ def test_overflowing_scores_are_refused_as_in_the_core():
 def test_tiled_matches_torch_sdpa_over_many_blocks(align):
     """Several blocks each way (70 queries, 90 keys, blocks of 16 x 32), GQA, causal, a float
     bias broadcast over heads: out, dq, dk, dv and dB equal torch's float64 SDPA to 1e-12."""
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason=TORCH_MISSING)
     rng = RNG(10)
     q, k, v = (rng.normal(size=(2, n, m, 16)) for n, m in ((4, 70), (2, 90), (2, 90)))
     bias = rng.normal(size=(2, 1, 70, 90))
