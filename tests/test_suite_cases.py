@@ -506,3 +506,40 @@ def test_torch_passes_the_config_cases_in_float64(tmp_path: Path) -> None:
     results, unknown = load_results(tmp_path / "res", expected)
     report = check_results(results, expected, dtype="float64", strict=True, unknown=unknown)
     assert report.passed and not unknown, report.table()
+
+
+def test_vectors_config_writes_the_configs_cases(tmp_path: Path) -> None:
+    """`vectors --config FILE --out DIR`: the config's cases, readable by check; exit 0."""
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"cases": [CONFIG["cases"][2]]}))
+    run = subprocess.run([sys.executable, "-m", "numpy_attention", "vectors", "--config",
+                          str(cfg), "--out", str(tmp_path / "s")], capture_output=True,
+                         text=True, cwd=ROOT)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    man, expected = load_suite(tmp_path / "s")
+    assert [e["name"] for e in man["cases"]] == ["plain_user"]
+    want = cases_from_config({"cases": [CONFIG["cases"][2]]})[0].expected
+    np.testing.assert_array_equal(expected["plain_user"]["out"], want["out"])
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('{"cases": [{"name": "x", "L": 4, "S": 6, "E": 8, "window": 3}]}', "cases[0].window"),
+    ("{not json", "cannot be read as JSON"),
+    (None, "does not exist"),
+])  # fmt: skip
+def test_vectors_config_errors_are_one_line_and_exit_2(tmp_path: Path, text, message) -> None:
+    """A bad config: exit 2, one line on stderr naming the problem, nothing written."""
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "cfg.json"
+    if text is not None:
+        cfg.write_text(text)
+    run = subprocess.run([sys.executable, "-m", "numpy_attention", "vectors", "--config",
+                          str(cfg), "--out", str(tmp_path / "s")], capture_output=True,
+                         text=True, cwd=ROOT)  # fmt: skip
+    assert run.returncode == 2 and message in run.stderr, run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and not (tmp_path / "s").exists()

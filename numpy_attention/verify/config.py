@@ -33,6 +33,8 @@ CONFIG_FIELDS: dict[str, Any] = {
 _REQUIRED = ("name", "L", "S", "E")
 #: ``path: "auto"`` computes by the tiled functions from this many scores (B Hq L S) on.
 _TILED_FROM = 2**22
+#: The largest config file read (a config is a few lines).
+_MAX_CONFIG_BYTES = 2**20
 
 
 def _load(config: str | os.PathLike[str] | Mapping[str, Any]) -> Mapping[str, Any]:
@@ -42,6 +44,11 @@ def _load(config: str | os.PathLike[str] | Mapping[str, Any]) -> Mapping[str, An
     if not isinstance(config, (str, os.PathLike)):
         raise TypeError(f"config must be a path or a mapping, got {type(config).__name__}")
     path = Path(config)
+    if not path.is_file():
+        what = "is not a regular file" if path.exists() else "does not exist"
+        raise ValueError(f"config {path} {what}")
+    if path.stat().st_size > _MAX_CONFIG_BYTES:
+        raise ValueError(f"config {path} has {path.stat().st_size} bytes, too many for a config")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
