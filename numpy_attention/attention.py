@@ -423,7 +423,10 @@ def attention_forward(
     >>> float(cache.lse[0]) == float(np.log(np.e + 1.0))
     True
     """
-    x = check_inputs(q, k, v, attn_mask, is_causal, scale, enable_gqa, causal_align, **variants)
+    x = check_inputs(
+        q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa,
+        causal_align=causal_align, **variants,
+    )  # fmt: skip
     keep = check_dropout(dropout_p, dropout_mask, rng, x.scores_shape)
     G = x.groups
     with np.errstate(over="ignore", invalid="ignore"):  # refused just below if it happens
@@ -433,7 +436,7 @@ def attention_forward(
         S = np.array(np.broadcast_to(S, x.scores_shape))
     S_masked, S_c = S, score_pipeline(x, S)  # Eqs. (8.2)-(8.8), (2.2), in place
     check_scores(S_masked, x, "after the bias")
-    P, lse = softmax_lse_inplace(S_masked, sink=x.mods.sinks)  # Eqs. (2.3), (8.9), in place
+    P, lse = softmax_lse_inplace(S_masked, sink=x.mods.sinks, bounded=x.exp_safe)  # (2.3), (8.9)
     P_d = _dropout(P, keep, float(dropout_p))  # Eq. (2.4)
     out = _per_query_head(P_d, x.v, G)  # Eq. (2.5)
     if out.shape != x.out_shape:
