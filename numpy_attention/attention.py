@@ -23,7 +23,7 @@ The forward, one line per equation::
     S_c      = softcap, then score_mod, of S           (8.2)-(8.3)
     S_masked = S_c + B + ALiBi, -inf where masked      (2.2), (8.4), (8.8)
     P, lse   = softmax(S_masked), with the sinks       (2.3), (8.9)
-    P_d      = P * Z / (1 - p)                         (2.4)
+    P_d      = P * Z / (1 - dropout_p)                 (2.4)
     out      = P_d @ v                                 (2.5)
 
 Precision: float64 inputs are computed in float64 (the oracle); float32 in
@@ -303,7 +303,7 @@ class AttentionCache:
 
 
 def _dropout(P: Array, keep: NDArray[np.bool_] | None, p: float) -> Array:
-    """Eq. (2.4): ``P * Z / (1 - p)``, or ``P`` itself; the backward's ``dP`` too, Eq. (2.11)."""
+    """Eq. (2.4): ``P * Z / (1 - dropout_p)``, or ``P``; the backward's ``dP`` too, Eq. (2.11)."""
     if keep is None:
         return P
     return P * keep * P.dtype.type(1.0 / (1.0 - p))
@@ -403,7 +403,7 @@ def attention_forward(
 
         P = \mathrm{softmax}(\tilde S), \ \mathrm{lse}_i = \log\textstyle\sum_j e^{\tilde S_{ij}}
         \;(2.3), \qquad
-        \tilde P = P \odot Z / (1 - p) \;(2.4), \qquad O = \tilde P V \;(2.5).
+        \tilde P = P \odot Z / (1 - p_\mathrm{drop}) \;(2.4), \qquad O = \tilde P V \;(2.5).
 
     A row with every key masked gets ``P = 0``, ``O = 0``, ``lse = -inf``
     (torch's ``_safe_softmax``; JAX returns ``mean(V)`` there). NaN in
@@ -496,9 +496,9 @@ def attention_backward(d_out: ArrayLike, cache: AttentionCache) -> AttentionGrad
     .. math::
 
         dV = \tilde P^\top dO,\ d\tilde P = dO\,V^\top \;(2.10), \qquad
-        dP = d\tilde P \odot Z/(1-p) \;(2.11),
+        dP = d\tilde P \odot Z/(1-p_\mathrm{drop}) \;(2.11),
 
-        D_i = \textstyle\sum_j dP_{ij}P_{ij} = \sum_e dO_{ie} O_{ie} \;(2.12), \qquad
+        D_i = \textstyle\sum_j dP_{ij}P_{ij} = \sum_c dO_{ic} O_{ic} \;(2.12), \qquad
         dS = P \odot (dP - D) \;(2.13),
 
         dQ = \mathrm{scale}\cdot dS\,K,\ dK = \mathrm{scale}\cdot dS^\top Q \;(2.14), \qquad
@@ -521,7 +521,7 @@ def attention_backward(d_out: ArrayLike, cache: AttentionCache) -> AttentionGrad
     # out = P_d @ v  (Eq. (2.5))  ->  dv = P_d^T dO,  dP_d = dO v^T  (Eq. (2.10))
     dv = _per_kv_head(np.swapaxes(cache.weights, -1, -2), dO, G)
     dP = _per_query_head(dO, np.swapaxes(v, -1, -2), G)
-    # P_d = P * Z / (1 - p)  (Eq. (2.4))  ->  dP = dP_d * Z / (1 - p)  (Eq. (2.11))
+    # P_d = P * Z / (1 - dropout_p)  (Eq. (2.4))  ->  dP = dP_d * Z / (1 - dropout_p)  (Eq. (2.11))
     dP = _dropout(dP, cache.keep, cache.dropout_p)
     # P, lse = softmax(S_masked)  (Eqs. (2.3), (8.9))
     #   ->  D = rowsum(dO * out),  dS_masked = P * (dP - D)  (Eqs. (2.12)-(2.13))

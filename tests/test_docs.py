@@ -406,6 +406,48 @@ def test_code_line_check_catches_each_kind_of_drift(tmp_path):
     assert "not defined" in found[3][0] and "'Code:' line" in found[4][0]
 
 
+_BARE_CITE_RE = re.compile(rf"\bEqs?\.?\s*({_NUM}(?:\s*(?:-|–|—|,|and|to)\s*{_NUM})*)")
+
+
+def _bare_citations(text: str) -> list[tuple[int, str]]:
+    """Citations not written ``Eq. (c.n)`` / ``Eqs. (c.a)-(c.b)``: a number without parentheses,
+    or ``Eq`` without its dot (one form everywhere, so that searching for ``Eq. (2.10)`` finds
+    every use)."""
+    found = []
+    for m in _BARE_CITE_RE.finditer(text):
+        numbers = re.findall(r"\(?\d+\.\d+\)?", m.group(1))
+        dotted = re.match(r"Eqs?\.", m.group(0))
+        if not dotted or any(not (n.startswith("(") and n.endswith(")")) for n in numbers):
+            found.append((text.count("\n", 0, m.start()) + 1, m.group(0)))
+    return found
+
+
+def _cited_files() -> list[Path]:
+    """Where equations are cited: the package, the tests (but this file, whose parser tests
+    hold bare forms on purpose), the examples, the benchmarks and the docs."""
+    here = Path(__file__).resolve()
+    files = sorted(PKG.rglob("*.py")) + _doc_files() + [ROOT / "README.md"]
+    for folder in ("tests", "examples", "benchmarks"):
+        files += sorted(p for p in (ROOT / folder).rglob("*.py") if p.resolve() != here)
+    return files
+
+
+def test_equations_are_cited_in_one_form_everywhere():
+    """Every citation reads ``Eq. (2.10)`` or ``Eqs. (2.10)-(2.12)``, never ``Eq. 2.10``,
+    ``Eqs. (5.4)-5.6`` or ``Eq (2.10)``."""
+    problems = [f"{_rel(path)}:{line}: {cite!r}, write it Eq. (c.n)"
+                for path in _cited_files()
+                for line, cite in _bare_citations(path.read_text(encoding="utf-8"))]  # fmt: skip
+    _fail(problems, "citations not in the form Eq. (c.n)")
+
+
+def test_bare_citation_finder_sees_each_bare_form():
+    """The finder behind the one-form test flags a bare number, a half-bare range and a missing
+    dot, and passes the parenthesised forms."""
+    text = "Eq. (2.10) Eqs. (2.1)-(2.3) Eq. 2.10 Eqs. (5.4)-5.6 Eq (2.4) Eqs. (3.6), (3.10)"
+    assert [c for _, c in _bare_citations(text)] == ["Eq. 2.10", "Eqs. (5.4)-5.6", "Eq (2.4)"]
+
+
 def test_citation_parser_reads_ranges_lists_and_both_styles():
     """The parser behind the cross-reference tests: inclusive ranges, lists, with or without
     parentheses; a backwards or cross-chapter range is an error."""
