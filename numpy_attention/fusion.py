@@ -429,7 +429,7 @@ def fusion_forward(
 
     each :math:`A_r` a self-attention layer with its own parameters
     (Eq. (3.11)). If all branches shared one set of parameters this would be
-    :math:`(\sum_r\alpha_r) A(X) = A(X)`, the seed's formula, Eq. (4.9).
+    :math:`(\sum_r\alpha_r) A(X) = A(X)`, the seed's formula, Eq. (4.6).
 
     Examples
     --------
@@ -544,7 +544,7 @@ class ConcatFusionCache(_BranchCaches):
     params : ConcatFusionParams
         With the cache's own copies of ``w`` and ``b``.
     concat : ndarray, shape (B, T, N*Do)
-        The concatenated branch outputs, Eq. (4.6).
+        The concatenated branch outputs, Eq. (4.7).
     branch_caches : tuple of CrossAttentionCache
         Each branch's cache; ``branch_weights`` lists their attention weights.
     """
@@ -652,9 +652,9 @@ def concat_fusion_forward(
 
     Notes
     -----
-    Eq. (4.6) of ``docs/fusion.md``: :math:`Y = [A_1, \dots, A_N]\,W + b`.
+    Eq. (4.7) of ``docs/fusion.md``: :math:`Y = [A_1, \dots, A_N]\,W + b`.
     With :math:`W = [\alpha_1 I; \dots; \alpha_N I]` and :math:`b = 0` it is
-    the weighted sum Eq. (4.1), Eq. (4.8). This is also multi-head
+    the weighted sum Eq. (4.1), Eq. (4.9). This is also multi-head
     attention's output projection, with whole branches in the heads' place.
 
     Examples
@@ -670,9 +670,9 @@ def concat_fusion_forward(
     branches = _check_branches(params.branches)
     # A_r = SelfAttn_r(X) for every branch  (Eq. (3.11))
     A, caches = _branches_forward(branches, x, kwargs, "concatenated")
-    C = np.concatenate(A, axis=-1)  # C = [A_1, ..., A_N], (B, T, N*Do)  (Eq. (4.6))
+    C = np.concatenate(A, axis=-1)  # C = [A_1, ..., A_N], (B, T, N*Do)  (Eq. (4.7))
     w, b = _check_linear(params, len(branches), A[0].shape[-1])
-    Y = C @ w if b is None else C @ w + b  # Y = C @ w + b  (Eq. (4.6))
+    Y = C @ w if b is None else C @ w + b  # Y = C @ w + b  (Eq. (4.7))
     return Y, ConcatFusionCache(params=replace(params, w=w, b=b), concat=C, branch_caches=caches)
 
 
@@ -702,7 +702,7 @@ def concat_fusion_backward(
 
     Notes
     -----
-    Eq. (4.7) of ``docs/fusion.md``, undoing Eq. (4.6), with :math:`W_r` the
+    Eq. (4.8) of ``docs/fusion.md``, undoing Eq. (4.7), with :math:`W_r` the
     row block of :math:`W` that reads branch :math:`i`:
 
     .. math:: dW = C^\top dY,\quad db = \textstyle\sum dY,\quad dA_r = dY\,W_r^\top,
@@ -722,11 +722,11 @@ def concat_fusion_backward(
     c = check_instance(cache, ConcatFusionCache, "cache", "concat_fusion_forward")
     p, C = c.params, c.concat
     dY = check_grad(d_y, "d_y", C.shape[:-1] + (p.w.shape[1],))
-    # Y = C @ w + b  (Eq. (4.6))  ->  dw = C^T dY, db = sum dY, dC = dY w^T  (Eq. (4.7))
+    # Y = C @ w + b  (Eq. (4.7))  ->  dw = C^T dY, db = sum dY, dC = dY w^T  (Eq. (4.8))
     d_w = C.reshape(-1, C.shape[-1]).T @ dY.reshape(-1, dY.shape[-1])
     d_b = None if p.b is None else dY.sum(axis=tuple(range(dY.ndim - 1)))
     dC = dY @ p.w.T
-    # C = [A_1, ..., A_N]  (Eq. (4.6))  ->  dA_r = dC[..., i*Do:(i+1)*Do]  (Eq. (4.7))
+    # C = [A_1, ..., A_N]  (Eq. (4.7))  ->  dA_r = dC[..., r*Do:(r+1)*Do]  (Eq. (4.8))
     widths = [bc.params.w_o.shape[1] for bc in c.branch_caches]
     d_A = np.split(dC, np.cumsum(widths)[:-1], axis=-1)
     # A_r = SelfAttn_r(X)  (Eq. (3.11))  ->  dX = sum_r dX^(r)  (Eq. (4.5))

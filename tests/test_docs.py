@@ -747,6 +747,36 @@ def test_public_function_docstring_has_a_runnable_example(fn):
     )
 
 
+def _matrix_products(path: Path, functions: tuple[str, ...]) -> int:
+    """How many matrix products the source of ``functions`` writes: each ``a @ b`` and each call of
+    the core's GQA product helpers ``_per_query_head`` / ``_per_kv_head`` (one ``@`` each)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    count = 0
+    for name in functions:
+        node = _find_node(tree, name)
+        assert node is not None, f"{name} is not defined in {_rel(path)}"
+        for n in ast.walk(node):
+            if isinstance(n, ast.BinOp) and isinstance(n.op, ast.MatMult):
+                count += 1
+            elif isinstance(n, ast.Call) and getattr(n.func, "id", "") in (
+                "_per_query_head", "_per_kv_head"
+            ):
+                count += 1
+    return count
+
+
+def test_flash_chapter_counts_the_backward_matrix_products_of_the_code():
+    """docs/flash.md says how many matrix products one block of the tiled backward costs against
+    the core's backward ("5 instead of the core's 4"): the numbers are those the code writes
+    (the tiled backward recomputes the scores of Eq. (5.1) in ``_scores_block``)."""
+    text = " ".join((DOCS / "flash.md").read_text(encoding="utf-8").split())
+    m = re.search(r"(\d+) instead of the core's (\d+)", text)
+    assert m, "docs/flash.md no longer says 'N instead of the core's M' products"
+    core = _matrix_products(PKG / "attention.py", ("attention_backward",))
+    tiled = _matrix_products(PKG / "flash.py", ("_backward_rows", "_scores_block"))
+    assert (int(m.group(1)), int(m.group(2))) == (tiled, core)
+
+
 def test_reliability_page_names_only_tests_that_exist():
     """docs/reliability.md: every test file and test function it names exists."""
     text = (DOCS / "reliability.md").read_text(encoding="utf-8")
