@@ -759,7 +759,8 @@ def _matrix_products(path: Path, functions: tuple[str, ...]) -> int:
             if isinstance(n, ast.BinOp) and isinstance(n.op, ast.MatMult):
                 count += 1
             elif isinstance(n, ast.Call) and getattr(n.func, "id", "") in (
-                "_per_query_head", "_per_kv_head"
+                "_per_query_head",
+                "_per_kv_head",
             ):
                 count += 1
     return count
