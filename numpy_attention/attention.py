@@ -5,7 +5,10 @@ The core of the package. Semantics follow
 results are directly comparable; see ``docs/conventions.md`` for the places
 where frameworks disagree. Equations are numbered as in ``docs/attention.md``
 (chapter 2) and ``docs/variants.md`` (chapter 8, the variants of today's
-models: softcap, score_mod, ALiBi, windows, chunks, sinks).
+models: softcap, score_mod, ALiBi, windows, chunks, sinks). The same formulas as
+literal loops over batch, head, query and key with ``math.exp`` (slow, obviously
+right, what the tests compare with): ``attention_oracle`` and
+``attention_backward_oracle`` in ``tests/oracles.py``.
 
 Shapes (letter legend)::
 

@@ -11,7 +11,8 @@ larger than one block of scores (per thread) is ever formed, whatever the
 variant: each block goes through the core's score pipeline
 (:func:`~numpy_attention.attention.score_pipeline`), and blocks that the
 causal mask, a window or a chunk hide entirely are skipped. Equations are
-numbered as in ``docs/flash.md``.
+numbered as in ``docs/flash.md``. Its loop version is the core's:
+``attention_oracle`` and ``attention_backward_oracle`` in ``tests/oracles.py``.
 
 Shapes (letter legend)::
 
