@@ -52,7 +52,9 @@ from pathlib import Path
 SHAPES = [(4, 8, 512, 64), (2, 8, 1024, 64), (1, 8, 2048, 64), (1, 4, 4096, 128)]
 QUICK_SHAPES = [(2, 4, 256, 32), (1, 4, 512, 64)]
 DTYPES = ["float32", "float64"]
-IMPLS = ["torch", "core", "tiled", "products"]
+IMPLS = ["torch", "core", "tiled", "products"]  # the children
+#: The columns: the torch child also times its math backend and the eager torch reference.
+COLUMNS = ["torch", "torch_math", "torch_eager", "core", "tiled", "products"]
 BLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 SEED = 0
 
@@ -79,6 +81,28 @@ def _median_ms(fn, repeat):
         fn()
         times.append(time.perf_counter() - t0)
     return 1e3 * statistics.median(times)
+
+
+def _interleaved_ms(fns, repeat):
+    """Median ms of each of ``fns`` (a dict), run round-robin: they meet the same machine load.
+
+    One warm-up round, then ``repeat`` rounds, each running every function once.
+    """
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+
+
+#: Each variant keyword at its "off" value: what a caller passing them through costs.
+NEUTRAL_VARIANTS = {"window": None, "chunk_size": None, "sink_tokens": 0, "softcap": None,
+                    "score_mod": None, "mask_mod": None, "alibi_slopes": None,
+                    "sinks": None}  # fmt: skip
 
 
 def _flops(shape):
@@ -120,14 +144,14 @@ def _numpy_child(impl, shapes, dtypes, repeat, refdir, big):
     workers = os.cpu_count() or 1
     if impl == "core":
 
-        def fwd(q, k, v):
-            return attention_forward(q, k, v)
+        def fwd(q, k, v, **kw):
+            return attention_forward(q, k, v, **kw)
 
         bwd = attention_backward
     else:
 
-        def fwd(q, k, v):
-            return flash_attention_forward(q, k, v, workers=workers)
+        def fwd(q, k, v, **kw):
+            return flash_attention_forward(q, k, v, workers=workers, **kw)
 
         bwd = flash_attention_backward
 
@@ -146,12 +170,14 @@ def _numpy_child(impl, shapes, dtypes, repeat, refdir, big):
             def run_fwd(q=q, k=k, v=v):
                 return fwd(q, k, v)
 
-            def run_both(q=q, k=k, v=v, g=g):
-                out, cache = fwd(q, k, v)
+            def run_both(q=q, k=k, v=v, g=g, **kw):
+                out, cache = fwd(q, k, v, **kw)
                 return out, bwd(g, cache)
 
-            t_fwd = _median_ms(run_fwd, repeat)
-            t_both = _median_ms(run_both, repeat)
+            runs = _timed_runs(impl, (q, k, v, g), run_fwd, run_both, workers)
+            ms = _interleaved_ms(runs, repeat)
+            t_fwd, t_both = ms["fwd"], ms["both"]
+            del runs  # the floor's buffers
             mem = {}
             for name, fn in (("fwd", run_fwd), ("fwd+bwd", run_both)):
                 tracemalloc.start()
@@ -164,10 +190,44 @@ def _numpy_child(impl, shapes, dtypes, repeat, refdir, big):
                 del result, arrays
             out, grads = run_both()
             err = _errors(refdir, shape, dtype, out, grads)
+            floor_both = min(t for n, t in ms.items() if n.startswith("floor both"))
             _emit({"impl": impl, "kind": "time", "shape": shape, "dtype": dtype, "fwd_ms": t_fwd,
-                   "both_ms": t_both, "mem": mem, "err": err})  # fmt: skip
+                   "both_ms": t_both, "mem": mem, "err": err, "each_ms": ms,
+                   "floor_fwd_ms": min(ms["floor fwd whole"], ms["floor fwd blocks"]),
+                   "floor_both_ms": floor_both})  # fmt: skip
     if big and impl == "tiled":
         _big_memory_check(flash_attention_forward, flash_attention_backward, workers)
+        _window_check(flash_attention_forward, workers)
+
+
+def _timed_runs(impl, inputs, run_fwd, run_both, workers):
+    """Ours, its floor (whole matrices and blocks) and ours with the variants off, to interleave.
+
+    The floor of the issue: 2 products + 1 exp per score for a forward; + 4 products for the
+    core's backward; + 5 products and 1 more exp for the tiled backward (which recomputes S).
+    """
+    whole_fwd, whole_six, whole_seven, _ = _product_runs(*inputs, exp=True)
+    blocks_fwd, blocks_seven = _blocked_product_runs(*inputs, workers, exp=True)
+    runs = {"fwd": run_fwd, "both": run_both,
+            "floor fwd whole": whole_fwd, "floor fwd blocks": blocks_fwd}  # fmt: skip
+    if impl == "core":
+        runs["floor both whole"] = whole_six  # 6 products, 1 exp
+    else:
+        runs.update({"floor both whole": whole_seven, "floor both blocks": blocks_seven})
+    S = inputs[1].shape[-2]
+    runs["both, variants off"] = lambda: run_both(**NEUTRAL_VARIANTS)
+    runs["both, window hides nothing"] = lambda: run_both(window=(S, S))
+    return runs
+
+
+def _window_check(fwd, workers, L=16384):
+    """The issue's window target: window (256, 0) at L = S = 16384 against the full call."""
+    q, k, v, _ = _inputs((1, 1, L, 64), "float64")
+    ms = _interleaved_ms({"full": lambda: fwd(q, k, v, workers=workers),
+                          "window": lambda: fwd(q, k, v, window=(256, 0), workers=workers)},
+                         2)  # fmt: skip
+    _emit({"impl": "tiled", "kind": "window", "shape": (1, 1, L, 64), "dtype": "float64",
+           "full_ms": ms["full"], "window_ms": ms["window"]})  # fmt: skip
 
 
 def _arrays_of(result):
@@ -235,13 +295,18 @@ def _big_memory_check(fwd, bwd, workers):
            "seconds": seconds, "scores_bytes": 16384 * 16384 * 8})  # fmt: skip
 
 
-def _product_runs(q, k, v, g):
+def _product_runs(q, k, v, g, exp=False):
     """The forward's 2 products, the core's 6 and FlashAttention's 7, into preallocated arrays.
 
+    With ``exp``, the floor of the issue: the products plus one ``np.exp`` over every score
+    in the forward (P = exp(S), in place) and one more where FlashAttention's backward
+    recomputes S (``q`` is then scaled by 1/sqrt(E) first, so that exp stays finite).
     Returns the three runs and the arrays they write (``s`` holds S, then dP).
     """
     import numpy as np
 
+    if exp:
+        q = q * q.dtype.type(q.shape[-1] ** -0.5)
     kT, vT = np.swapaxes(k, -1, -2), np.swapaxes(v, -1, -2)
     s = q @ kT  # (B, H, L, S), reused for P, dP and dS: no page faults in the timing
     sT = np.swapaxes(s, -1, -2)
@@ -250,6 +315,8 @@ def _product_runs(q, k, v, g):
 
     def run_fwd():
         np.matmul(q, kT, out=s)  # S = Q K^T
+        if exp:
+            np.exp(s, out=s)  # P = exp(S): the one exp per score
         np.matmul(s, v, out=o)  # O = P V
 
     def run_backward():
@@ -265,18 +332,21 @@ def _product_runs(q, k, v, g):
     def run_seven():
         run_fwd()
         np.matmul(q, kT, out=s)  # FlashAttention's backward recomputes S
+        if exp:
+            np.exp(s, out=s)  # and P from it
         run_backward()
 
     return run_fwd, run_six, run_seven, {"s": s, "o": o, "dq": dq, "dk": dk, "dv": dv}
 
 
-def _blocked_product_runs(q, k, v, g, workers):
+def _blocked_product_runs(q, k, v, g, workers, exp=False):
     """The tiled functions' 2 + 5 products alone, in their default blocks and threads.
 
     Each of ``workers`` threads (BLAS on one thread, with threadpoolctl) takes every
     ``workers``-th query block and multiplies it with every key block, each product a fresh
-    array, as ``flash.py`` does; no softmax, no masks. Returns the forward run and the
-    forward + backward run.
+    array, as ``flash.py`` does; no softmax, no masks (with ``exp``: one in-place ``np.exp``
+    per block of scores, forward and backward, ``q`` scaled by 1/sqrt(E) first). Returns the
+    forward run and the forward + backward run.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -285,6 +355,8 @@ def _blocked_product_runs(q, k, v, g, workers):
     from numpy_attention.flash import MAX_BLOCK, default_blocks, one_blas_thread
 
     B, H, L, E = q.shape
+    if exp:
+        q = q * q.dtype.type(E**-0.5)
     scores = (B, H, L, k.shape[-2])
     fwd_blocks, bwd_blocks = default_blocks(scores), default_blocks(scores, MAX_BLOCK // 2)
     kT, vT = np.swapaxes(k, -1, -2), np.swapaxes(v, -1, -2)
@@ -294,6 +366,8 @@ def _blocked_product_runs(q, k, v, g, workers):
             qi, acc = q[..., i0 : i0 + bq, :], 0.0
             for j0 in range(0, L, bk):
                 s = qi @ kT[..., j0 : j0 + bk]  # S_ij
+                if exp:
+                    np.exp(s, out=s)  # P_ij = exp(S_ij)
                 acc = acc + s @ v[..., j0 : j0 + bk, :]  # P_ij V_j
 
     def backward_rows(starts, bq, bk):
@@ -301,6 +375,8 @@ def _blocked_product_runs(q, k, v, g, workers):
             qi, gi, dq = q[..., i0 : i0 + bq, :], g[..., i0 : i0 + bq, :], 0.0
             for j0 in range(0, L, bk):
                 s = qi @ kT[..., j0 : j0 + bk]  # S_ij, recomputed
+                if exp:
+                    np.exp(s, out=s)  # P_ij, recomputed
                 np.swapaxes(s, -1, -2) @ gi  # dV_j term
                 dp = gi @ vT[..., j0 : j0 + bk]  # dP_ij
                 dq = dq + dp @ k[..., j0 : j0 + bk, :]  # dQ_i term
@@ -356,30 +432,54 @@ def _torch_child(shapes, dtypes, repeat, refdir):
         for dtype in dtypes:
             tdt = getattr(torch, dtype)
             q, k, v = (t.to(tdt).requires_grad_(True) for t in (q64, k64, v64))
-            g = g64.to(tdt)
+            for impl, attend in _torch_variants(torch).items():
+                _time_torch(impl, attend, (q, k, v, g64.to(tdt)), (o, ref), repeat, shape, dtype)
 
-            def run_fwd(q=q, k=k, v=v):
-                with torch.no_grad():
-                    return F(q, k, v)
 
-            def run_both(q=q, k=k, v=v, g=g):
-                q.grad = k.grad = v.grad = None
-                out = F(q, k, v)
-                out.backward(g)
-                return out
+def _torch_variants(torch):
+    """torch's fused SDPA, its math backend, and the eager reference engineers write by hand."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
 
-            t_fwd = _median_ms(run_fwd, repeat)
-            t_both = _median_ms(run_both, repeat)
-            out = run_both()
-            errs = {
-                "out": float((out.detach().double() - o.detach()).abs().max()),
-                **{f"d{n}": float((t.grad.double() - r.grad).abs().max())
-                   for n, t, r in zip("qkv", (q, k, v), ref, strict=True)},
-            }  # fmt: skip
-            _emit({"impl": "torch", "kind": "time", "shape": shape, "dtype": dtype,
-                   "fwd_ms": t_fwd, "both_ms": t_both, "mem": None,
-                   "err": {"max_abs": max(errs.values()), "each": errs,
-                           "reference": "torch float64"}})  # fmt: skip
+    F = torch.nn.functional.scaled_dot_product_attention
+
+    def math(q, k, v):
+        with sdpa_kernel(SDPBackend.MATH):
+            return F(q, k, v)
+
+    def eager(q, k, v):  # softmax(q k^T * scale + mask) @ v with autograd (no mask here)
+        scores = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
+        return torch.softmax(scores, dim=-1) @ v
+
+    return {"torch": F, "torch_math": math, "torch_eager": eager}
+
+
+def _time_torch(impl, attend, tensors, reference, repeat, shape, dtype):
+    import torch
+
+    q, k, v, g = tensors
+    o, ref = reference
+
+    def run_fwd():
+        with torch.no_grad():
+            return attend(q, k, v)
+
+    def run_both():
+        q.grad = k.grad = v.grad = None
+        out = attend(q, k, v)
+        out.backward(g)
+        return out
+
+    ms = _interleaved_ms({"fwd": run_fwd, "both": run_both}, repeat)
+    out = run_both()
+    errs = {
+        "out": float((out.detach().double() - o.detach()).abs().max()),
+        **{f"d{n}": float((t.grad.double() - r.grad).abs().max())
+           for n, t, r in zip("qkv", (q, k, v), ref, strict=True)},
+    }  # fmt: skip
+    _emit({"impl": impl, "kind": "time", "shape": shape, "dtype": dtype,
+           "fwd_ms": ms["fwd"], "both_ms": ms["both"], "mem": None,
+           "err": {"max_abs": max(errs.values()), "each": errs,
+                   "reference": "torch float64"}})  # fmt: skip
 
 
 # ---------------------------------------------------------------------------
@@ -431,7 +531,7 @@ def _report(records, args, removed):
         print(f"- torch threads: {env['torch']['threads']}")
     if "tiled" in env:
         print(f"- tiled: workers={env['tiled']['workers']}, default blocks")
-    impls = [i for i in IMPLS if any(k[0] == i for k in times)]
+    impls = [i for i in COLUMNS if any(k[0] == i for k in times)]
     print()
     print("## Time (ms, median) and ratio to torch")
     print()
@@ -455,6 +555,7 @@ def _report(records, args, removed):
                         row.append(f"{r[key]:.1f} ({r[key] / t_ref[key]:.2f}x)")
             print("| " + " | ".join(row) + " |")
     _report_floor(times, args)
+    _report_targets(times, args)
     print()
     print("## Achieved GFLOP/s as a fraction of the np.matmul peak")
     print()
@@ -477,7 +578,7 @@ def _report(records, args, removed):
                         gf = fl / (r[key] / 1e3) / 1e9
                         row.append(f"{gf:.0f} ({gf / peaks[dtype]:.0%})")
             print("| " + " | ".join(row) + " |")
-    numpy_impls = [i for i in impls if i not in ("torch", "products")]
+    numpy_impls = [i for i in impls if i in ("core", "tiled")]
     if numpy_impls:
         _report_memory(times, args, numpy_impls)
     print()
@@ -499,10 +600,76 @@ def _report(records, args, removed):
             print("| " + " | ".join(row) + " |")
     print(f"\nReference: {', '.join(sorted(refs))}.")
     for r in records:
+        if r["kind"] == "window":
+            print(f"\nTiled forward, L = S = 16384, H = 1, E = 64, float64: window (256, 0) "
+                  f"{r['window_ms']:.0f} ms, full {r['full_ms']:.0f} ms: "
+                  f"{r['window_ms'] / r['full_ms']:.3f} of the full call "
+                  "(target < 0.1).")  # fmt: skip
         if r["kind"] == "big":
             print(f"\nTiled, L = S = 16384, H = 1, E = 64, float64, forward + backward: "
                   f"{r['seconds']:.1f} s, peak extra memory {_mib(r['peak'])} MiB "
                   f"({r['peak'] / r['scores_bytes']:.1%} of one 2 GiB score matrix).")  # fmt: skip
+
+
+#: The targets of the issue: ours over the floor measured in the same process, interleaved.
+FLOOR_TARGETS = {("core", "fwd"): 1.25, ("core", "both"): 1.25, ("tiled", "fwd"): 1.15,
+                 ("tiled", "both"): 1.1}  # fmt: skip
+
+
+def _table(head, rows):
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+def _report_targets(times, args):
+    """Ours against the floor (same process, interleaved), against torch math and eager, and
+    with the variants off against the plain call."""
+    keys = [(i, p) for i in ("core", "tiled") for p in ("fwd", "both")]
+    name = {"fwd": "fwd", "both": "fwd+bwd"}
+    cells = {key: [] for key in ("floor", "torch", "variants")}
+    for shape in args.shape_list:
+        for dtype in args.dtype_list:
+            lead = [",".join(map(str, shape)), dtype]
+            r = {i: times.get((i, shape, dtype)) for i in ("core", "tiled", "torch_math",
+                                                           "torch_eager")}  # fmt: skip
+            floor, torch, variants = list(lead), list(lead), list(lead)
+            for i, p in keys:
+                ours = r[i]
+                floor.append("-" if ours is None else
+                             f"{ours[p + '_ms'] / ours['floor_' + p + '_ms']:.2f}")  # fmt: skip
+                for ref in ("torch_math", "torch_eager"):
+                    torch.append("-" if ours is None or r[ref] is None else
+                                 f"{ours[p + '_ms'] / r[ref][p + '_ms']:.2f}")  # fmt: skip
+            for i in ("core", "tiled"):
+                each = r[i]["each_ms"] if r[i] is not None else None
+                for run in ("both, variants off", "both, window hides nothing"):
+                    variants.append("-" if each is None else f"{each[run] / each['both']:.2f}")
+            cells["floor"].append(floor)
+            cells["torch"].append(torch)
+            cells["variants"].append(variants)
+    print()
+    print(
+        "## Ratio to the floor (2 products + 1 exp per score forward; core backward + 4 "
+        "products; tiled backward + 5 products + 1 exp), same process, interleaved"
+    )
+    print()
+    _table(["B,H,L,E", "dtype"] + [f"{i} {name[p]} (target <= {FLOOR_TARGETS[i, p]})"
+                                    for i, p in keys], cells["floor"])  # fmt: skip
+    print()
+    print("## Ratio to torch's math backend / the eager torch reference (< 1: ours is faster)")
+    print()
+    _table(["B,H,L,E", "dtype"] + [f"{i} {name[p]} / {ref}" for i, p in keys
+                                    for ref in ("math", "eager")], cells["torch"])  # fmt: skip
+    print()
+    print(
+        "## The variants off: fwd+bwd with every variant keyword at its off value, and with a "
+        "window that hides nothing, over the plain call (target <= 1.10)"
+    )
+    print()
+    _table(["B,H,L,E", "dtype", "core, variants off", "core, window (S, S)",
+            "tiled, variants off", "tiled, window (S, S)"], cells["variants"])  # fmt: skip
 
 
 def _report_memory(times, args, numpy_impls):

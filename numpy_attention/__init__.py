@@ -15,7 +15,8 @@ Read ``docs/README.md`` first; the modules, bottom to top:
   ``assert_attention_close``, golden vectors and ``check`` for other implementations
   (:mod:`numpy_attention.testing` re-exports its testing tools).
 - :mod:`numpy_attention.model`: a tiny model trained with the hand-written gradients.
-- :mod:`numpy_attention.plotting`: attention maps (matplotlib, imported lazily).
+- :mod:`numpy_attention.app`: the ``numpy-attention`` command (cli, demo, plotting); its
+  attention maps are importable as :mod:`numpy_attention.plotting` (matplotlib, lazily).
 """
 
 from .attention import (

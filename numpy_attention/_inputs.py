@@ -70,6 +70,7 @@ class AttentionInputs:
     scores_shape: tuple[int, ...]  # (..., Hq, L, S)
     may_overflow: bool  # a score may reach +-inf: scan for it (see _may_overflow)
     finite: bool  # q and k hold no inf or NaN
+    exp_safe: bool = False  # exp(S) is finite and normal unshifted: no row max (see _exp_safe)
 
     @property
     def out_shape(self) -> tuple[int, ...]:
@@ -177,7 +178,7 @@ def _check_heads(arrays: dict[str, Array], enable_gqa: bool) -> tuple[tuple[int,
 
 
 def _may_overflow(
-    q: Array, k: Array, scale: float, bias: Array | None, mods: ScoreMods, extent: int
+    q: Array, k: Array, scale: float, b_max: float, mods: ScoreMods
 ) -> tuple[bool, bool]:
     """Whether a score may reach +-inf, from ``|scale q_i . k_j| <= |scale| E max|q| max|k|``.
 
@@ -189,17 +190,42 @@ def _may_overflow(
     """
     q_max, k_max = absmax(q), absmax(k)
     finite = math.isfinite(q_max) and math.isfinite(k_max)
-    b_max = 0.0
-    if bias is not None:
-        b_max = absmax(np.where(np.isinf(bias), 0.0, bias)) if bias.size else 0.0
-    if mods.alibi is not None:
-        b_max += absmax(mods.alibi) * extent
     with np.errstate(over="ignore", invalid="ignore"):
         bound = abs(scale) * q.shape[-1] * q_max * k_max + b_max
     if q.size == 0 or k.size == 0:
         bound = b_max
     may = mods.score_mod is not None or not bound < float(np.finfo(q.dtype).max) / 4
     return may, finite
+
+
+def _bias_bound(bias: Array | None, mods: ScoreMods, extent: int) -> float:
+    """``max |B| + max|slope| * extent``: what the bias and ALiBi add to a score, ``-inf`` aside."""
+    b_max = 0.0
+    if bias is not None:
+        b_max = absmax(np.where(np.isinf(bias), 0.0, bias)) if bias.size else 0.0
+    if mods.alibi is not None:
+        b_max += absmax(mods.alibi) * extent
+    return b_max
+
+
+def _exp_safe(q: Array, k: Array, scale: float, b_max: float, mods: ScoreMods) -> bool:
+    """Whether ``exp(S)`` is finite and normal without the max shift (Cauchy-Schwarz bound).
+
+    ``|S_ij| <= |scale| max_i ||q_i|| max_j ||k_j|| + max|B|`` (at most ``c`` with a softcap);
+    when that and every sink logit stay below half the dtype's log range, each ``exp`` lies in
+    ``[1/sqrt(max), sqrt(max)]`` and a row sum of ``S`` of them cannot overflow: the softmax
+    may shift by 0 and the tiled forward needs no running maximum (docs/flash.md). NaN or inf
+    inputs, an empty axis or a ``score_mod`` (it may return anything) say no.
+    """
+    if mods.score_mod is not None or q.size == 0 or k.size == 0:
+        return False
+    limit = float(np.log(np.finfo(q.dtype).max)) / 2  # 44 in float32, 354 in float64
+    with np.errstate(over="ignore", invalid="ignore"):
+        norms = math.sqrt(float(np.einsum("...e,...e->...", q, q).max())
+                          * float(np.einsum("...e,...e->...", k, k).max()))  # fmt: skip
+    bound = abs(scale) * norms if mods.softcap is None else min(abs(scale) * norms, mods.softcap)
+    sink = 0.0 if mods.sinks is None else absmax(mods.sinks)
+    return bound + b_max < limit and sink < limit
 
 
 def _check_mod(f: object, name: str) -> Mod | None:
@@ -245,11 +271,13 @@ def check_inputs(
     q: ArrayLike,
     k: ArrayLike,
     v: ArrayLike,
-    attn_mask: ArrayLike | None = None,
-    is_causal: bool = False,
-    scale: float | None = None,
-    enable_gqa: bool = False,
+    /,
+    *,
     causal_align: str = "top_left",
+    attn_mask: ArrayLike | None = None,
+    scale: float | None = None,
+    is_causal: bool = False,
+    enable_gqa: bool = False,
     **variants: Any,
 ) -> AttentionInputs:
     """Validate and convert the arguments shared by every attention function.
@@ -315,12 +343,14 @@ def check_inputs(
     s = _check_scale(scale, qa.shape[-1], cdtype)
     d = causal_offset(L, S, causal_align)
     mods = _check_mods(variants, lead, cdtype)
-    may, finite = _may_overflow(qa, ka, s, bias, mods, L + S + abs(d))
+    b_max = _bias_bound(bias, mods, L + S + abs(d))  # what the bias and ALiBi add to a score
+    may, finite = _may_overflow(qa, ka, s, b_max, mods)
+    safe = _exp_safe(qa, ka, s, b_max, mods)
     return AttentionInputs(
         q=qa, k=ka, v=va, bias=bias, keep=keep,
         pos=_check_positions(variants, check_bool(is_causal, "is_causal"), d),
         mods=mods, scale=s, groups=groups, dtype=dtype, scores_shape=lead + (L, S),
-        may_overflow=may, finite=finite,
+        may_overflow=may, finite=finite, exp_safe=safe,
     )  # fmt: skip
 
 

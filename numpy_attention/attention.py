@@ -426,7 +426,10 @@ def attention_forward(
     >>> float(cache.lse[0]) == float(np.log(np.e + 1.0))
     True
     """
-    x = check_inputs(q, k, v, attn_mask, is_causal, scale, enable_gqa, causal_align, **variants)
+    x = check_inputs(
+        q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa,
+        causal_align=causal_align, **variants,
+    )  # fmt: skip
     keep = check_dropout(dropout_p, dropout_mask, rng, x.scores_shape)
     G = x.groups
     with np.errstate(over="ignore", invalid="ignore"):  # refused just below if it happens
@@ -436,7 +439,7 @@ def attention_forward(
         S = np.array(np.broadcast_to(S, x.scores_shape))
     S_masked, S_c = S, score_pipeline(x, S)  # Eqs. (8.2)-(8.8), (2.2), in place
     check_scores(S_masked, x, "after the bias")
-    P, lse = softmax_lse_inplace(S_masked, sink=x.mods.sinks)  # Eqs. (2.3), (8.9), in place
+    P, lse = softmax_lse_inplace(S_masked, sink=x.mods.sinks, bounded=x.exp_safe)  # (2.3), (8.9)
     P_d = _dropout(P, keep, float(dropout_p))  # Eq. (2.4)
     out = _per_query_head(P_d, x.v, G)  # Eq. (2.5)
     if out.shape != x.out_shape:
@@ -576,29 +579,18 @@ def sink_grad(x: AttentionInputs, lse: Array, D: Array, e: int = 0) -> Array | N
 # ---------------------------------------------------------------------------
 
 
-def scaled_dot_product_attention(
-    q: ArrayLike,
-    k: ArrayLike,
-    v: ArrayLike,
-    attn_mask: ArrayLike | None = None,
-    dropout_p: float = 0.0,
-    is_causal: bool = False,
-    scale: float | None = None,
-    enable_gqa: bool = False,
-    *,
-    dropout_mask: ArrayLike | None = None,
-    rng: np.random.Generator | None = None,
-    causal_align: str = "top_left",
-    **variants: Any,
-) -> Array:
+def scaled_dot_product_attention(*args: Any, **kwargs: Any) -> Array:
     r"""Scaled dot-product attention (output only), as torch's function of the same name.
 
-    Parameters, shapes and errors are those of :func:`attention_forward`.
+    ``scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0,
+    is_causal=False, scale=None, enable_gqa=False, *, dropout_mask=None,
+    rng=None, causal_align="top_left", **variants)``: the arguments, shapes and
+    errors of :func:`attention_forward`, whose output it returns.
 
     Parameters
     ----------
-    q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa : see attention_forward
-    dropout_mask, rng, causal_align, **variants : see attention_forward
+    *args, **kwargs
+        Those of :func:`attention_forward`, in its order.
 
     Returns
     -------
@@ -615,8 +607,5 @@ def scaled_dot_product_attention(
     >>> scaled_dot_product_attention(q, k, v, is_causal=True).shape
     (2, 1, 3, 4)
     """
-    out, _ = attention_forward(
-        q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa,
-        dropout_mask=dropout_mask, rng=rng, causal_align=causal_align, **variants,
-    )  # fmt: skip
+    out, _ = attention_forward(*args, **kwargs)
     return out

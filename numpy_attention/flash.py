@@ -328,7 +328,10 @@ class FlashCache:
     m, l : ndarray, shape (..., Hq, L)
         The final running maximum and sum, Eqs. (5.3), (5.5): the backward
         recomputes ``P = exp(S - m) / l`` from them (Eq. (5.8)), exactly even
-        where ``lse = m + log l`` rounds (logits of 1e18).
+        where ``lse = m + log l`` rounds (logits of 1e18). ``m`` is 0 when the
+        Cauchy-Schwarz bound ``|S| <= |scale| max ||q_i|| max ||k_j||`` proved
+        ``exp(S)`` finite and normal (``inputs.exp_safe``): any shift gives the
+        same ``P``, so the forward skips the running maximum.
     keep : ndarray of bool or None
         The dropout keep-mask (True = kept), Eq. (2.4); ``dropout_p`` its rate.
     block_q, block_k : int
@@ -352,12 +355,19 @@ class FlashCache:
 
 
 def _initial_state(x: AttentionInputs, lay: _Layout, i0: int, i1: int) -> tuple[Array, Array]:
-    """``m^(0)``, ``l^(0)`` of Eq. (5.3): ``-inf`` and 0, or a sink's logit and 1 (Eq. (8.9))."""
+    """``m^(0)``, ``l^(0)`` of Eq. (5.3): ``-inf`` and 0, or a sink's logit and 1 (Eq. (8.9)).
+
+    Under the Cauchy-Schwarz bound (``x.exp_safe``) the shift stays ``m = 0``: ``l^(0)`` is 0,
+    or ``e^sink``.
+    """
     shape = lay.block_shape(i1 - i0, 1)
+    m0 = np.zeros(shape, x.q.dtype) if x.exp_safe else np.full(shape, -np.inf, x.q.dtype)
     if x.mods.sinks is None:
-        return np.full(shape, -np.inf, dtype=x.q.dtype), np.zeros(shape, dtype=x.q.dtype)
-    sink = np.broadcast_to(x.mods.sinks, x.scores_shape[:-2] + (lay.L, 1))
-    return np.array(lay.rows(sink, i0, i1)), np.ones(shape, dtype=x.q.dtype)
+        return m0, np.zeros(shape, dtype=x.q.dtype)
+    sink = np.array(
+        lay.rows(np.broadcast_to(x.mods.sinks, x.scores_shape[:-2] + (lay.L, 1)), i0, i1)
+    )
+    return (m0, np.exp(sink)) if x.exp_safe else (sink, np.ones(shape, dtype=x.q.dtype))
 
 
 def _forward_rows(
@@ -374,18 +384,19 @@ def _forward_rows(
         if block is None:
             continue  # Eq. (5.2): hidden by the causal mask, a window, a chunk or attn_mask
         s = block[0]
-        m_new = np.maximum(m, s.max(axis=-1, keepdims=True))  # Eq. (5.3)
-        shift = row_shift(m_new)  # the softmax's -inf-safe shift: no -inf - (-inf)
-        gamma = np.exp(m - shift)  # Eq. (5.4): exp(m_old - m_new), 0 while m_old = -inf
-        s -= shift
+        if not x.exp_safe:  # else |S| is bounded: shift by m = 0, no running max
+            m_new = np.maximum(m, s.max(axis=-1, keepdims=True))  # Eq. (5.3)
+            shift = row_shift(m_new)  # the softmax's -inf-safe shift: no -inf - (-inf)
+            gamma = np.exp(m - shift)  # Eq. (5.4): exp(m_old - m_new), 0 while m_old = -inf
+            s -= shift
+            l *= gamma  # noqa: E741
+            acc *= gamma
+            m = m_new
         p = np.exp(s, out=s)  # Eq. (5.4): P^_IJ = exp(S_IJ - m_new)
-        l *= gamma  # noqa: E741
         l += p.sum(axis=-1, keepdims=True)  # noqa: E741  (Eq. (5.5))
         if keep is not None:  # Eq. (2.4), on this block: P^ * Z / (1 - dropout_p)
             lay.split(p, i1 - i0)[...] *= block_view(keep, i0, j0, i1 - i0, j1 - j0) / (1 - p_drop)
-        acc *= gamma
         acc += p @ v[..., j0:j1, :]  # Eq. (5.5)
-        m = m_new
         del s, p, block  # free this block before the next one is computed
     acc /= np.where(l > 0, l, 1.0)  # Eq. (5.6); a row with no key keeps O = 0
     return acc, m, l
@@ -538,7 +549,10 @@ def flash_attention_forward(
     """
     _check_is_causal(is_causal)
     n_workers = 1 if workers is None else check_int(workers, "workers", minimum=1)
-    x = check_inputs(q, k, v, attn_mask, is_causal, scale, enable_gqa, causal_align, **variants)
+    x = check_inputs(
+        q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa,
+        causal_align=causal_align, **variants,
+    )  # fmt: skip
     keep = _check_tiled_dropout(dropout_p, dropout_mask, x.scores_shape)
     lay = _Layout(x.scores_shape, x.groups)
     bq, bk = _tiling(x.scores_shape, block_q, block_k, MAX_BLOCK)  # one block per thread
@@ -575,7 +589,8 @@ def _backward_rows(
         s, S_c = block
         # P^ = exp(S - m), O = P^ V / l  (Eqs. (5.4)-(5.6))  ->  P_IJ = exp(S_IJ - m_I) / l_I
         # (Eq. (5.8)); keep P^ and let 1/l ride on the row vectors: dO_l = dO / l, D_l = D / l
-        s -= shift
+        if not x.exp_safe:  # else the forward shifted by m = 0 (the bound)
+            s -= shift
         P_hat = np.exp(s, out=s)
         Z = None if keep is None else block_view(keep, i0, j0, i1 - i0, j1 - j0) / (1 - p_drop)
         P_hat_d = P_hat if Z is None else lay.rows_of(lay.split(P_hat, i1 - i0) * Z, i1 - i0)

@@ -23,7 +23,7 @@ import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -33,7 +33,6 @@ from ._validate import check_grad, check_instance, check_int
 from .layers import (
     CrossAttentionCache,
     CrossAttentionParams,
-    cross_attention_forward,
     init_cross_attention,
     self_attention_backward,
     self_attention_forward,
@@ -53,8 +52,6 @@ __all__ = [
     "concat_fusion_backward",
     "weighted_fusion",
     "weighted_fusion_backward",
-    "SeedFusionExample",
-    "seed_fusion_example",
 ]
 
 #: Largest ``|sum(alpha) - 1|`` accepted for convex weights.
@@ -732,76 +729,3 @@ def concat_fusion_backward(
     # A_r = SelfAttn_r(X)  (Eq. (3.11))  ->  dX = sum_r dX^(r)  (Eq. (4.5))
     d_x, d_branches = _branches_backward(d_A, c.branch_caches)
     return d_x, ConcatFusionParams(tuple(d_branches), w=d_w, b=d_b)
-
-
-# ---------------------------------------------------------------------------
-# The seed document's example (its section 4.2)
-# ---------------------------------------------------------------------------
-
-
-class SeedFusionExample(NamedTuple):
-    """Result of :func:`seed_fusion_example`."""
-
-    sentences: tuple[tuple[str, ...], ...]  # the N sentences X_1..X_N of the text X_text
-    tokens: tuple[str, ...]  # the text X_text, every sentence's tokens in order
-    outputs: Array  # (N, len(tokens), E): A_r = CrossAttention(X_text, X_r)
-    alpha: Array  # (N,): softmax(beta)
-    r: Array  # (len(tokens), E): the fused sequence R
-
-
-def seed_fusion_example() -> SeedFusionExample:
-    r"""Run the seed's section 4.2 example: fuse attention over a text's sentences.
-
-    A text :math:`X_\mathrm{text}` has three sentences :math:`X_1, X_2, X_3` of different
-    lengths (deterministic random word vectors, ``E = 4``). Branch ``r``
-    lets every token of the text :math:`X_\mathrm{text}` attend over sentence :math:`X_r`:
-    :math:`A_r = \mathrm{CrossAttention}(X_\mathrm{text}, X_r)`. All branches run as one
-    batched call, the sentences padded to one length and masked with
-    ``key_lengths``. :func:`weighted_fusion` then gives
-    :math:`R = \sum_r \alpha_r A_r`, with :math:`\alpha = \mathrm{softmax}(\beta)`.
-
-    Returns
-    -------
-    example : SeedFusionExample
-
-    Notes
-    -----
-    Eq. (4.10) of ``docs/fusion.md``:
-    :math:`R = \sum_{r=1}^N \alpha_r\,\mathrm{CrossAttention}(X_\mathrm{text}, X_r)`,
-    computed by Eqs. (3.1)-(3.5) and Eq. (4.1).
-
-    Examples
-    --------
-    >>> ex = seed_fusion_example()
-    >>> [" ".join(s) for s in ex.sentences]
-    ['the cat sat', 'it purred', 'then it slept soundly']
-    >>> ex.outputs.shape, ex.r.shape  # R has one row per token of S
-    ((3, 9, 4), (9, 4))
-    >>> ex.alpha.round(3).tolist()
-    [0.09, 0.245, 0.665]
-    >>> lo, hi = ex.outputs.min(axis=0), ex.outputs.max(axis=0)
-    >>> bool(np.all((lo - 1e-12 <= ex.r) & (ex.r <= hi + 1e-12)))  # convex hull
-    True
-    """
-    sentences = (("the", "cat", "sat"), ("it", "purred"), ("then", "it", "slept", "soundly"))
-    tokens = tuple(t for s in sentences for t in s)
-    vocab = _seed_vocabulary(tokens)
-    text = np.array([vocab[t] for t in tokens])  # (T, E): the whole text S
-    N, S = len(sentences), max(len(s) for s in sentences)
-    padded = np.zeros((N, S, 4))  # sentence i in row i, zero padding after it
-    for i, s in enumerate(sentences):
-        padded[i, : len(s)] = [vocab[t] for t in s]
-    lengths = np.array([len(s) for s in sentences])
-    eye = np.eye(4)
-    identity = CrossAttentionParams(w_q=eye, w_k=eye, w_v=eye, w_o=eye, num_heads=1)
-    x_q = np.broadcast_to(text, (N,) + text.shape)  # every branch asks from all of S
-    outputs, _ = cross_attention_forward(identity, x_q, padded, key_lengths=lengths)
-    alpha = softmax(np.array([0.0, 1.0, 2.0]))  # Eq. (4.2) with beta = (0, 1, 2)
-    r = weighted_fusion(outputs, alpha)  # Eq. (4.1)
-    return SeedFusionExample(sentences=sentences, tokens=tokens, outputs=outputs, alpha=alpha, r=r)
-
-
-def _seed_vocabulary(tokens: Sequence[str]) -> dict[str, Array]:
-    """Deterministic 4-dimensional word vectors, one per distinct token, in first-seen order."""
-    rng = np.random.default_rng(42)
-    return {t: rng.normal(size=4) for t in dict.fromkeys(tokens)}

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -45,8 +45,6 @@ __all__ = [
     "cross_attention_backward",
     "self_attention_forward",
     "self_attention_backward",
-    "SeedCrossAttentionExample",
-    "seed_cross_attention_example",
 ]
 
 _WEIGHTS = ("w_q", "w_k", "w_v", "w_o")
@@ -800,77 +798,3 @@ def self_attention_backward(
     # Y = CrossAttn(x, x)  (Eq. (3.11))  ->  dx = dx_q + dx_kv  (Eq. (3.11))
     d_x_q, d_x_kv, d_params = cross_attention_backward(d_out, cache)
     return d_x_q + d_x_kv, d_params  # Eq. (3.11): both paths' gradients add
-
-
-# ---------------------------------------------------------------------------
-# The seed document's example (its section 4.1)
-# ---------------------------------------------------------------------------
-
-
-class SeedCrossAttentionExample(NamedTuple):
-    """Result of :func:`seed_cross_attention_example`."""
-
-    s1: tuple[str, ...]  # tokens of the query sentence S1
-    s2: tuple[str, ...]  # tokens of the key/value sentence S2
-    r1: Array  # (len(s1), E): the new sequence R1, one row per token of S1
-    weights: Array  # (len(s1), len(s2)): how much each S1 token reads each S2 token
-
-
-def seed_cross_attention_example() -> SeedCrossAttentionExample:
-    r"""Run the seed's section 4.1 example, ``Cross-Attention(Q1, K2, V2)`` of two sentences.
-
-    Two sentences, :math:`S_1` = "the cat sat" and :math:`S_2` = "le chat
-    s'est assis", get hand-made 4-dimensional word vectors (axes: determiner,
-    cat, sitting, auxiliary). Their vectors serve directly as
-    :math:`Q_1` and :math:`K_2 = V_2`, so the layer runs with one head and
-    identity projections, which is exactly the seed's formula.
-
-    Returns
-    -------
-    example : SeedCrossAttentionExample
-        ``s1``, ``s2`` (token labels), ``r1`` of shape ``(3, 4)`` (one row
-        per token of :math:`S_1`) and the weights of shape ``(3, 4)``.
-
-    Notes
-    -----
-    Eq. (3.12) of ``docs/layers.md``:
-    :math:`R_1 = \mathrm{CrossAttention}(Q_1, K_2, V_2)
-    = \mathrm{softmax}(Q_1K_2^\top/\sqrt{d_k})\,V_2`,
-    computed by Eqs. (3.1)-(3.5) with :math:`H = 1`, :math:`W = I`, no biases.
-
-    Examples
-    --------
-    >>> ex = seed_cross_attention_example()
-    >>> ex.r1.shape  # R1 has the length of S1
-    (3, 4)
-    >>> for word, row in zip(ex.s1, ex.weights):
-    ...     print(f"{word:>4}", " ".join(f"{s2}={w:.2f}" for s2, w in zip(ex.s2, row)))
-     the le=0.97 chat=0.01 s'est=0.01 assis=0.01
-     cat le=0.01 chat=0.97 s'est=0.01 assis=0.01
-     sat le=0.01 chat=0.01 s'est=0.18 assis=0.80
-    >>> from numpy_attention.softmax import softmax
-    >>> q1, k2 = _SEED_VECTORS[:3], _SEED_VECTORS[3:]
-    >>> bool(np.allclose(ex.r1, softmax(q1 @ k2.T / np.sqrt(4)) @ k2))  # the seed's formula
-    True
-    """
-    s1, s2 = ("the", "cat", "sat"), ("le", "chat", "s'est", "assis")
-    x1, x2 = _SEED_VECTORS[None, :3], _SEED_VECTORS[None, 3:]  # (B=1, L=3, 4), (1, S=4, 4)
-    eye = np.eye(4)
-    identity = CrossAttentionParams(w_q=eye, w_k=eye, w_v=eye, w_o=eye, num_heads=1)
-    r1, cache = cross_attention_forward(identity, x1, x2)
-    return SeedCrossAttentionExample(s1=s1, s2=s2, r1=r1[0], weights=cache.weights[0, 0])
-
-
-#: Word vectors of "the cat sat" (rows 0-2) and "le chat s'est assis" (rows 3-6);
-#: axes: determiner, cat, sitting, auxiliary.
-_SEED_VECTORS = np.array(
-    [
-        [3.0, 0.0, 0.0, 0.0],  # the
-        [0.0, 3.0, 0.0, 0.0],  # cat
-        [0.0, 0.0, 3.0, 0.0],  # sat
-        [3.0, 0.0, 0.0, 0.0],  # le
-        [0.0, 3.0, 0.0, 0.0],  # chat
-        [0.0, 0.0, 2.0, 2.0],  # s'est
-        [0.0, 0.0, 3.0, 0.0],  # assis
-    ]
-)

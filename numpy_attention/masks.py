@@ -334,6 +334,7 @@ def chunk_mask(L: int, S: int, chunk_size: int, align: str = "top_left") -> NDAr
     Returns
     -------
     mask : ndarray of bool, shape (L, S)
+        True where query and key share a chunk.
 
     Raises
     ------

@@ -672,9 +672,9 @@ def varlen_attention_backward(d_out: ArrayLike, cache: VarlenCache) -> VarlenGra
     Parameters
     ----------
     d_out : array_like, shape (Tq, Hq, Ev)
-        Gradient of the loss with respect to ``out``.
+        The loss's gradient with respect to the packed ``out``.
     cache : VarlenCache
-        From :func:`varlen_attention_forward`.
+        What :func:`varlen_attention_forward` returned with ``out``.
 
     Returns
     -------

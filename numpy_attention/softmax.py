@@ -65,7 +65,10 @@ def _upcast(*arrays: NDArray[np.floating]) -> tuple[np.dtype, list[NDArray[np.fl
 
 
 def softmax_lse_inplace(
-    x: NDArray[np.floating], axis: int = -1, sink: NDArray[np.floating] | None = None
+    x: NDArray[np.floating],
+    axis: int = -1,
+    sink: NDArray[np.floating] | None = None,
+    bounded: bool = False,
 ) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
     r"""Eqs. (1.1)-(1.2) in place: turn ``x`` into its softmax; also return the log-sum-exp.
 
@@ -73,7 +76,9 @@ def softmax_lse_inplace(
     the attention core (the weights and ``lse`` of Eq. (2.3)) call it.
     ``sink`` (broadcastable to the log-sum-exp, keepdims) is one more logit
     per slice that joins the denominator and gets no entry of the result (a
-    learned attention sink, Eq. (8.9)).
+    learned attention sink, Eq. (8.9)). ``bounded`` says the caller proved
+    that ``exp`` of every entry (and of the sink) is finite and normal (the
+    attention core's Cauchy-Schwarz bound): the shift is then 0, no max pass.
 
     Returns
     -------
@@ -94,12 +99,13 @@ def softmax_lse_inplace(
     >>> P.round(4).tolist(), bool(lse[0, 0] == np.log(3.0))
     ([[0.3333, 0.3333]], True)
     """
-    m = np.max(x, axis=axis, keepdims=True, initial=-np.inf)  # empty slice: -inf
-    if sink is not None:
-        m = np.maximum(m, sink)
-    m = row_shift(m)
-    x -= m
-    np.exp(x, out=x)  # Eq. (1.1): e^{x - m} <= 1
+    if bounded:  # e^x can neither overflow nor vanish: Eq. (1.1) holds for any shift, take 0
+        m = np.zeros(x.shape[: axis % x.ndim] + (1,) + x.shape[axis % x.ndim + 1 :], x.dtype)
+    else:
+        m = np.max(x, axis=axis, keepdims=True, initial=-np.inf)  # empty slice: -inf
+        m = row_shift(m if sink is None else np.maximum(m, sink))
+        x -= m
+    np.exp(x, out=x)  # Eq. (1.1): e^{x - m}, <= 1 when m is the max
     total = np.sum(x, axis=axis, keepdims=True)
     if sink is not None:
         total = total + np.exp(sink - m)  # Eq. (8.9): the sink's term, no entry of its own
@@ -178,7 +184,7 @@ def logsumexp(x: ArrayLike, axis: int = -1, keepdims: bool = False) -> NDArray[n
     Raises
     ------
     TypeError
-        If ``x`` is complex, object or string.
+        For complex, object or string ``x`` (as :func:`softmax`).
 
     Notes
     -----
@@ -292,12 +298,10 @@ def log_softmax_backward(d_y: ArrayLike, y: ArrayLike, axis: int = -1) -> NDArra
 
     Parameters
     ----------
-    d_y : array_like
-        Upstream gradient ``dL/dy``, same shape as ``y``.
-    y : array_like
-        The output of ``log_softmax(x, axis)``.
+    d_y, y : array_like
+        The upstream gradient ``dL/dy`` and ``y = log_softmax(x, axis)``, of one shape.
     axis : int, optional
-        The normalised axis. Default ``-1``.
+        The axis ``log_softmax`` normalised. Default ``-1``.
 
     Returns
     -------

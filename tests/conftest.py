@@ -4,6 +4,11 @@ import os
 
 from hypothesis import HealthCheck, settings
 
+#: Helper modules that import torch at the top: tests import them after importorskip("torch");
+#: --doctest-modules must not import them itself, or a machine without torch (README's test
+#: command in a fresh .venv) fails at collection instead of skipping the cross-checks.
+collect_ignore = ["torch_reference.py"]
+
 settings.register_profile(
     "ci",
     derandomize=True,

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from optional import TORCH_MISSING
 
 from numpy_attention.verify import build_suite, check_results, write_suite
 
@@ -176,7 +177,7 @@ def suite_dir(tmp_path_factory: pytest.TempPathFactory, suite: list) -> Path:
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_torch_passes_check(suite_dir: Path, tmp_path: Path, dtype: str) -> None:
     """No false alarm on PyTorch: SDPA and nn.MultiheadAttention pass every case and quantity."""
-    pytest.importorskip("torch")
+    pytest.importorskip("torch", reason=TORCH_MISSING)
     from numpy_attention.verify import load_results, load_suite
 
     assert _adapter().main([str(suite_dir), str(tmp_path), "--dtype", dtype]) == 0

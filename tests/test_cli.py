@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from numpy_attention.cli import build_parser, load_weights, main  # noqa: E402
+from numpy_attention.app.cli import build_parser, load_weights, main  # noqa: E402
 
 DEMO_FILES = ["cross_attention.png", "fusion.png", "heads.png", "masks.png", "training.png"]
 
@@ -131,10 +131,10 @@ def _bad_files(tmp_path):
         "strings.npy",
     ],
 )
-def test_plot_refuses_a_bad_file_with_one_line_and_exit_code_1(tmp_path, capsys, name):
-    """Bad files: exit 1, one stderr line 'numpy-attention plot: error: FILE: why', no PNG."""
+def test_plot_refuses_a_bad_file_with_one_line_and_exit_code_2(tmp_path, capsys, name):
+    """Bad files: exit 2, one stderr line 'numpy-attention plot: error: FILE: why', no PNG."""
     path, message = _bad_files(tmp_path)[name]
-    assert main(["plot", str(path)]) == 1
+    assert main(["plot", str(path)]) == 2
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1
@@ -152,7 +152,7 @@ def test_plot_warns_when_rows_sum_to_neither_1_nor_0(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "warning: 1 of 3 rows sum to neither 1 nor 0 (row 0 sums to 0.4)" in err
     np.save(f, np.array([[0.3, 0.7], [0.0, 0.0]]))
-    assert main(["plot", str(f)]) == 0
+    assert main(["plot", str(f), "--force"]) == 0  # replaces the first run's PNG
     assert capsys.readouterr().err == ""
 
 
@@ -160,12 +160,12 @@ def test_plot_refuses_labels_of_the_wrong_length(tmp_path, capsys):
     """Two labels for three rows is an error naming both counts."""
     f = tmp_path / "w.npy"
     np.save(f, np.full((3, 3), 1 / 3))
-    assert main(["plot", str(f), "--labels", "a", "b"]) == 1
+    assert main(["plot", str(f), "--labels", "a", "b"]) == 2
     assert "2 query labels given, expected 3" in capsys.readouterr().err
 
 
 def test_plot_error_in_a_subprocess_has_no_traceback(tmp_path):
-    """As a real command: a NaN file gives exit code 1 and a single line, no Python traceback."""
+    """As a real command: a NaN file gives exit code 2 and a single line, no Python traceback."""
     f = tmp_path / "nan.npy"
     np.save(f, np.array([[np.nan, 1.0]]))
     proc = subprocess.run(
@@ -174,7 +174,7 @@ def test_plot_error_in_a_subprocess_has_no_traceback(tmp_path):
         text=True,
         timeout=120,
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
         f"numpy-attention plot: error: {f}: contains NaN (1 entries, first at (0, 0))"
@@ -183,7 +183,7 @@ def test_plot_error_in_a_subprocess_has_no_traceback(tmp_path):
 
 def test_plot_zeros_masked_draws_exact_zeros_grey(tmp_path, monkeypatch):
     """--zeros-masked passes mask = (w != 0) to the drawing; without it no mask is drawn."""
-    import numpy_attention.plotting as plotting
+    import numpy_attention.app.plotting as plotting
 
     seen = []
     real = plotting.plot_attention
@@ -197,16 +197,16 @@ def test_plot_zeros_masked_draws_exact_zeros_grey(tmp_path, monkeypatch):
     w = np.array([[1.0, 0.0], [0.4, 0.6]])
     np.save(f, w)
     assert main(["plot", str(f), "--zeros-masked"]) == 0
-    assert main(["plot", str(f)]) == 0
+    assert main(["plot", str(f), "--force"]) == 0
     np.testing.assert_array_equal(seen[0], [[True, False], [True, True]])
     assert seen[1] is None
 
 
 def test_without_matplotlib_demo_and_plot_say_how_to_install_it(tmp_path, monkeypatch, capsys):
-    """No matplotlib: exit 1 and one line naming the 'plot' extra, not an ImportError traceback."""
+    """No matplotlib: exit 2 and one line naming the 'plot' extra, not an ImportError traceback."""
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    assert main(["demo", "--out", str(tmp_path)]) == 1
-    assert main(["plot", str(tmp_path / "w.npy")]) == 1
+    assert main(["demo", "--out", str(tmp_path)]) == 2
+    assert main(["plot", str(tmp_path / "w.npy")]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err == [
         "numpy-attention demo: error: matplotlib is not installed: "

@@ -9,7 +9,7 @@
 - Links: every relative link in ``docs/*.md`` and ``README.md`` reaches an existing file (and an
   existing heading or line when it has an anchor).
 - The tour (``docs/tour.md``): its table of hand-computed numbers matches ``attention_forward`` and
-  its copy of the demo's output matches ``numpy_attention.cli._worked_example``.
+  its copy of the demo's output matches ``numpy_attention.app.cli._worked_example``.
 - Runnable blocks: a fenced ``python`` block directly after the line ``<!-- runnable -->`` is
   executed (``<!-- runnable: requires torch -->`` when it needs an optional module). The blocks of
   one file run in order in one namespace; a block starting with ``>>>`` is a doctest whose printed
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from optional import TORCH_MISSING
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -596,9 +597,9 @@ def test_tour_hand_computed_table_matches_attention_forward():
 
 def test_tour_shows_what_the_demo_prints():
     """The tour's copy of the demo's worked example is what ``_worked_example()`` prints."""
-    cli = pytest.importorskip("numpy_attention.cli")
+    cli = pytest.importorskip("numpy_attention.app.cli")
     if not hasattr(cli, "_worked_example"):
-        pytest.skip("numpy_attention.cli no longer has _worked_example")
+        pytest.skip("numpy_attention.app.cli no longer has _worked_example")
     shown = _block_after("demo-output", TOUR.read_text(encoding="utf-8"))
     printed = cli._worked_example()
     assert [ln.rstrip() for ln in shown.strip().splitlines()] == [
@@ -678,7 +679,7 @@ def test_runnable_blocks_run(path, extras, monkeypatch):
     With ``extras`` (e.g. torch) every block runs, including those that need the extra; without,
     the blocks that need an optional module are left out."""
     for module in extras:
-        pytest.importorskip(module)
+        pytest.importorskip(module, reason=TORCH_MISSING if module == "torch" else None)
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.chdir(ROOT)
     namespace: dict = {"__name__": "__docs__"}

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from optional import TORCH_MISSING
 from strategies import attention_cases
 
 from numpy_attention.attention import attention_backward, attention_forward
@@ -419,7 +420,7 @@ def test_overflowing_scores_are_refused_as_in_the_core():
 def test_tiled_matches_torch_sdpa_over_many_blocks(align):
     """Several blocks each way (70 queries, 90 keys, blocks of 16 x 32), GQA, causal, a float
     bias broadcast over heads: out, dq, dk, dv and dB equal torch's float64 SDPA to 1e-12."""
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason=TORCH_MISSING)
     rng = RNG(10)
     q, k, v = (rng.normal(size=(2, n, m, 16)) for n, m in ((4, 70), (2, 90), (2, 90)))
     bias = rng.normal(size=(2, 1, 70, 90))
@@ -459,3 +460,31 @@ def test_threads_work_without_threadpoolctl(monkeypatch):
         np.testing.assert_allclose(out, attention_forward(q, q, q)[0], atol=1e-14)
     finally:
         flash._blas_controller.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [{}, dict(is_causal=True), dict(window=(2, 1), softcap=3.0, sinks=np.array([0.5, -1.0]))],
+    ids=["plain", "causal", "window-softcap-sinks"],
+)
+def test_tiled_dropout_from_a_given_mask_equals_the_core(variant):
+    """FlashAttention's test grid has dropout with a given mask: the tiled functions read the
+    keep-mask block by block and agree with the core to 1e-12, forward and backward (GQA,
+    blocks that do not divide L or S)."""
+    rng = RNG(21)
+    q, k, v = (
+        rng.normal(size=(2, 2, 7, 4)),
+        rng.normal(size=(2, 1, 9, 4)),
+        rng.normal(size=(2, 1, 9, 3)),
+    )
+    keep = rng.random((2, 2, 7, 9)) > 0.3
+    d_out = rng.normal(size=(2, 2, 7, 3))
+    kw = dict(enable_gqa=True, dropout_p=0.3, dropout_mask=keep, **variant)
+    ref_out, ref_cache = attention_forward(q, k, v, **kw)
+    out, cache = flash_attention_forward(q, k, v, block_q=3, block_k=4, **kw)
+    np.testing.assert_allclose(out, ref_out, rtol=0, atol=1e-12)
+    ref, got = attention_backward(d_out, ref_cache), flash_attention_backward(d_out, cache)
+    for name in ("dq", "dk", "dv", "d_sinks"):
+        if getattr(ref, name) is not None:
+            np.testing.assert_allclose(getattr(got, name), getattr(ref, name), atol=1e-12,
+                                       err_msg=name)  # fmt: skip

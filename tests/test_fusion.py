@@ -25,13 +25,11 @@ from numpy_attention.fusion import (
     fusion_forward,
     init_concat_fusion,
     init_fusion,
-    seed_fusion_example,
     weighted_fusion,
     weighted_fusion_backward,
 )
 from numpy_attention.layers import (
     CrossAttentionParams,
-    cross_attention_forward,
     self_attention_forward,
 )
 from numpy_attention.testing import gradcheck
@@ -283,25 +281,6 @@ def test_init_fusion_gives_independent_branches_and_uniform_alpha():
     assert cache.alpha.tolist() == [0.25, 0.75]
     c = init_concat_fusion(np.random.default_rng(0), 4, 3, num_heads=2, e_y=5)
     assert c.w.shape == (12, 5) and np.abs(c.w).max() <= 1 / math.sqrt(12)
-
-
-def test_seed_fusion_example_matches_unpadded_per_sentence_attention():
-    """The seed's section 4.2 example: each padded, batched branch equals cross-attention of the
-    text S over that sentence alone (no padding), and R = sum_i alpha_i A_i."""
-    ex = seed_fusion_example()
-    from numpy_attention.fusion import _seed_vocabulary
-
-    vocab = _seed_vocabulary(ex.tokens)
-    text = np.array([vocab[t] for t in ex.tokens])[None]
-    eye = np.eye(4)
-    ident = CrossAttentionParams(w_q=eye, w_k=eye, w_v=eye, w_o=eye, num_heads=1)
-    for i, sentence in enumerate(ex.sentences):
-        alone, _ = cross_attention_forward(
-            ident, text, np.array([vocab[t] for t in sentence])[None]
-        )
-        np.testing.assert_allclose(ex.outputs[i], alone[0], rtol=0, atol=1e-15)
-    np.testing.assert_allclose(ex.r, np.tensordot(ex.alpha, ex.outputs, axes=1), rtol=0, atol=0)
-    assert ex.r.shape == (len(ex.tokens), 4)
 
 
 # ---------------------------------------------------------------------------

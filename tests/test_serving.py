@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from optional import TORCH_MISSING
 from strategies import seeds
 
 from numpy_attention import serving
@@ -50,7 +51,7 @@ def _cu(lengths):
 
 
 def _torch():
-    return pytest.importorskip("torch")
+    return pytest.importorskip("torch", reason=TORCH_MISSING)
 
 
 def _torch_rotary(x, cos, sin, interleaved):

@@ -5,8 +5,9 @@ Outputs, dq, dk, dv and the float mask's gradient agree to 1e-10; skipped withou
 
 import numpy as np
 import pytest
+from optional import TORCH_MISSING
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch", reason=TORCH_MISSING)
 F = torch.nn.functional
 
 from numpy_attention.attention import attention_backward, attention_forward  # noqa: E402

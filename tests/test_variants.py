@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from optional import TORCH_MISSING
 from oracles import attention_backward_oracle, attention_oracle, visibility_oracle
 from strategies import MASK_MODS, SCORE_MODS, dims, seeds, variant_cases, windows
 from test_variants_conventions import (
@@ -635,7 +636,7 @@ def test_score_mod_without_its_gradient_runs_forward_but_refuses_the_backward(fo
 def test_api_matches_torch_reference(name):
     """Our core (and tiled, without dropout) out, lse and gradients equal the eager torch float64
     reference with autograd (tests/torch_reference.py) to 1e-12. Skipped without torch."""
-    pytest.importorskip("torch")
+    pytest.importorskip("torch", reason=TORCH_MISSING)
     from torch_reference import reference
 
     kw = named_case(name)

@@ -12,11 +12,12 @@ with them (tests/test_variants.py). Skipped without torch.
 import numpy as np
 import pytest
 from hypothesis import given, settings
+from optional import TORCH_MISSING
 from oracles import attention_backward_oracle, attention_oracle, visibility_oracle
 from strategies import seeds, variant_cases
 from variant_cases import NAMES, named_case
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch", reason=TORCH_MISSING)
 from torch_reference import reference  # noqa: E402
 
 RNG = np.random.default_rng

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from oracles import attention_backward_oracle, attention_oracle
 
-from numpy_attention.cli import main
+from numpy_attention.app.cli import main
 from numpy_attention.verify import (
     SUITE_FORMAT,
     SUITE_VERSION,

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from numpy_attention.cli import main
+from numpy_attention.app.cli import main
 from numpy_attention.verify import (
     MAX_ARRAY_BYTES,
     CheckReport,

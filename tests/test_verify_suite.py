@@ -14,7 +14,7 @@ import stat
 import numpy as np
 import pytest
 
-from numpy_attention.cli import main
+from numpy_attention.app.cli import main
 from numpy_attention.verify import Case, UnusableInput, build_suite, write_suite
 
 

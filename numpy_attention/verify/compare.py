@@ -225,17 +225,7 @@ def _measure(
     return result
 
 
-def assert_attention_close(
-    actual: Any,
-    desired: Any,
-    *,
-    dtype: Any = "float64",
-    quantity: str = "out",
-    atol: float | None = None,
-    rtol: float | None = None,
-    axes: tuple[str, ...] | None = None,
-    err_msg: str = "",
-) -> None:
+def assert_attention_close(actual: Any, desired: Any, *, err_msg: str = "", **kwargs: Any) -> None:
     r"""Assert that a candidate's attention result matches the reference.
 
     Like ``numpy.testing.assert_allclose``, with the tolerance chosen by the
@@ -247,17 +237,11 @@ def assert_attention_close(
     ----------
     actual, desired : array_like
         Candidate and float64 reference, same shape.
-    dtype : {"float64", "float32", "float16", "bfloat16"}, optional
-        The dtype the candidate computed in. Default ``"float64"``.
-    quantity : str, optional
-        ``"out"``, ``"weights"``, ``"lse"``, or a gradient (``"dq"``, ...).
-    atol, rtol : float, optional
-        Override the policy's tolerances (see :func:`compare_attention`);
-        finite and >= 0.
-    axes : tuple of str, optional
-        Axis names for the message.
     err_msg : str, optional
         Prepended to the failure message.
+    **kwargs
+        ``dtype``, ``quantity``, ``atol``, ``rtol``, ``axes``: as
+        :func:`compare_attention`, which judges the pair.
 
     Raises
     ------
@@ -286,8 +270,6 @@ def assert_attention_close(
     ...
     AssertionError: out (float32 tolerance ...
     """
-    c = compare_attention(
-        actual, desired, dtype=dtype, quantity=quantity, atol=atol, rtol=rtol, axes=axes
-    )
+    c = compare_attention(actual, desired, **kwargs)
     if not c.passed:
         raise AssertionError((err_msg + "\n" if err_msg else "") + str(c))
