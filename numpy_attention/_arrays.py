@@ -18,6 +18,7 @@ __all__ = [
     "pow2_scaled",
     "block_view",
     "absmax",
+    "broadcast_as",
 ]
 
 #: The one alias for a floating array, used by every module.
@@ -143,3 +144,23 @@ def absmax(a: np.ndarray) -> float:
     """
     with np.errstate(invalid="ignore"):
         return max(float(np.max(a, initial=-np.inf)), -float(np.min(a, initial=np.inf)), 0.0)
+
+
+def broadcast_as(a: np.ndarray, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """``np.broadcast_to(a, shape)`` (a view), or a ValueError naming ``what`` and both shapes.
+
+    Examples
+    --------
+    >>> broadcast_as(np.ones(3), (2, 3), "mask").shape
+    (2, 3)
+    >>> broadcast_as(np.ones(2), (2, 3), "mask")
+    Traceback (most recent call last):
+    ...
+    ValueError: mask has shape (2,), which does not broadcast to (2, 3)
+    """
+    try:
+        return np.broadcast_to(a, shape)
+    except ValueError:
+        raise ValueError(
+            f"{what} has shape {a.shape}, which does not broadcast to {shape}"
+        ) from None

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ._arrays import Array, absmax, block_view, pow2_scaled, sum_to_shape
+from ._arrays import Array, absmax, block_view, broadcast_as, pow2_scaled, sum_to_shape
 from ._inputs import AttentionInputs, check_dropout, check_inputs
 from ._validate import check_grad, check_instance
 from .softmax import softmax_lse_inplace
@@ -144,13 +144,7 @@ def _mod_result(r: Any, name: str, shape: tuple[int, ...], kind: str) -> NDArray
     if a.dtype.kind != kind and not (kind == "f" and a.dtype.kind in "iu"):
         want = "a bool array (True = attend)" if kind == "b" else "a floating array of scores"
         raise TypeError(f"{name} must return {want}, got dtype {a.dtype}")
-    try:
-        return np.broadcast_to(a, shape)
-    except ValueError:
-        raise ValueError(
-            f"{name} returned shape {a.shape}, which does not broadcast to the scores' "
-            f"shape {shape}"
-        ) from None
+    return broadcast_as(a, shape, f"the result of {name}")
 
 
 def _visible(x: AttentionInputs, S: Array, i0: int, j0: int, idx: tuple) -> Any:

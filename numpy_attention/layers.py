@@ -752,6 +752,8 @@ def self_attention_backward(
 ) -> tuple[Array, CrossAttentionParams]:
     r"""Hand-written backward of :func:`self_attention_forward`.
 
+    The two input gradients of cross-attention add, Eq. (3.11).
+
     Parameters
     ----------
     d_out : array_like, shape (B, T, Do)

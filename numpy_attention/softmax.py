@@ -211,9 +211,9 @@ def log_softmax(x: ArrayLike, axis: int = -1) -> NDArray[np.floating]:
     Parameters
     ----------
     x : array_like
-        Scores.
+        Scores (logits); ``-inf`` entries stay ``-inf``.
     axis : int, optional
-        The normalised axis. Default ``-1``.
+        The axis normalised (``-1``, the last, by default).
 
     Returns
     -------
@@ -224,7 +224,7 @@ def log_softmax(x: ArrayLike, axis: int = -1) -> NDArray[np.floating]:
     Raises
     ------
     TypeError
-        If ``x`` is complex, object or string.
+        For a complex, object or string ``x``, as :func:`softmax`.
 
     Notes
     -----
@@ -312,7 +312,7 @@ def log_softmax_backward(d_y: ArrayLike, y: ArrayLike, axis: int = -1) -> NDArra
     Raises
     ------
     ValueError
-        If ``d_y`` and ``y`` have different shapes.
+        When the shape of ``d_y`` is not that of ``y``.
 
     Notes
     -----

@@ -240,10 +240,16 @@ def _run_plot(args: argparse.Namespace) -> int:
 
 
 def _run_vectors(args: argparse.Namespace) -> int:
-    from ..verify import SUITE_VERSION, UnusableInput, write_suite
+    from ..verify import SUITE_VERSION, UnusableInput, cases_from_config, write_suite
 
+    cases = None
+    if args.config is not None:  # the user's cases only (docs/verify.md, "User-sized cases")
+        try:
+            cases = cases_from_config(args.config)
+        except (TypeError, ValueError) as e:
+            return _fail("numpy-attention vectors", f"--config {args.config}: {e}")
     try:
-        paths = write_suite(args.out, force=args.force)
+        paths = write_suite(args.out, cases, force=args.force)
     except (UnusableInput, OSError) as e:
         why = getattr(e, "strerror", None) or e
         return _fail("numpy-attention vectors", f"cannot write {args.out!r}: {why}")
@@ -279,6 +285,10 @@ def _add_vectors(sub: Any) -> None:
     vec.add_argument(
         "--force", action="store_true", help="replace files in DIR even if they are not ours"
     )
+    vec.add_argument(
+        "--config", metavar="FILE", help="write the cases a JSON config describes (your shapes, "
+        "dtypes and variants; format: docs/verify.md, 'User-sized cases') instead of the suite"
+    )  # fmt: skip
     vec.set_defaults(func=_run_vectors)
 
 

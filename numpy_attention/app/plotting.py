@@ -32,6 +32,8 @@ from typing import IO, TYPE_CHECKING, Any, cast
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from .._arrays import broadcast_as
+
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -157,12 +159,7 @@ def _check_mask(mask: ArrayLike | None, shape: tuple[int, ...]) -> NDArray[np.bo
     m = np.asarray(mask)
     if m.dtype != np.bool_:
         raise TypeError(f"mask must be boolean (True = attend), got dtype {m.dtype}")
-    try:
-        return np.broadcast_to(m, shape)
-    except ValueError:
-        raise ValueError(
-            f"mask has shape {m.shape}, expected one broadcastable to {shape}"
-        ) from None
+    return broadcast_as(m, shape, "mask")
 
 
 def _short(text: str, limit: int = MAX_LABEL) -> str:

@@ -12,6 +12,8 @@ Read in this order (``docs/verify.md`` is the chapter):
   :mod:`~numpy_attention.verify.diagnosis`, which explains a failure.
 - :mod:`~numpy_attention.verify.cases`: the golden suite's case table
   (:func:`build_suite`), one line per case.
+- :mod:`~numpy_attention.verify.config`: :func:`cases_from_config`, cases at a
+  user's shapes and variants from a small JSON config.
 - :mod:`~numpy_attention.verify.suite`: the suite on disk
   (:func:`write_suite`, :func:`load_suite`, :func:`load_results`), with the
   file rules of :mod:`~numpy_attention.verify._files` (:class:`UnusableInput`).
@@ -26,6 +28,7 @@ The command line's ``vectors`` and ``check`` are thin layers over
 from ._files import MAX_ARRAY_BYTES, UnusableInput
 from .cases import Case, build_suite
 from .compare import Comparison, assert_attention_close, compare_attention
+from .config import cases_from_config
 from .diagnosis import diagnose
 from .gradcheck import GradcheckReport, gradcheck
 from .grading import CheckReport, Row, check_path, check_results
@@ -64,6 +67,7 @@ __all__ = [
     "diagnose",
     "Case",
     "build_suite",
+    "cases_from_config",
     "SUITE_FORMAT",
     "SUITE_VERSION",
     "MAX_SUITE_BYTES",

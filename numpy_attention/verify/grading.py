@@ -275,7 +275,7 @@ def check_path(
     ...     np.savez(pathlib.Path(d) / "plain.npz", **expected["plain"])
     ...     report = check_path(d, dtype="float64")
     >>> report.exit_code(), report.counts["PASS"], len(report.missing_cases)
-    (0, 6, 21)
+    (0, 6, 67)
     """
     dtype = dtype_name(dtype)
     strict = check_bool(strict, "strict")

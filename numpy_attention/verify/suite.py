@@ -58,10 +58,10 @@ __all__ = [
 #: Identifies the suite's files; readers should refuse anything else.
 SUITE_FORMAT = "numpy-attention-vectors"
 #: Bumped whenever a case, an input or an expected value changes.
-SUITE_VERSION = 1
-#: A suite's expected arrays may hold at most this much in total (256 MiB; ours: 1.3 MiB).
+SUITE_VERSION = 2
+#: A suite's expected arrays may hold at most this much in total (256 MiB; ours: 12 MiB).
 MAX_SUITE_BYTES = 256 * 2**20
-#: Largest ``manifest.json`` read (ours: 61 KiB).
+#: Largest ``manifest.json`` read (ours: 180 KiB).
 _MAX_MANIFEST_BYTES = 16 * 2**20
 #: Fixed zip entry timestamp (the earliest a zip can hold) for byte-identical files.
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -94,6 +94,35 @@ def _tolerance_table() -> dict[str, Any]:
     }
 
 
+#: How the variant and serving cases' inputs are to be read (manifest "conventions").
+_VARIANT_CONVENTIONS = {
+    "kinds": "sdpa: torch SDPA's arguments; variant: sdpa plus the variant inputs below; padded, "
+    "varlen, kvcache, merge, rotary: see docs/verify.md; each case's flags repeat its arguments",
+    "window": "int64 (left, right), -1 = unbounded side (FlashAttention's window_size): query i "
+    "sees keys i + d - left .. i + d + right, d = S - L if causal_bottom_right else 0",
+    "softcap": "scores <- softcap * tanh(scores / softcap), after the scale, before bias and masks",
+    "alibi_slopes": "(Hq,): scores - slope_h * |i + d - j| (d as for the window)",
+    "sinks": "(Hq,): a logit per head added to every row's softmax denominator and to lse; "
+    "weights exclude it (rows sum to less than 1); d_sinks is its gradient",
+    "chunk_size": "query i sees key j only if (i + d) // chunk_size == j // chunk_size",
+    "sink_tokens": "keys j < sink_tokens stay visible outside the window or chunk (not past the "
+    "causal mask)",
+    "varlen": "packed (T, H, E) with cu_seqlens (B + 1,) int64; each sequence is its own problem, "
+    "causal alignment per sequence; lse (Hq, Tq)",
+    "kvcache": "flash_attn_with_kvcache: q (B, L, Hq, E), paged cache (num_blocks, page, Hkv, E), "
+    "block_table (B, max_blocks); new keys written at cache_seqlens[b] + j, rotated there; queries "
+    "rotated at cache_seqlens[b] + i (causal); lse (B, Hq, L); unused slots NaN stay NaN",
+    "merge": "outs (C, ..., Ev), lses (C, ...): lse = logsumexp_c lses, out = sum_c "
+    "exp(lse_c - lse) outs_c; an empty chunk (lse_c = -inf) is not read",
+    "rotary": "x (B, L, H, E), cos/sin (L, R/2) (bfloat16-rounded tables); rotate-half pairs "
+    "(i, i + R/2), interleaved (2i, 2i + 1); features R: pass through",
+    "padded": "k, v are NaN at key positions >= key_lengths[b]; expected = attention over the "
+    "real keys (finite); dk = dv = 0 there",
+    "tiled": "cases with flags.path 'tiled' were computed by flash_attention_forward/backward "
+    "and have no weights",
+}
+
+
 def manifest(cases: Iterable[Case]) -> dict[str, Any]:
     """Return the contents of ``manifest.json`` for ``cases`` (see ``docs/verify.md``).
 
@@ -120,6 +149,7 @@ def manifest(cases: Iterable[Case]) -> dict[str, Any]:
             "weights": "softmax probabilities before dropout, shape (B, Hq, L, S)",
             "dropout": "dropout_mask True = kept; kept weights are multiplied by 1/(1-p)",
             "gradients": "of sum(out * d_out); dk, dv summed over broadcast batch and GQA groups",
+            **_VARIANT_CONVENTIONS,
         },
         "tolerance_rule": "|actual - expected| <= atol * max|expected| + rtol * |expected| "
         "elementwise; infinities must match exactly; 'gradient' applies to quantities whose "

@@ -1,0 +1,234 @@
+r"""User-sized golden cases: :func:`cases_from_config` builds cases at your shapes and variants.
+
+The built-in suite uses small shapes. A kernel engineer also wants the float64 answer at the
+kernel's real sizes: its tile boundaries (``L``, ``S`` not multiples of the block), its head
+dims, its variant, rows of 16k keys and more. A small JSON config names them; each case is
+drawn from a fixed seed (deterministic) and computed by the dense core or, for long rows, by
+the tiled functions (no ``L x S`` array). The format is in ``docs/verify.md``
+("User-sized cases").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .._validate import check_bool, check_int, check_real
+from ._files import MAX_ARRAY_BYTES
+from .cases import CASE_NAME, Case, _sdpa_case
+from .tolerance import DTYPES
+
+__all__ = ["cases_from_config", "CONFIG_FIELDS"]
+
+#: The fields of one case in a config, with their defaults (None: required or off).
+CONFIG_FIELDS: dict[str, Any] = {
+    "name": None, "seed": None, "B": 1, "Hq": 1, "Hkv": None, "L": None, "S": None, "E": None,
+    "Ev": None, "scale": None, "is_causal": False, "causal_align": "top_left", "window": None,
+    "softcap": None, "alibi": False, "sinks": False, "chunk_size": None, "sink_tokens": 0,
+    "dtypes": list(DTYPES), "path": "auto",
+}  # fmt: skip
+_REQUIRED = ("name", "L", "S", "E")
+#: ``path: "auto"`` computes by the tiled functions from this many scores (B Hq L S) on.
+_TILED_FROM = 2**22
+#: The largest config file read (a config is a few lines).
+_MAX_CONFIG_BYTES = 2**20
+
+
+def _load(config: str | os.PathLike[str] | Mapping[str, Any]) -> Mapping[str, Any]:
+    """Return the config as a mapping: itself, or a JSON file's contents."""
+    if isinstance(config, Mapping):
+        return config
+    if not isinstance(config, (str, os.PathLike)):
+        raise TypeError(f"config must be a path or a mapping, got {type(config).__name__}")
+    path = Path(config)
+    if not path.is_file():
+        what = "is not a regular file" if path.exists() else "does not exist"
+        raise ValueError(f"config {path} {what}")
+    if path.stat().st_size > _MAX_CONFIG_BYTES:
+        raise ValueError(f"config {path} has {path.stat().st_size} bytes, too many for a config")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"config {path} cannot be read as JSON ({e})") from None
+    if not isinstance(data, Mapping):
+        raise ValueError(f"config {path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _field(where: str, name: str, check: Any, *args: Any, **kw: Any) -> Any:
+    """Run a validator on one field; any complaint becomes a ValueError naming the field."""
+    try:
+        return check(*args, **kw)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}.{name}: {e}") from None
+
+
+def _window(where: str, w: Any) -> tuple[int | None, int | None] | None:
+    """``[left, right]`` with sides >= 0 or null (unbounded); None: no window."""
+    if w is None:
+        return None
+    if not isinstance(w, (list, tuple)) or len(w) != 2:
+        raise ValueError(f"{where}.window must be [left, right] (each >= 0 or null), got {w!r}")
+    sides = [None if x is None else _field(where, "window", check_int, x, "window side")
+             for x in w]  # fmt: skip
+    return sides[0], sides[1]
+
+
+def _spec(entry: Any, where: str, seed: int) -> dict[str, Any]:
+    """Validate one case of the config; return its fields with the defaults filled in."""
+    if not isinstance(entry, Mapping):
+        raise ValueError(f"{where} must be an object, got {type(entry).__name__}")
+    unknown = sorted(set(entry) - set(CONFIG_FIELDS))
+    if unknown:
+        raise ValueError(f"{where} has unknown field(s) {unknown}; known: {sorted(CONFIG_FIELDS)}")
+    for n in _REQUIRED:
+        if entry.get(n) is None:
+            raise ValueError(f"{where}.{n} is required")
+    c = {**CONFIG_FIELDS, **entry}
+    name = c["name"]
+    if not isinstance(name, str) or not CASE_NAME.fullmatch(name):
+        raise ValueError(f"{where}.name must match [a-z0-9_]+ (a file stem), got {name!r}")
+    c["seed"] = seed if c["seed"] is None else _field(where, "seed", check_int, c["seed"], "seed")
+    for n in ("B", "Hq", "L", "S", "E"):
+        c[n] = _field(where, n, check_int, c[n], n, minimum=1)
+    c["Hkv"] = c["Hq"] if c["Hkv"] is None else _field(where, "Hkv", check_int, c["Hkv"], "Hkv",
+                                                       minimum=1)  # fmt: skip
+    c["Ev"] = c["E"] if c["Ev"] is None else _field(where, "Ev", check_int, c["Ev"], "Ev",
+                                                    minimum=1)  # fmt: skip
+    if c["Hq"] % c["Hkv"]:
+        raise ValueError(f"{where}: Hq = {c['Hq']} must be a multiple of Hkv = {c['Hkv']}")
+    return _spec_options(c, where)
+
+
+def _spec_options(c: dict[str, Any], where: str) -> dict[str, Any]:
+    """Validate the scale, the flags and the variants of one case (see :func:`_spec`)."""
+    if c["scale"] is not None:
+        c["scale"] = _field(where, "scale", check_real, c["scale"], "scale", low=0.0,
+                            low_open=True)  # fmt: skip
+    for n in ("is_causal", "alibi", "sinks"):
+        c[n] = _field(where, n, check_bool, c[n], n)
+    if c["causal_align"] not in ("top_left", "bottom_right"):
+        raise ValueError(f"{where}.causal_align must be 'top_left' or 'bottom_right', "
+                         f"got {c['causal_align']!r}")  # fmt: skip
+    c["window"] = _window(where, c["window"])
+    if c["softcap"] is not None:
+        c["softcap"] = _field(where, "softcap", check_real, c["softcap"], "softcap", low=0.0,
+                              low_open=True)  # fmt: skip
+    if c["chunk_size"] is not None:
+        c["chunk_size"] = _field(where, "chunk_size", check_int, c["chunk_size"], "chunk_size",
+                                 minimum=1)  # fmt: skip
+    c["sink_tokens"] = _field(where, "sink_tokens", check_int, c["sink_tokens"], "sink_tokens")
+    dtypes = c["dtypes"]
+    if not isinstance(dtypes, list) or not dtypes or any(d not in DTYPES for d in dtypes):
+        raise ValueError(f"{where}.dtypes must be a non-empty list of {list(DTYPES)}, "
+                         f"got {dtypes!r}")  # fmt: skip
+    if c["path"] not in ("auto", "dense", "tiled"):
+        raise ValueError(f"{where}.path must be 'auto', 'dense' or 'tiled', got {c['path']!r}")
+    _check_sizes(c, where)
+    return c
+
+
+def _check_sizes(c: dict[str, Any], where: str) -> None:
+    """Refuse arrays the suite's reader would refuse (more than MAX_ARRAY_BYTES each)."""
+    B, Hq, Hkv, L, S, E, Ev = (c[n] for n in ("B", "Hq", "Hkv", "L", "S", "E", "Ev"))
+    tiled = c["path"] == "tiled" or (c["path"] == "auto" and B * Hq * L * S >= _TILED_FROM)
+    c["tiled"] = tiled
+    sizes = {"q": B * Hq * L * E, "k": B * Hkv * S * E, "v": B * Hkv * S * Ev}
+    if not tiled:
+        sizes["weights"] = B * Hq * L * S
+    for n, size in sizes.items():
+        if 8 * size > MAX_ARRAY_BYTES:
+            raise ValueError(
+                f"{where}: {n} would hold {8 * size} bytes in float64, more than the "
+                f"{MAX_ARRAY_BYTES} the suite's reader takes per array; lower B, heads, L, S or "
+                "E" + ("" if tiled else ", or set path 'tiled' (no weights)")
+            )
+
+
+def _case(c: dict[str, Any]) -> Case:
+    """Build the case a validated spec describes."""
+    variants: dict[str, Any] = {n: c[n] for n in ("window", "softcap", "chunk_size")
+                                if c[n] is not None}  # fmt: skip
+    if c["sink_tokens"]:
+        variants["sink_tokens"] = c["sink_tokens"]
+    if c["alibi"]:
+        variants["alibi_slopes"] = True
+    if c["sinks"]:
+        variants["sinks"] = True
+    shape = ", ".join(f"{n} = {c[n]}" for n in ("B", "Hq", "Hkv", "L", "S", "E", "Ev"))
+    desc = f"User-sized case ({shape})" + (", causal " + c["causal_align"]) * c["is_causal"]
+    desc += "".join(f", {n} {v}" for n, v in variants.items() if v is not True)
+    desc += "".join(f", {n}" for n, v in variants.items() if v is True) + "."
+    case = _sdpa_case(
+        c["name"], desc, c["seed"], (c["B"], c["Hq"], c["L"], c["E"]),
+        (c["B"], c["Hkv"], c["S"], c["E"]), c["Ev"], is_causal=c["is_causal"],
+        causal_align=c["causal_align"], enable_gqa=c["Hq"] != c["Hkv"], scale=c["scale"],
+        variants=variants, tiled=c["tiled"],
+    )  # fmt: skip
+    config = {n: c[n] for n in CONFIG_FIELDS}
+    config["window"] = None if c["window"] is None else list(c["window"])
+    case.flags.update(dtypes=list(c["dtypes"]), config=config)
+    return case
+
+
+def cases_from_config(config: str | os.PathLike[str] | Mapping[str, Any]) -> list[Case]:
+    r"""Build deterministic golden cases at the shapes, dtypes and variants a config names.
+
+    Parameters
+    ----------
+    config : str, os.PathLike or mapping
+        A JSON file, or its contents: ``{"seed": 0, "cases": [{...}, ...]}``. Each case has
+        the fields of :data:`CONFIG_FIELDS`: ``name``, ``L``, ``S``, ``E`` (required), ``B``,
+        ``Hq``, ``Hkv`` (default ``Hq``; fewer is GQA), ``Ev`` (default ``E``), ``seed``
+        (default: the config's seed plus the case's index), ``scale``, ``is_causal``,
+        ``causal_align``, ``window`` (``[left, right]``, null = unbounded side), ``softcap``,
+        ``alibi`` and ``sinks`` (true: drawn), ``chunk_size``, ``sink_tokens``, ``dtypes``
+        (the dtypes you will check in, recorded), ``path`` (``"auto"``, ``"dense"``,
+        ``"tiled"``; auto tiles from ``2**22`` scores on).
+
+    Returns
+    -------
+    cases : list of Case
+        Kind ``"sdpa"``, or ``"variant"`` with a variant; tiled cases have no ``weights``.
+        Pass them to :func:`~numpy_attention.verify.write_suite`. The same config always
+        gives the same arrays.
+
+    Raises
+    ------
+    TypeError
+        If ``config`` is neither a path nor a mapping.
+    ValueError
+        An unreadable file; a missing, unknown or invalid field (each named, as
+        ``cases[i].field``); two cases of one name; an array larger than the suite's reader
+        takes (``MAX_ARRAY_BYTES``).
+
+    Examples
+    --------
+    >>> cfg = {"seed": 1, "cases": [{"name": "tile_edge", "Hq": 4, "Hkv": 2, "L": 130,
+    ...        "S": 257, "E": 64, "is_causal": True, "causal_align": "bottom_right",
+    ...        "window": [64, 0], "softcap": 30.0}]}
+    >>> [case] = cases_from_config(cfg)
+    >>> case.kind, case.expected["dk"].shape, case.flags["variants"]["window"]
+    ('variant', (1, 2, 257, 64), [64, 0])
+    >>> cases_from_config({"cases": [{"name": "x", "L": 4, "S": 0, "E": 8}]})
+    Traceback (most recent call last):
+    ...
+    ValueError: cases[0].S: S must be >= 1, got 0
+    """
+    data = _load(config)
+    unknown = sorted(set(data) - {"seed", "cases"})
+    if unknown:
+        raise ValueError(f"config has unknown field(s) {unknown}; known: ['cases', 'seed']")
+    seed = _field("config", "seed", check_int, data.get("seed", 0), "seed")
+    entries = data.get("cases")
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"config.cases must be a non-empty list, got {type(entries).__name__}")
+    specs = [_spec(e, f"cases[{i}]", seed + i) for i, e in enumerate(entries)]
+    names = [s["name"] for s in specs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"config.cases: names must be unique, {twice} appear twice")
+    return [_case(s) for s in specs]

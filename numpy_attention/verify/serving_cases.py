@@ -1,0 +1,251 @@
+r"""The golden suite's serving cases and the padded case with NaN-poisoned padding.
+
+Each builder draws its inputs from a fixed seed and computes the expected results in float64
+with :mod:`numpy_attention.serving` (chapter 9, ``docs/serving.md``):
+
+- :func:`padded_case` (kind ``"padded"``): a padded batch whose keys and values past each
+  sequence's length are NaN; the expected values are those of attention over each
+  sequence's real keys (finite).
+- :func:`varlen_case` (``"varlen"``): packed sequences, FlashAttention's varlen layout.
+- :func:`kvcache_case` (``"kvcache"``): a decoding step over a (paged) KV cache, with new keys
+  appended and rotated; unused cache slots hold NaN.
+- :func:`merge_case` (``"merge"``): merging split-KV attention states (FlashDecoding).
+- :func:`rotary_case` (``"rotary"``): rotary embedding, both layouts.
+
+Every finite float input is exactly representable in bfloat16 and float16, as in
+:mod:`numpy_attention.verify.cases`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..attention import attention_backward, attention_forward
+from ..masks import padding_mask
+from ..serving import (
+    kvcache_attention,
+    merge_attention_states_backward,
+    merge_attention_states_forward,
+    rotary_cos_sin,
+    rotary_embedding,
+    rotary_embedding_backward,
+    varlen_attention_backward,
+    varlen_attention_forward,
+)
+from .cases import Case, _exact, _normal, _variant_flags, _variant_inputs
+
+__all__ = ["padded_case", "varlen_case", "kvcache_case", "merge_case", "rotary_case"]
+
+Arrays = dict[str, NDArray[Any]]
+
+
+def _f64(expected: Arrays) -> Arrays:
+    return {n: np.ascontiguousarray(a, dtype=np.float64) for n, a in expected.items()}
+
+
+def _cu(lengths: list[int]) -> NDArray[np.int64]:
+    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
+
+def padded_case(
+    name: str, description: str, seed: int, shape: tuple[int, int, int, int, int],
+    key_lengths: list[int], *, is_causal: bool = False,
+) -> Case:  # fmt: skip
+    """Build a padded batch ``(B, H, L, S, E)``, k and v NaN at positions ``>= key_lengths[b]``.
+
+    The expected values are attention with the boolean padding mask over the same inputs
+    with the padding replaced by 0 (any finite padding gives the same: its weights are 0);
+    ``dk`` and ``dv`` are 0 there. A dense ``P V`` or ``dS K`` multiplies the NaN rows by a
+    zero weight and leaks them (``0 * NaN = NaN``); a kernel that never reads past a
+    sequence's length does not.
+
+    Examples
+    --------
+    >>> c = padded_case("p", "NaN padding", 0, (2, 1, 3, 4, 8), [4, 2])
+    >>> bool(np.isnan(c.inputs["k"][1, 0, 2:]).all()), bool(np.isfinite(c.expected["dq"]).all())
+    (True, True)
+    """
+    B, H, L, S, E = shape
+    rng = np.random.default_rng(seed)
+    q, k, v = _normal(rng, B, H, L, E), _normal(rng, B, H, S, E), _normal(rng, B, H, S, E)
+    lengths = np.array(key_lengths, dtype=np.int64)
+    mask = padding_mask(lengths, S)  # (B, 1, 1, S), True = real key
+    real = mask[:, :, 0, :, None]  # (B, 1, S, 1)
+    k, v = np.where(real, k, 0.0), np.where(real, v, 0.0)
+    d_out = _normal(rng, B, H, L, E)
+    scale = 1.0 / math.sqrt(E)
+    out, cache = attention_forward(q, k, v, mask, is_causal=is_causal, scale=scale)
+    g = attention_backward(d_out, cache)
+    k_nan, v_nan = np.where(real, k, np.nan), np.where(real, v, np.nan)
+    inputs = {"q": q, "k": k_nan, "v": v_nan, "attn_mask": mask, "key_lengths": lengths,
+              "d_out": d_out, "scale": np.array(scale), "dropout_p": np.array(0.0),
+              "is_causal": np.array(is_causal), "causal_bottom_right": np.array(False),
+              "enable_gqa": np.array(False)}  # fmt: skip
+    expected = {"out": out, "weights": cache.P, "lse": cache.lse, "dq": g.dq, "dk": g.dk,
+                "dv": g.dv}  # fmt: skip
+    flags = {
+        "scale": scale,
+        "is_causal": is_causal,
+        "causal_align": "top_left",
+        "key_lengths": key_lengths,
+        "padding": "NaN in k and v at positions >= key_lengths",
+    }
+    return Case(name, "padded", description, inputs, _f64(expected), flags)
+
+
+def varlen_case(
+    name: str, description: str, seed: int, lengths_q: list[int], lengths_k: list[int],
+    heads: tuple[int, int], widths: tuple[int, int], *, is_causal: bool = False,
+    causal_align: str = "bottom_right", window: tuple[int | None, int | None] | None = None,
+) -> Case:  # fmt: skip
+    """Packed sequences: ``q (Tq, Hq, E)``, ``k (Tk, Hkv, E)``, ``v (Tk, Hkv, Ev)``.
+
+    Examples
+    --------
+    >>> c = varlen_case("v", "packed", 0, [2, 0, 1], [3, 1, 1], (2, 1), (4, 4), is_causal=True)
+    >>> c.inputs["cu_seqlens_q"].tolist(), c.expected["lse"].shape
+    ([0, 2, 2, 3], (2, 3))
+    """
+    (Hq, Hkv), (E, Ev) = heads, widths
+    rng = np.random.default_rng(seed)
+    Tq, Tk = sum(lengths_q), sum(lengths_k)
+    q, k, v = _normal(rng, Tq, Hq, E), _normal(rng, Tk, Hkv, E), _normal(rng, Tk, Hkv, Ev)
+    cu_q, cu_k = _cu(lengths_q), _cu(lengths_k)
+    d_out = _normal(rng, Tq, Hq, Ev)
+    scale, kw = 1.0 / math.sqrt(E), {} if window is None else {"window": window}
+    out, cache = varlen_attention_forward(
+        q, k, v, cu_q, cu_k, scale=scale, is_causal=is_causal, causal_align=causal_align,
+        enable_gqa=Hq != Hkv, window=window,
+    )  # fmt: skip
+    g = varlen_attention_backward(d_out, cache)
+    inputs = {"q": q, "k": k, "v": v, "cu_seqlens_q": cu_q, "cu_seqlens_k": cu_k,
+              "d_out": d_out, "scale": np.array(scale), "is_causal": np.array(is_causal),
+              "causal_bottom_right": np.array(causal_align == "bottom_right"),
+              "enable_gqa": np.array(Hq != Hkv), **_variant_inputs(kw)}  # fmt: skip
+    expected = {"out": out, "lse": cache.lse, "dq": g.dq, "dk": g.dk, "dv": g.dv}
+    flags: dict[str, Any] = {"scale": scale, "is_causal": is_causal, "causal_align": causal_align,
+                             "enable_gqa": Hq != Hkv, "lengths_q": lengths_q,
+                             "lengths_k": lengths_k}  # fmt: skip
+    if kw:
+        flags["variants"] = _variant_flags(kw)
+    return Case(name, "varlen", description, inputs, _f64(expected), flags)
+
+
+def _paged_cache(
+    rng: np.random.Generator, B: int, page: int, max_blocks: int, Hkv: int, widths: tuple,
+    seqlens: list[int],
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.int64]]:  # fmt: skip
+    """Draw a paged cache whose unused slots are NaN, and a shuffled block table."""
+    num_blocks = B * max_blocks + 1
+    table = rng.permutation(num_blocks)[: B * max_blocks].reshape(B, max_blocks).astype(np.int64)
+    kc = np.full((num_blocks, page, Hkv, widths[0]), np.nan)
+    vc = np.full((num_blocks, page, Hkv, widths[1]), np.nan)
+    for b, n in enumerate(seqlens):  # fill the first n positions of row b
+        pos = np.arange(n)
+        blk, off = table[b, pos // page], pos % page
+        kc[blk, off] = _normal(rng, n, Hkv, widths[0])
+        vc[blk, off] = _normal(rng, n, Hkv, widths[1])
+    return kc, vc, table
+
+
+def kvcache_case(
+    name: str, description: str, seed: int, seqlens: list[int], L: int,
+    heads: tuple[int, int], widths: tuple[int, int], *, page: int, max_blocks: int,
+    rotary_dim: int, interleaved: bool, is_causal: bool = True,
+) -> Case:  # fmt: skip
+    """Build a decoding step: L new queries, keys, values appended to a paged rotary cache.
+
+    Examples
+    --------
+    >>> c = kvcache_case("kv", "decode", 0, [3, 0], 1, (2, 1), (4, 4), page=2, max_blocks=2,
+    ...                  rotary_dim=4, interleaved=False)
+    >>> c.expected["out"].shape, int(np.isnan(c.expected["k_cache_out"]).any(axis=(2, 3)).sum())
+    ((2, 1, 2, 4), 5)
+    """
+    (Hq, Hkv), (E, Ev), B = heads, widths, len(seqlens)
+    rng = np.random.default_rng(seed)
+    kc, vc, table = _paged_cache(rng, B, page, max_blocks, Hkv, widths, seqlens)
+    q, k_new = _normal(rng, B, L, Hq, E), _normal(rng, B, L, Hkv, E)
+    v_new = _normal(rng, B, L, Hkv, Ev)
+    cos, sin = (_exact(t) for t in rotary_cos_sin(np.arange(page * max_blocks), rotary_dim))
+    n = np.array(seqlens, dtype=np.int64)
+    scale = 1.0 / math.sqrt(E)
+    out, lse, kc_out, vc_out = kvcache_attention(
+        q, kc, vc, n, k_new=k_new, v_new=v_new, block_table=table, rotary_cos=cos,
+        rotary_sin=sin, rotary_interleaved=interleaved, scale=scale, is_causal=is_causal,
+    )  # fmt: skip
+    inputs = {"q": q, "k_cache": kc, "v_cache": vc, "cache_seqlens": n, "k_new": k_new,
+              "v_new": v_new, "block_table": table, "rotary_cos": cos, "rotary_sin": sin,
+              "rotary_interleaved": np.array(interleaved), "scale": np.array(scale),
+              "is_causal": np.array(is_causal)}  # fmt: skip
+    expected = {"out": out, "lse": lse, "k_cache_out": kc_out, "v_cache_out": vc_out}
+    flags = {"scale": scale, "is_causal": is_causal, "causal_align": "bottom_right",
+             "page_size": page, "rotary_dim": rotary_dim, "rotary_interleaved": interleaved,
+             "cache_seqlens": seqlens, "unused_slots": "NaN"}  # fmt: skip
+    return Case(name, "kvcache", description, inputs, _f64(expected), flags)
+
+
+def merge_case(
+    name: str, description: str, seed: int, shape: tuple[int, int, int, int, int],
+    splits: list[int],
+) -> Case:  # fmt: skip
+    """Split-KV merge of the chunks ``keys[splits[c]:splits[c+1]]`` of causal attention.
+
+    ``shape = (B, Hq, L, S, E)``; query 1 of batch 1 sees no key at all. The chunks' states
+    are rounded to bfloat16; an empty chunk's output is NaN (it must not be read).
+
+    Examples
+    --------
+    >>> c = merge_case("m", "merge", 0, (2, 1, 3, 6, 4), [0, 3, 6])
+    >>> c.expected["out"].shape, bool(np.isinf(c.expected["lse"][1, 0, 1]))
+    ((2, 1, 3, 4), True)
+    """
+    B, H, L, S, E = shape
+    rng = np.random.default_rng(seed)
+    q, k, v = _normal(rng, B, H, L, E), _normal(rng, B, H, S, E), _normal(rng, B, H, S, E)
+    keep = np.ones((B, 1, L, S), dtype=bool)
+    keep[1, 0, 1] = False
+    outs, lses = [], []
+    for j0, j1 in zip(splits[:-1], splits[1:], strict=True):
+        o, c = attention_forward(q, k[..., j0:j1, :], v[..., j0:j1, :], keep[..., j0:j1],
+                                 is_causal=True)  # fmt: skip
+        outs.append(o)
+        lses.append(c.lse)
+    lse_c = _exact(np.stack(lses))
+    outs_c = np.where(np.isinf(lse_c)[..., None], np.nan, _exact(np.stack(outs)))
+    d_out, d_lse = _normal(rng, B, H, L, E), _normal(rng, B, H, L)
+    out, lse, cache = merge_attention_states_forward(outs_c, lse_c)
+    d_outs, d_lses = merge_attention_states_backward(d_out, d_lse, cache)
+    inputs = {"outs": outs_c, "lses": lse_c, "d_out": d_out, "d_lse": d_lse}
+    expected = {"out": out, "lse": lse, "d_outs": d_outs, "d_lses": d_lses}
+    flags = {"chunks": len(splits) - 1, "splits": splits, "lse": "natural log, -inf = empty"}
+    return Case(name, "merge", description, inputs, _f64(expected), flags)
+
+
+def rotary_case(
+    name: str, description: str, seed: int, shape: tuple[int, int, int, int], rotary_dim: int,
+    *, interleaved: bool, offset: int = 0,
+) -> Case:  # fmt: skip
+    """Rotary embedding of ``x (B, L, H, E)`` at positions ``offset + arange(L)``.
+
+    Examples
+    --------
+    >>> c = rotary_case("r", "rotary", 0, (1, 3, 2, 8), 4, interleaved=True)
+    >>> c.inputs["cos"].shape, bool(np.all(c.expected["out"][..., 4:] == c.inputs["x"][..., 4:]))
+    ((3, 2), True)
+    """
+    B, L, H, E = shape
+    rng = np.random.default_rng(seed)
+    x, d_out = _normal(rng, B, L, H, E), _normal(rng, B, L, H, E)
+    cos, sin = (_exact(t) for t in rotary_cos_sin(offset + np.arange(L), rotary_dim))
+    y = rotary_embedding(x, cos[:, None, :], sin[:, None, :], interleaved=interleaved)
+    dx = rotary_embedding_backward(d_out, cos[:, None, :], sin[:, None, :],
+                                   interleaved=interleaved)  # fmt: skip
+    inputs = {"x": x, "cos": cos, "sin": sin, "interleaved": np.array(interleaved),
+              "d_out": d_out}  # fmt: skip
+    flags = {"rotary_dim": rotary_dim, "interleaved": interleaved, "positions_from": offset}
+    return Case(name, "rotary", description, inputs, _f64({"out": y, "dx": dx}), flags)

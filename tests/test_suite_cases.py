@@ -1,0 +1,549 @@
+"""The cases of suite version 2: each one's expected values recomputed independently.
+
+- sdpa cases: the loop oracle (tests/oracles.py), from the arguments the manifest records;
+- variant cases: an independent dense formula written here, and its directional derivative
+  for the gradients; the variant arguments are read back from the manifest's JSON;
+- tiled cases: computed without an ``L x S`` array, equal to the dense core;
+- serving cases: per-sequence dense attention, an explicit rotation, the merge formula;
+- user-sized cases (:func:`cases_from_config`): deterministic, validated, reproducible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from oracles import attention_backward_oracle, attention_oracle
+
+from numpy_attention.attention import attention_backward, attention_forward
+from numpy_attention.verify import (
+    build_suite,
+    cases_from_config,
+    check_results,
+    load_suite,
+    manifest,
+    write_suite,
+)
+from numpy_attention.verify import cases as cases_module
+
+ROOT = Path(__file__).resolve().parent.parent
+#: The 22 cases of suite version 1, whose files must stay byte-identical.
+V1 = {
+    "plain", "lengths_differ", "value_width", "batch_broadcast", "bool_mask", "float_bias",
+    "causal_square", "causal_top_left_short", "causal_top_left_tall",
+    "causal_bottom_right_short", "causal_bottom_right_tall", "key_padding", "sliding_window",
+    "fully_masked_rows", "gqa", "mqa", "dropout", "large_logits", "single_key", "long_rows",
+    "cross_attention_layer", "weighted_fusion",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def suite() -> dict[str, Any]:
+    return {c.name: c for c in build_suite()}
+
+
+@pytest.fixture(scope="module")
+def entries(suite: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's entries, through JSON (what another implementation reads)."""
+    man = json.loads(json.dumps(manifest(suite.values())))
+    return {e["name"]: e for e in man["cases"]}
+
+
+def new_cases(suite: dict[str, Any], *kinds: str) -> list[str]:
+    return [n for n, c in suite.items() if n not in V1 and c.kind in kinds]
+
+
+def core_kwargs(entry: dict[str, Any], a: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of attention_forward, from the manifest's flags and the inputs."""
+    f = entry["flags"]
+    kw = dict(attn_mask=a.get("attn_mask"), dropout_p=f["dropout_p"], is_causal=f["is_causal"],
+              scale=f["scale"], enable_gqa=f["enable_gqa"], causal_align=f["causal_align"],
+              dropout_mask=a.get("dropout_mask"))  # fmt: skip
+    for n, val in f.get("variants", {}).items():
+        kw[n] = tuple(val) if n == "window" else val
+    return kw
+
+
+# ---------------------------------------------------------------------------
+# The suite: coverage and byte identity of version 1
+# ---------------------------------------------------------------------------
+
+
+def test_suite_holds_a_case_for_every_blind_spot_and_variant(suite: dict[str, Any]) -> None:
+    """Coverage: the cases issue 12, 13 and 15 ask for, by their properties."""
+    c = suite
+    assert sum(not x.flags.get("scale_is_default", True) for x in c.values()) >= 3
+    for kind in ("bool", "float"):
+        assert sum(bool(x.flags.get("is_causal")) and x.flags.get("attn_mask") == kind
+                   for x in c.values()) >= 2  # fmt: skip
+    assert max(x.inputs["k"].shape[-2] for x in c.values() if x.kind == "sdpa") >= 8192
+    assert {c[f"head_dim_{e}"].inputs["q"].shape[-1] for e in (59, 72, 104)} == {59, 72, 104}
+    assert (
+        c["mla_widths"].inputs["q"].shape[-1] == 192
+        and c["mla_widths"].inputs["v"].shape[-1] == 128
+    )
+    assert c["decode_single_query"].inputs["q"].shape[-2] == 1
+    variants = set().union(*(x.flags.get("variants", {}) for x in c.values()))
+    assert {"window", "softcap", "alibi_slopes", "sinks", "chunk_size", "sink_tokens"} <= variants
+    assert {x.kind for x in c.values()} >= {"varlen", "kvcache", "merge", "rotary", "padded"}
+    assert (
+        np.isnan(c["nan_padding"].inputs["k"]).any()
+        and np.isnan(c["nan_padding"].inputs["v"]).any()
+    )
+    assert c["logits_below_sentinel"].expected["lse"].max() < -5e4
+
+
+def test_version_1_case_files_are_byte_identical(tmp_path: Path) -> None:
+    """The 22 case files of version 1 keep their bytes (sha256 in tests/data/suite_v1.sha256).
+
+    The digests are those main wrote after the no-shift softmax (merge ce97ab1) changed these
+    files' float64 values by at most 2e-15; the cases added since leave them untouched.
+    """
+    rows = (line.split() for line in (ROOT / "tests/data/suite_v1.sha256").read_text().splitlines())
+    want = {name.removesuffix(".npz"): digest for digest, name in rows}
+    assert set(want) == V1
+    write_suite(tmp_path)
+    got = {n: hashlib.sha256((tmp_path / f"{n}.npz").read_bytes()).hexdigest() for n in V1}
+    assert got == want
+
+
+# ---------------------------------------------------------------------------
+# sdpa cases: the loop oracle; tiled cases: no L x S array
+# ---------------------------------------------------------------------------
+
+SMALL_SDPA = [
+    "scale_not_default", "scale_one_causal", "scale_small_gqa", "causal_and_bool_mask",
+    "causal_bottom_right_and_bool_mask", "causal_and_float_bias",
+    "causal_bottom_right_and_float_bias", "bool_mask_per_batch", "float_bias_per_batch",
+    "gqa_causal", "dropout_causal", "logits_below_sentinel", "logits_below_sentinel_padded",
+    "heavy_tailed", "outlier_channels", "head_dim_59", "head_dim_72", "mla_widths",
+    "decode_single_query", "decode_single_query_masked", "single_key_causal",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", SMALL_SDPA)
+def test_new_sdpa_case_matches_the_loop_oracle(suite, entries, name: str) -> None:
+    """Expected values = the loop oracle run with the arguments the manifest records, to 1e-12."""
+    c, e = suite[name], entries[name]
+    kw = core_kwargs(e, c.inputs)
+    a = c.inputs
+    out, P, lse = attention_oracle(a["q"], a["k"], a["v"], **kw)
+    g = attention_backward_oracle(a["d_out"], a["q"], a["k"], a["v"], **kw)
+    want = {"out": out, "weights": P, "lse": lse, **{n: x for n, x in g.items() if x is not None}}
+    assert set(c.expected) == set(want)
+    logits = float(np.max(np.abs(lse[np.isfinite(lse)]), initial=0))  # round-off grows with them
+    for n, x in want.items():
+        tol = 1e-12 * max(1.0, float(np.max(np.abs(x[np.isfinite(x)]), initial=0))) + 1e-15 * logits
+        np.testing.assert_allclose(c.expected[n], x, rtol=1e-12, atol=tol, err_msg=n)
+
+
+def test_the_remaining_new_sdpa_cases_are_listed(suite) -> None:
+    """Every new dense sdpa case is checked by the oracle above or the tiled test below."""
+    rest = set(new_cases(suite, "sdpa")) - set(SMALL_SDPA)
+    assert rest == {"long_rows_8192", "long_rows_8192_causal", "long_rows_gqa", "head_dim_104"}
+
+
+@pytest.mark.parametrize("name", ["long_rows_8192", "long_rows_8192_causal"])
+def test_long_rows_are_computed_tiled_without_an_l_by_s_array(monkeypatch, name: str) -> None:
+    """The 8192-key cases come from the tiled path: every block of scores is narrower than S,
+    the dense core is never called, and the values equal the dense core's to 1e-12."""
+    import numpy_attention.flash as flash
+
+    row = next(r for r in cases_module._SDPA_TABLE if r[0] == name)
+    widths: list[int] = []
+    real = flash._scores_block
+
+    def spy(x, lay, q_rows, i0, i1, j0, j1):  # type: ignore[no-untyped-def]
+        widths.append(j1 - j0)
+        return real(x, lay, q_rows, i0, i1, j0, j1)
+
+    def no_dense(*args: Any, **kw: Any) -> Any:
+        raise AssertionError("the dense core was called")
+
+    monkeypatch.setattr(flash, "_scores_block", spy)
+    monkeypatch.setattr(cases_module, "attention_forward", no_dense)
+    c = cases_module._sdpa_case(name, "", *row[1:5], **row[5])
+    S = c.inputs["k"].shape[-2]
+    assert S >= 8192 and widths and max(widths) < S and "weights" not in c.expected
+    monkeypatch.undo()
+    out, cache = attention_forward(c.inputs["q"], c.inputs["k"], c.inputs["v"],
+                                   **core_kwargs(manifest([c])["cases"][0], c.inputs))  # fmt: skip
+    g = attention_backward(c.inputs["d_out"], cache)
+    for n, x in {"out": out, "lse": cache.lse, "dq": g.dq, "dk": g.dk, "dv": g.dv}.items():
+        np.testing.assert_allclose(c.expected[n], x, rtol=1e-12, atol=1e-13, err_msg=n)
+
+
+@pytest.mark.parametrize("name", ["long_rows_gqa", "head_dim_104"])
+def test_larger_sdpa_cases_match_the_core_from_the_manifest(suite, entries, name: str) -> None:
+    """The cases too large for the loop oracle: the core with the recorded arguments."""
+    c = suite[name]
+    out, cache = attention_forward(c.inputs["q"], c.inputs["k"], c.inputs["v"],
+                                   **core_kwargs(entries[name], c.inputs))  # fmt: skip
+    g = attention_backward(c.inputs["d_out"], cache)
+    for n, x in {"out": out, "weights": cache.P, "lse": cache.lse, "dq": g.dq, "dk": g.dk,
+                 "dv": g.dv}.items():  # fmt: skip
+        np.testing.assert_array_equal(c.expected[n], x, err_msg=n)
+
+
+# ---------------------------------------------------------------------------
+# variant cases: an independent formula, read from the manifest
+# ---------------------------------------------------------------------------
+
+
+def variant_formula(a: dict[str, Any], f: dict[str, Any], q, k, v, sinks=None):  # type: ignore[no-untyped-def]
+    """Dense attention with the variants, written here from docs/variants.md's conventions."""
+    var = f.get("variants", {})
+    L, S = q.shape[-2], k.shape[-2]
+    if f["enable_gqa"]:
+        G = q.shape[-3] // k.shape[-3]
+        k, v = np.repeat(k, G, axis=-3), np.repeat(v, G, axis=-3)
+    s = f["scale"] * np.einsum("...le,...se->...ls", q, k)
+    if "softcap" in var:
+        s = var["softcap"] * np.tanh(s / var["softcap"])
+    d = S - L if f["causal_align"] == "bottom_right" else 0
+    i, j = np.arange(L)[:, None] + d, np.arange(S)[None, :]
+    if "alibi_slopes" in var:
+        s = s - np.array(var["alibi_slopes"])[:, None, None] * np.abs(i - j)
+    see = np.ones((L, S), dtype=bool)
+    left, right = var.get("window", (None, None))
+    if left is not None:
+        see &= j >= i - left
+    if right is not None:
+        see &= j <= i + right
+    if "chunk_size" in var:
+        see &= i // var["chunk_size"] == j // var["chunk_size"]
+    if var.get("sink_tokens"):
+        see |= j < var["sink_tokens"]
+    if f["is_causal"]:
+        see &= j <= i
+    s = np.where(see, s, -np.inf)
+    cols = [s] if sinks is None else [s, np.broadcast_to(sinks[:, None, None], s.shape[:-1] + (1,))]
+    full = np.concatenate(cols, axis=-1)
+    m = np.max(full, axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    e = np.exp(full - m)
+    tot = e.sum(-1, keepdims=True)
+    P = (e / np.where(tot > 0, tot, 1.0))[..., :S]
+    with np.errstate(divide="ignore"):
+        lse = (m + np.log(tot))[..., 0]
+    return P @ v, P, lse
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in cases_module._DESCRIPTIONS if n.startswith("variant_")]
+)
+def test_variant_case_matches_an_independent_formula(suite, entries, name: str) -> None:
+    """Forward: the formula above with the manifest's arguments, to 1e-12; gradients: its
+    directional derivative along random directions (central differences, 1e-6)."""
+    c, f = suite[name], entries[name]["flags"]
+    a = c.inputs
+    sinks = np.array(f["variants"]["sinks"]) if "sinks" in f["variants"] else None
+    out, P, lse = variant_formula(a, f, a["q"], a["k"], a["v"], sinks)
+    for n, x in {"out": out, "weights": P, "lse": lse}.items():
+        np.testing.assert_allclose(c.expected[n], x, rtol=1e-12, atol=1e-12, err_msg=n)
+    rng = np.random.default_rng(0)
+    names = ["q", "k", "v"] + (["sinks"] if sinks is not None else [])
+    x0 = {"q": a["q"], "k": a["k"], "v": a["v"], "sinks": sinks}
+    for n in names:
+        d = rng.standard_normal(np.shape(x0[n]))
+        h = 1e-6
+
+        def loss(t: float, n: str = n, d: np.ndarray = d) -> float:
+            x = dict(x0, **{n: x0[n] + t * d})
+            res = variant_formula(a, f, x["q"], x["k"], x["v"], x["sinks"])[0]
+            return float(np.sum(res * a["d_out"]))
+
+        numeric = (loss(h) - loss(-h)) / (2 * h)
+        analytic = float(np.sum(c.expected[f"d{'_' if n == 'sinks' else ''}{n}"] * d))
+        assert abs(numeric - analytic) <= 1e-6 * max(1.0, abs(analytic)), (n, numeric, analytic)
+
+
+# ---------------------------------------------------------------------------
+# serving cases
+# ---------------------------------------------------------------------------
+
+
+def test_nan_padding_expected_values_are_attention_over_the_real_keys(suite) -> None:
+    """Padded cases: finite; each batch row equals attention over its first key_lengths keys
+    (the NaN never read); dk = dv = 0 on the padding."""
+    for name in new_cases(suite, "padded"):
+        c = suite[name]
+        a = c.inputs
+        assert all(np.isfinite(x).all() for x in c.expected.values())
+        for b, n in enumerate(a["key_lengths"]):
+            assert np.isnan(a["k"][b, :, n:]).all() and np.isfinite(a["k"][b, :, :n]).all()
+            out, cache = attention_forward(a["q"][b], a["k"][b, :, :n], a["v"][b, :, :n],
+                                           is_causal=bool(a["is_causal"]),
+                                           scale=float(a["scale"]))  # fmt: skip
+            g = attention_backward(a["d_out"][b], cache)
+            np.testing.assert_allclose(c.expected["out"][b], out, rtol=1e-12, atol=1e-13)
+            np.testing.assert_allclose(c.expected["weights"][b, ..., :n], cache.P, atol=1e-13)
+            np.testing.assert_allclose(c.expected["dq"][b], g.dq, rtol=1e-12, atol=1e-13)
+            np.testing.assert_allclose(c.expected["dk"][b, :, :n], g.dk, rtol=1e-12, atol=1e-13)
+            assert not c.expected["dk"][b, :, n:].any() and not c.expected["dv"][b, :, n:].any()
+
+
+def test_varlen_cases_equal_dense_attention_per_sequence(suite) -> None:
+    """Packed cases: sequence b's rows are dense attention over its own keys (S_b = 0: out 0,
+    lse -inf); zero-length and length-1 sequences are present."""
+    for name in new_cases(suite, "varlen"):
+        c = suite[name]
+        a, f = c.inputs, c.flags
+        cq, ck = a["cu_seqlens_q"], a["cu_seqlens_k"]
+        assert 0 in np.diff(cq) and 1 in np.diff(cq)
+        for b in range(len(cq) - 1):
+            rq, rk = slice(cq[b], cq[b + 1]), slice(ck[b], ck[b + 1])
+            if rq.stop == rq.start:
+                continue
+            if rk.stop == rk.start:
+                assert (
+                    not c.expected["out"][rq].any() and np.isneginf(c.expected["lse"][:, rq]).all()
+                )
+                continue
+            kw = {"window": tuple(f["variants"]["window"])} if "variants" in f else {}
+            out, cache = attention_forward(
+                *(np.swapaxes(a[n][r], 0, 1) for n, r in (("q", rq), ("k", rk), ("v", rk))),
+                is_causal=f["is_causal"], causal_align=f["causal_align"], scale=f["scale"],
+                enable_gqa=f["enable_gqa"], **kw,
+            )  # fmt: skip
+            g = attention_backward(np.swapaxes(a["d_out"][rq], 0, 1), cache)
+            np.testing.assert_allclose(c.expected["out"][rq], np.swapaxes(out, 0, 1), atol=1e-13)
+            np.testing.assert_allclose(c.expected["lse"][:, rq], cache.lse, atol=1e-13)
+            np.testing.assert_allclose(c.expected["dk"][rk], np.swapaxes(g.dk, 0, 1), atol=1e-13)
+
+
+def rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, interleaved: bool) -> np.ndarray:
+    """Rotary embedding written out pair by pair (loops over the pairs)."""
+    y = x.copy()
+    half = cos.shape[-1]
+    for i in range(half):
+        a, b = (2 * i, 2 * i + 1) if interleaved else (i, i + half)
+        c, s = cos[..., i], sin[..., i]
+        y[..., a] = x[..., a] * c - x[..., b] * s
+        y[..., b] = x[..., b] * c + x[..., a] * s
+    return y
+
+
+def test_rotary_cases_follow_the_pairwise_formula(suite) -> None:
+    """out = the pairwise rotation; dx is its transpose applied to d_out: sum(dx x) = sum(d_out y)
+    for this linear map, and dx rotated back equals d_out."""
+    for name in new_cases(suite, "rotary"):
+        c = suite[name]
+        a = c.inputs
+        cos, sin = a["cos"][:, None], a["sin"][:, None]
+        y = rotate(a["x"], cos, sin, bool(a["interleaved"]))
+        np.testing.assert_allclose(c.expected["out"], y, atol=1e-15)
+        assert np.isclose(np.sum(c.expected["dx"] * a["x"]), np.sum(a["d_out"] * y), rtol=1e-12)
+    assert {suite[n].flags["interleaved"] for n in new_cases(suite, "rotary")} == {True, False}
+
+
+def test_kvcache_cases_equal_dense_attention_over_the_written_cache(suite) -> None:
+    """Each row's output is dense bottom-right attention over its first n_b + L positions of
+    the updated cache (gathered through the block table); NaN only in unused slots."""
+    for name in new_cases(suite, "kvcache"):
+        c = suite[name]
+        a, f = c.inputs, c.flags
+        page, table = a["k_cache"].shape[1], a["block_table"]
+        L = a["q"].shape[1]
+        for b, n in enumerate(a["cache_seqlens"]):
+            new = np.arange(n, n + L)
+            kn = rotate(a["k_new"][b], a["rotary_cos"][new][:, None], a["rotary_sin"][new][:, None],
+                        f["rotary_interleaved"])  # fmt: skip
+            np.testing.assert_allclose(c.expected["k_cache_out"][table[b, new // page], new % page],
+                                       kn, atol=1e-15)  # fmt: skip
+            qb = rotate(a["q"][b], a["rotary_cos"][new][:, None], a["rotary_sin"][new][:, None],
+                        f["rotary_interleaved"])  # fmt: skip
+            pos = np.arange(n + L)
+            kb = c.expected["k_cache_out"][table[b, pos // page], pos % page]
+            vb = c.expected["v_cache_out"][table[b, pos // page], pos % page]
+            assert np.isfinite(kb).all() and np.isfinite(vb).all()
+            out, cache = attention_forward(np.swapaxes(qb, 0, 1), np.swapaxes(kb, 0, 1),
+                                           np.swapaxes(vb, 0, 1), is_causal=True,
+                                           causal_align="bottom_right", enable_gqa=True,
+                                           scale=f["scale"])  # fmt: skip
+            np.testing.assert_allclose(c.expected["out"][b], np.swapaxes(out, 0, 1), atol=1e-13)
+            np.testing.assert_allclose(c.expected["lse"][b], cache.lse, atol=1e-13)
+        assert np.isnan(a["k_cache"]).any() and np.isnan(c.expected["k_cache_out"]).any()
+
+
+def test_merge_case_follows_the_merge_rule_and_its_gradient(suite) -> None:
+    """out = sum_c w_c O_c with w_c = exp(lse_c - logsumexp(lse)); the gradients agree with
+    central differences of sum(out d_out) + sum(lse d_lse) in the finite lse entries."""
+    c = suite["merge_split_kv"]
+    a = c.inputs
+
+    def merge(lses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        m = np.max(lses, axis=0)
+        m = np.where(np.isfinite(m), m, 0.0)
+        tot = np.exp(lses - m).sum(0)
+        with np.errstate(divide="ignore"):
+            lse = m + np.log(tot)
+        w = np.exp(lses - m) / np.where(tot > 0, tot, 1.0)
+        return np.sum(w[..., None] * np.nan_to_num(a["outs"]), axis=0), lse
+
+    out, lse = merge(a["lses"])
+    np.testing.assert_allclose(c.expected["out"], out, atol=1e-14)
+    np.testing.assert_array_equal(np.isneginf(c.expected["lse"]), np.isneginf(lse))
+    assert np.isnan(a["outs"]).any() and np.isneginf(lse).any()
+    d = np.where(
+        np.isfinite(a["lses"]), np.random.default_rng(1).standard_normal(a["lses"].shape), 0
+    )
+
+    def loss(t: float) -> float:
+        o, s = merge(a["lses"] + t * d)
+        return float(np.sum(o * a["d_out"]) + np.sum(np.where(np.isfinite(s), s * a["d_lse"], 0)))
+
+    numeric = (loss(1e-6) - loss(-1e-6)) / 2e-6
+    assert np.isclose(numeric, np.sum(c.expected["d_lses"] * d), rtol=1e-6)
+    assert not c.expected["d_outs"][np.isneginf(a["lses"])].any()
+
+
+# ---------------------------------------------------------------------------
+# User-sized cases
+# ---------------------------------------------------------------------------
+
+CONFIG = {
+    "seed": 7,
+    "cases": [
+        {"name": "tile_edges", "B": 2, "Hq": 4, "Hkv": 2, "L": 65, "S": 129, "E": 24,
+         "is_causal": True, "causal_align": "bottom_right", "window": [32, 0], "softcap": 20.0,
+         "dtypes": ["bfloat16"]},
+        {"name": "sinks_tiled", "Hq": 2, "L": 33, "S": 300, "E": 16, "Ev": 8, "sinks": True,
+         "path": "tiled", "scale": 0.2},
+        {"name": "plain_user", "L": 5, "S": 7, "E": 8},
+    ],
+}  # fmt: skip
+
+
+def test_config_cases_are_deterministic(tmp_path: Path) -> None:
+    """The same config gives the same arrays and the same bytes on disk; another seed does not."""
+    a, b = cases_from_config(CONFIG), cases_from_config(json.loads(json.dumps(CONFIG)))
+    for x, y in zip(a, b, strict=True):
+        for n in x.arrays():
+            np.testing.assert_array_equal(x.arrays()[n], y.arrays()[n])
+    write_suite(tmp_path / "one", a)
+    write_suite(tmp_path / "two", b)
+    for p in (tmp_path / "one").iterdir():
+        assert p.read_bytes() == (tmp_path / "two" / p.name).read_bytes(), p.name
+    other = cases_from_config(dict(CONFIG, seed=8))
+    assert not np.array_equal(other[0].inputs["q"], a[0].inputs["q"])
+
+
+def test_config_cases_have_the_shapes_variants_and_path_asked_for(tmp_path: Path) -> None:
+    """Shapes, GQA, the variants in the manifest, no weights on the tiled path; the manifest's
+    recorded config rebuilds the same case; a config file works like the mapping."""
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(CONFIG))
+    edges, tiled, plain = cases_from_config(path)
+    assert edges.kind == "variant" and edges.expected["dk"].shape == (2, 2, 129, 24)
+    assert edges.flags["variants"] == {"window": [32, 0], "softcap": 20.0}
+    assert edges.flags["dtypes"] == ["bfloat16"] and edges.flags["causal_align"] == "bottom_right"
+    assert "weights" not in tiled.expected and "d_sinks" in tiled.expected
+    assert tiled.expected["out"].shape == (1, 2, 33, 8) and tiled.flags["scale"] == 0.2
+    assert plain.kind == "sdpa" and "weights" in plain.expected
+    again = cases_from_config({"cases": [edges.flags["config"]]})[0]
+    np.testing.assert_array_equal(again.expected["dq"], edges.expected["dq"])
+    kw = core_kwargs(manifest([tiled])["cases"][0], tiled.inputs)
+    out, cache = attention_forward(tiled.inputs["q"], tiled.inputs["k"], tiled.inputs["v"], **kw)
+    np.testing.assert_allclose(tiled.expected["out"], out, rtol=1e-12, atol=1e-13)
+
+
+def _bad(**fields: Any) -> dict[str, Any]:
+    return {"cases": [{"name": "x", "L": 4, "S": 6, "E": 8, **fields}]}
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    (_bad(L=0), r"cases\[0\]\.L: L must be >= 1"),
+    (_bad(E="8"), r"cases\[0\]\.E"),
+    (_bad(Hq=3, Hkv=2), r"Hq = 3 must be a multiple of Hkv = 2"),
+    (_bad(window=[2]), r"cases\[0\]\.window must be \[left, right\]"),
+    (_bad(window=[-1, 0]), r"cases\[0\]\.window"),
+    (_bad(softcap=0), r"cases\[0\]\.softcap"),
+    (_bad(scale=float("nan")), r"cases\[0\]\.scale"),
+    (_bad(is_causal="yes"), r"cases\[0\]\.is_causal"),
+    (_bad(causal_align="left"), r"cases\[0\]\.causal_align"),
+    (_bad(dtypes=["float8"]), r"cases\[0\]\.dtypes"),
+    (_bad(path="gpu"), r"cases\[0\]\.path"),
+    (_bad(chunk_size=0), r"cases\[0\]\.chunk_size"),
+    (_bad(heads=2), r"unknown field\(s\) \['heads'\]"),
+    (_bad(name="Bad Name"), r"cases\[0\]\.name"),
+    ({"cases": [{"name": "x", "S": 6, "E": 8}]}, r"cases\[0\]\.L is required"),
+    ({"cases": []}, r"config\.cases must be a non-empty list"),
+    ({"cases": [_bad()["cases"][0]] * 2}, r"names must be unique"),
+    ({"cases": _bad()["cases"], "extra": 1}, r"unknown field\(s\) \['extra'\]"),
+    (_bad(L=16384, S=16384, path="dense"), r"weights would hold .* set path 'tiled'"),
+    (_bad(S=2**24, E=64), r"k would hold"),
+])  # fmt: skip
+def test_config_errors_name_the_field(config: dict[str, Any], message: str) -> None:
+    """Each invalid config is a ValueError naming the field and what it should be."""
+    with pytest.raises(ValueError, match=message):
+        cases_from_config(config)
+
+
+def test_config_file_that_is_not_json_is_a_value_error(tmp_path: Path) -> None:
+    bad = tmp_path / "c.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="cannot be read as JSON"):
+        cases_from_config(bad)
+    with pytest.raises(TypeError, match="config must be a path or a mapping"):
+        cases_from_config(3)  # type: ignore[arg-type]
+
+
+def test_torch_passes_the_config_cases_in_float64(tmp_path: Path) -> None:
+    """The torch adapter expresses user-sized cases too (variants, tiled, sinks): float64."""
+    pytest.importorskip("torch")
+    spec = importlib.util.spec_from_file_location(
+        "torch_adapter", ROOT / "examples/torch_adapter.py"
+    )
+    adapter = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(adapter)
+    write_suite(tmp_path / "suite", cases_from_config(CONFIG))
+    assert adapter.main([str(tmp_path / "suite"), str(tmp_path / "res"), "--dtype", "float64"]) == 0
+    from numpy_attention.verify import load_results
+
+    man, expected = load_suite(tmp_path / "suite")
+    results, unknown = load_results(tmp_path / "res", expected)
+    report = check_results(results, expected, dtype="float64", strict=True, unknown=unknown)
+    assert report.passed and not unknown, report.table()
+
+
+def test_vectors_config_writes_the_configs_cases(tmp_path: Path) -> None:
+    """`vectors --config FILE --out DIR`: the config's cases, readable by check; exit 0."""
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"cases": [CONFIG["cases"][2]]}))
+    run = subprocess.run([sys.executable, "-m", "numpy_attention", "vectors", "--config",
+                          str(cfg), "--out", str(tmp_path / "s")], capture_output=True,
+                         text=True, cwd=ROOT)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    man, expected = load_suite(tmp_path / "s")
+    assert [e["name"] for e in man["cases"]] == ["plain_user"]
+    want = cases_from_config({"cases": [CONFIG["cases"][2]]})[0].expected
+    np.testing.assert_array_equal(expected["plain_user"]["out"], want["out"])
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('{"cases": [{"name": "x", "L": 4, "S": 6, "E": 8, "window": 3}]}', "cases[0].window"),
+    ("{not json", "cannot be read as JSON"),
+    (None, "does not exist"),
+])  # fmt: skip
+def test_vectors_config_errors_are_one_line_and_exit_2(tmp_path: Path, text, message) -> None:
+    """A bad config: exit 2, one line on stderr naming the problem, nothing written."""
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "cfg.json"
+    if text is not None:
+        cfg.write_text(text)
+    run = subprocess.run([sys.executable, "-m", "numpy_attention", "vectors", "--config",
+                          str(cfg), "--out", str(tmp_path / "s")], capture_output=True,
+                         text=True, cwd=ROOT)  # fmt: skip
+    assert run.returncode == 2 and message in run.stderr, run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and not (tmp_path / "s").exists()
