@@ -6,6 +6,9 @@
   citation must name a defined equation, every equation must be cited by code, no number may be
   defined twice, and the ``Code:`` line after an equation must link functions that exist in the
   linked file and whose source cites that equation.
+- Line anchors: every link to a function of a Python file (``Code:`` lines, loop oracles) carries
+  ``#Lm-Ln``, the lines of that function's definition; ``python tools/relink_docs.py`` rewrites
+  them after a code change (the failure message says so).
 - Links: every relative link in ``docs/*.md`` and ``README.md`` reaches an existing file (and an
   existing heading or line when it has an anchor).
 - The tour (``docs/tour.md``): its table of hand-computed numbers matches ``attention_forward`` and
@@ -370,6 +373,11 @@ def _code_line_problems(d: Definition) -> list[str]:
         if span and not first <= int(span.group(1)) <= int(span.group(2) or span.group(1)) <= last:
             problems.append(f"{where}: Eq. {label}: {target} is outside `{name}`, "
                             f"lines {first}-{last}")  # fmt: skip
+        inside = span and first <= int(span.group(1)) <= int(span.group(2) or span.group(1)) <= last
+        if span and inside:  # the lines the link opens must be the ones that cite the equation
+            lines = path.read_text(encoding="utf-8").splitlines()
+            first_line, last_line = int(span.group(1)), int(span.group(2) or span.group(1))
+            source = "\n".join(lines[first_line - 1 : last_line])
         cites, _ = _citations_in(source, path)
         if d.eq is not None and d.eq not in {c.eq for c in cites}:
             problems.append(f"{where}: Eq. {label}: the source of `{name}` ({target}) "
@@ -777,6 +785,59 @@ def test_flash_chapter_counts_the_backward_matrix_products_of_the_code():
     core = _matrix_products(PKG / "attention.py", ("attention_backward",))
     tiled = _matrix_products(PKG / "flash.py", ("_backward_rows", "_scores_block"))
     assert (int(m.group(1)), int(m.group(2))) == (tiled, core)
+
+
+def _relinker():
+    """``tools/relink_docs.py`` as a module (tools/ is no package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("relink_docs", ROOT / "tools" / "relink_docs.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+RELINK = "run `python tools/relink_docs.py` to rewrite the anchors"
+
+
+def _stale_anchors(md: Path) -> list[str]:
+    """Links of ``md`` to a Python function whose anchor is missing or not the function's lines."""
+    problems = []
+    for line, name, target, anchor, span in _relinker().anchored_links(md):
+        if span is not None and anchor != f"#L{span[0]}-L{span[1]}":
+            now = anchor or "no anchor"
+            problems.append(f"{_rel(md)}:{line}: [`{name}`]({target}{anchor}): {now}, but "
+                            f"`{name}` is defined on lines {span[0]}-{span[1]}")  # fmt: skip
+    return problems
+
+
+def test_function_links_land_on_the_lines_of_their_function():
+    """Every link to a function of a Python file (each `Code:` link, each loop oracle) carries the
+    anchor ``#Lm-Ln`` of the function's definition, so that it opens on the function; the test
+    names the stale links and says to run the relink script."""
+    problems = [p for md in _relinker().markdown_files() for p in _stale_anchors(md)]
+    if problems:
+        problems.append(RELINK)
+    _fail(problems, "links whose line anchor does not land on their function")
+
+
+def test_anchor_check_sees_a_stale_anchor_and_the_relinker_mends_it(tmp_path):
+    """A moved function makes the check fail; relinking writes the new lines and the check passes;
+    a link to a file (not a function) needs no anchor."""
+    relink = _relinker()
+    (tmp_path / "m.py").write_text("\n\ndef f():\n    return 1  # Eq. (1.1)\n", encoding="utf-8")
+    md = tmp_path / "x.md"
+    md.write_text(
+        "Code: [`f`](m.py#L1-L2), [`m.py`](m.py)\n```\n[`f`](m.py)\n```\n", encoding="utf-8"
+    )
+    assert len(_stale_anchors(md)) == 1 and "lines 3-4" in _stale_anchors(md)[0]
+    md.write_text(relink.relink_text(md.read_text(encoding="utf-8"), md), encoding="utf-8")
+    assert _stale_anchors(md) == []
+    assert (
+        md.read_text(encoding="utf-8").splitlines()[0] == "Code: [`f`](m.py#L3-L4), [`m.py`](m.py)"
+    )
+    assert "[`f`](m.py)" in md.read_text(encoding="utf-8")  # code blocks are left alone
 
 
 def test_reliability_page_names_only_tests_that_exist():
