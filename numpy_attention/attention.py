@@ -5,7 +5,10 @@ The core of the package. Semantics follow
 results are directly comparable; see ``docs/conventions.md`` for the places
 where frameworks disagree. Equations are numbered as in ``docs/attention.md``
 (chapter 2) and ``docs/variants.md`` (chapter 8, the variants of today's
-models: softcap, score_mod, ALiBi, windows, chunks, sinks).
+models: softcap, score_mod, ALiBi, windows, chunks, sinks). The same formulas as
+literal loops over batch, head, query and key with ``math.exp`` (slow, obviously
+right, what the tests compare with): ``attention_oracle`` and
+``attention_backward_oracle`` in ``tests/oracles.py``.
 
 Shapes (letter legend)::
 
@@ -23,7 +26,7 @@ The forward, one line per equation::
     S_c      = softcap, then score_mod, of S           (8.2)-(8.3)
     S_masked = S_c + B + ALiBi, -inf where masked      (2.2), (8.4), (8.8)
     P, lse   = softmax(S_masked), with the sinks       (2.3), (8.9)
-    P_d      = P * Z / (1 - p)                         (2.4)
+    P_d      = P * Z / (1 - dropout_p)                 (2.4)
     out      = P_d @ v                                 (2.5)
 
 Precision: float64 inputs are computed in float64 (the oracle); float32 in
@@ -297,7 +300,7 @@ class AttentionCache:
 
 
 def _dropout(P: Array, keep: NDArray[np.bool_] | None, p: float) -> Array:
-    """Eq. (2.4): ``P * Z / (1 - p)``, or ``P`` itself; the backward's ``dP`` too, Eq. (2.11)."""
+    """Eq. (2.4): ``P * Z / (1 - dropout_p)``, or ``P``; the backward's ``dP`` too, Eq. (2.11)."""
     if keep is None:
         return P
     return P * keep * P.dtype.type(1.0 / (1.0 - p))
@@ -397,7 +400,7 @@ def attention_forward(
 
         P = \mathrm{softmax}(\tilde S), \ \mathrm{lse}_i = \log\textstyle\sum_j e^{\tilde S_{ij}}
         \;(2.3), \qquad
-        \tilde P = P \odot Z / (1 - p) \;(2.4), \qquad O = \tilde P V \;(2.5).
+        \tilde P = P \odot Z / (1 - p_\mathrm{drop}) \;(2.4), \qquad O = \tilde P V \;(2.5).
 
     A row with every key masked gets ``P = 0``, ``O = 0``, ``lse = -inf``
     (torch's ``_safe_softmax``; JAX returns ``mean(V)`` there). NaN in
@@ -493,9 +496,9 @@ def attention_backward(d_out: ArrayLike, cache: AttentionCache) -> AttentionGrad
     .. math::
 
         dV = \tilde P^\top dO,\ d\tilde P = dO\,V^\top \;(2.10), \qquad
-        dP = d\tilde P \odot Z/(1-p) \;(2.11),
+        dP = d\tilde P \odot Z/(1-p_\mathrm{drop}) \;(2.11),
 
-        D_i = \textstyle\sum_j dP_{ij}P_{ij} = \sum_e dO_{ie} O_{ie} \;(2.12), \qquad
+        D_i = \textstyle\sum_j dP_{ij}P_{ij} = \sum_c dO_{ic} O_{ic} \;(2.12), \qquad
         dS = P \odot (dP - D) \;(2.13),
 
         dQ = \mathrm{scale}\cdot dS\,K,\ dK = \mathrm{scale}\cdot dS^\top Q \;(2.14), \qquad
@@ -518,7 +521,7 @@ def attention_backward(d_out: ArrayLike, cache: AttentionCache) -> AttentionGrad
     # out = P_d @ v  (Eq. (2.5))  ->  dv = P_d^T dO,  dP_d = dO v^T  (Eq. (2.10))
     dv = _per_kv_head(np.swapaxes(cache.weights, -1, -2), dO, G)
     dP = _per_query_head(dO, np.swapaxes(v, -1, -2), G)
-    # P_d = P * Z / (1 - p)  (Eq. (2.4))  ->  dP = dP_d * Z / (1 - p)  (Eq. (2.11))
+    # P_d = P * Z / (1 - dropout_p)  (Eq. (2.4))  ->  dP = dP_d * Z / (1 - dropout_p)  (Eq. (2.11))
     dP = _dropout(dP, cache.keep, cache.dropout_p)
     # P, lse = softmax(S_masked)  (Eqs. (2.3), (8.9))
     #   ->  D = rowsum(dO * out),  dS_masked = P * (dP - D)  (Eqs. (2.12)-(2.13))

@@ -11,7 +11,8 @@ larger than one block of scores (per thread) is ever formed, whatever the
 variant: each block goes through the core's score pipeline
 (:func:`~numpy_attention.attention.score_pipeline`), and blocks that the
 causal mask, a window or a chunk hide entirely are skipped. Equations are
-numbered as in ``docs/flash.md``.
+numbered as in ``docs/flash.md``. Its loop version is the core's:
+``attention_oracle`` and ``attention_backward_oracle`` in ``tests/oracles.py``.
 
 Shapes (letter legend)::
 
@@ -20,6 +21,11 @@ Shapes (letter legend)::
     L     queries                S    keys
     E     query/key width        Ev   value width
     bq    queries in a block     bk   keys in a block
+
+Symbols (docs/glossary.md): a query block is the index set ``I = i0:i1``, a
+key block ``J = j0:j1``; ``i``, ``j`` are single queries and keys. ``m``
+running row maximum, ``l`` running sum (ell), ``P^ = exp(S - m)`` a block's
+unnormalised weights, ``gamma = exp(m_old - m_new)`` the rescale factor.
 
     q    (..., Hq,  L, E)       k    (..., Hkv, S, E)      v (..., Hkv, S, Ev)
     mask broadcastable to (..., Hq, L, S)                  out (..., Hq, L, Ev)
@@ -331,7 +337,7 @@ class FlashCache:
     block_q, block_k : int
         The backward's tiling: the caller's block sizes if given to the
         forward, else defaults with half the forward's block of scores (the
-        backward holds two blocks at once, ``P_ij`` and ``dP_ij``).
+        backward holds two blocks at once, ``P_IJ`` and ``dP_IJ``).
     workers : int
         The forward's threads, reused by the backward.
     """
@@ -369,7 +375,7 @@ def _forward_rows(
 ) -> tuple[Array, Array, Array]:
     """Eqs. (5.1)-(5.6) for query rows ``i0:i1``: their output, ``m`` and ``l`` (block layout)."""
     keep, p_drop, v = drop
-    q_rows = lay.rows(x.q, i0, i1) * x.q.dtype.type(x.scale)  # scale folded into Q_i
+    q_rows = lay.rows(x.q, i0, i1) * x.q.dtype.type(x.scale)  # scale folded into Q_I
     m, l = _initial_state(x, lay, i0, i1)  # noqa: E741  (running max and sum)
     acc = np.zeros(m.shape[:-1] + (v.shape[-1],), dtype=x.q.dtype)  # unnormalised O
     for j0 in range(0, lay.S, bk):
@@ -381,14 +387,14 @@ def _forward_rows(
         if not x.exp_safe:  # else |S| is bounded: shift by m = 0, no running max
             m_new = np.maximum(m, s.max(axis=-1, keepdims=True))  # Eq. (5.3)
             shift = row_shift(m_new)  # the softmax's -inf-safe shift: no -inf - (-inf)
-            alpha = np.exp(m - shift)  # Eq. (5.4): exp(m_old - m_new), 0 while m_old = -inf
+            gamma = np.exp(m - shift)  # Eq. (5.4): exp(m_old - m_new), 0 while m_old = -inf
             s -= shift
-            l *= alpha  # noqa: E741
-            acc *= alpha
+            l *= gamma  # noqa: E741
+            acc *= gamma
             m = m_new
-        p = np.exp(s, out=s)  # Eq. (5.4): P~_ij = exp(S_ij - m_new)
+        p = np.exp(s, out=s)  # Eq. (5.4): P^_IJ = exp(S_IJ - m_new)
         l += p.sum(axis=-1, keepdims=True)  # noqa: E741  (Eq. (5.5))
-        if keep is not None:  # Eq. (2.4), on this block: P~ * Z / (1 - p)
+        if keep is not None:  # Eq. (2.4), on this block: P^ * Z / (1 - dropout_p)
             lay.split(p, i1 - i0)[...] *= block_view(keep, i0, j0, i1 - i0, j1 - j0) / (1 - p_drop)
         acc += p @ v[..., j0:j1, :]  # Eq. (5.5)
         del s, p, block  # free this block before the next one is computed
@@ -496,22 +502,27 @@ def flash_attention_forward(
 
     Notes
     -----
-    Eqs. (5.1)-(5.6) of ``docs/flash.md``. For query block :math:`i` and key
-    blocks :math:`j = 1, 2, \dots` (blocks hidden by the causal mask, a
-    window, a chunk or the boolean mask are skipped, Eq. (5.2)):
+    Eqs. (5.1)-(5.6) of ``docs/flash.md``. For query block :math:`\mathcal{I}`
+    and its key blocks :math:`\mathcal{J}_1, \mathcal{J}_2, \dots` (blocks hidden
+    by the causal mask, a window, a chunk or the boolean mask are skipped,
+    Eq. (5.2)), :math:`\mathcal{J}` the :math:`n`-th:
 
     .. math::
 
-        S_{ij} = \mathrm{scale}\, Q_i K_j^\top + B_{ij} \;(5.1), \qquad
-        m_i^{(j)} = \max\big(m_i^{(j-1)}, \mathrm{rowmax}\, S_{ij}\big) \;(5.3),
+        S_{\mathcal{IJ}} = \mathrm{scale}\, Q_\mathcal{I} K_\mathcal{J}^\top + B_{\mathcal{IJ}}
+        \;(5.1), \qquad
+        m_\mathcal{I}^{(n)} = \max\big(m_\mathcal{I}^{(n-1)},
+        \mathrm{rowmax}\, S_{\mathcal{IJ}}\big) \;(5.3),
 
-        \tilde P_{ij} = e^{S_{ij} - m_i^{(j)}}, \
-        \ell_i^{(j)} = e^{m_i^{(j-1)} - m_i^{(j)}} \ell_i^{(j-1)} + \mathrm{rowsum}\,\tilde P_{ij}
-        \;(5.4)\text{-}(5.5),
+        \hat P_{\mathcal{IJ}} = e^{S_{\mathcal{IJ}} - m_\mathcal{I}^{(n)}}, \
+        \gamma_\mathcal{I}^{(n)} = e^{m_\mathcal{I}^{(n-1)} - m_\mathcal{I}^{(n)}} \;(5.4), \qquad
+        \ell_\mathcal{I}^{(n)} = \gamma_\mathcal{I}^{(n)} \ell_\mathcal{I}^{(n-1)}
+        + \mathrm{rowsum}\,\hat P_{\mathcal{IJ}} \;(5.5),
 
-        \tilde O_i^{(j)} = e^{m_i^{(j-1)} - m_i^{(j)}} \tilde O_i^{(j-1)} + \tilde P_{ij} V_j
-        \;(5.5), \qquad
-        O_i = \tilde O_i / \ell_i, \ \mathrm{lse}_i = m_i + \log \ell_i \;(5.6).
+        \hat O_\mathcal{I}^{(n)} = \gamma_\mathcal{I}^{(n)} \hat O_\mathcal{I}^{(n-1)}
+        + \hat P_{\mathcal{IJ}} V_\mathcal{J} \;(5.5), \qquad
+        O_\mathcal{I} = \hat O_\mathcal{I} / \ell_\mathcal{I}, \
+        \mathrm{lse}_\mathcal{I} = m_\mathcal{I} + \log \ell_\mathcal{I} \;(5.6).
 
     The variants' Eqs. (8.1)-(8.9) of ``docs/variants.md`` apply to each block
     through the core's score pipeline. A row with no visible key keeps
@@ -567,7 +578,7 @@ def _backward_rows(
 ) -> Array:
     """Eqs. (5.8)-(5.12) for query rows ``i0:i1``: return their ``dQ``; add into ``grads``."""
     dO_l, D_l, m_rows, (keep, p_drop, v, e) = rows
-    q_rows = lay.rows(x.q, i0, i1) * x.q.dtype.type(x.scale)  # scale Q_i, as in the forward
+    q_rows = lay.rows(x.q, i0, i1) * x.q.dtype.type(x.scale)  # scale Q_I, as in the forward
     shift = row_shift(m_rows)
     dq = np.zeros(lay.block_shape(i1 - i0, x.q.shape[-1]), dtype=q_rows.dtype)
     for j0 in range(0, lay.S, bk):
@@ -576,32 +587,33 @@ def _backward_rows(
         if block is None:
             continue  # Eq. (5.2), as in the forward
         s, S_c = block
-        # P~ = exp(S - m), O = P~ V / l  (Eqs. 5.4-5.6)  ->  P_ij = exp(S_ij - m_i) / l_i  (5.8);
-        # keep E = exp(S - m) and let 1/l ride on the row vectors: dO_l = dO / l, D_l = D / l
+        # P^ = exp(S - m), O = P^ V / l  (Eqs. (5.4)-(5.6))  ->  P_IJ = exp(S_IJ - m_I) / l_I
+        # (Eq. (5.8)); keep P^ and let 1/l ride on the row vectors: dO_l = dO / l, D_l = D / l
         if not x.exp_safe:  # else the forward shifted by m = 0 (the bound)
             s -= shift
-        E = np.exp(s, out=s)
+        P_hat = np.exp(s, out=s)
         Z = None if keep is None else block_view(keep, i0, j0, i1 - i0, j1 - j0) / (1 - p_drop)
-        E_d = E if Z is None else lay.rows_of(lay.split(E, i1 - i0) * Z, i1 - i0)
-        # O_i = sum_j P_d,ij V_j  (Eqs. 5.5-5.6)  ->  dV_j += P_d,ij^T dO_i,  dP_d,ij = dO_i V_j^T
-        # (Eq. 5.9); each term is added as soon as it is made, to hold one at a time
-        grads.add_dv(j0, j1, np.swapaxes(E_d, -1, -2) @ dO_l)
+        P_hat_d = P_hat if Z is None else lay.rows_of(lay.split(P_hat, i1 - i0) * Z, i1 - i0)
+        # O_I = sum_J P_d,IJ V_J  (Eqs. (5.5)-(5.6))
+        #   ->  dV_J += P_d,IJ^T dO_I,  dP_d,IJ = dO_I V_J^T  (Eq. (5.9)); each term is added
+        #   as soon as it is made, to hold one at a time
+        grads.add_dv(j0, j1, np.swapaxes(P_hat_d, -1, -2) @ dO_l)
         dP = dO_l @ np.swapaxes(v[..., j0:j1, :], -1, -2)  # dP / l (v / 2^e)
-        if Z is not None:  # P_d = P * Z / (1 - p)  (Eq. 2.4)  ->  dP = dP_d * Z / (1 - p)
+        if Z is not None:  # P_d = P * Z / (1 - dropout_p)  (Eq. (2.4))  ->  dP = dP_d * Z / ...
             lay.split(dP, i1 - i0)[...] *= Z
-        # P_ij = softmax rows (Eq. 5.8)  ->  dS_ij = P_ij * (dP_ij - D_i)  (Eq. 5.10)
+        # P_IJ = softmax rows (Eq. (5.8))  ->  dS_IJ = P_IJ * (dP_IJ - D_I)  (Eq. (5.10))
         dP -= D_l
-        dP *= E
+        dP *= P_hat
         dS = np.ldexp(dP, e, out=dP) if e else dP
         dS4 = lay.split(dS, i1 - i0)
-        # S_ij = ... + B_ij  (Eq. 5.1)  ->  dB_ij = dS_ij summed to B's shape  (Eq. 5.12)
+        # S_IJ = ... + B_IJ  (Eq. (5.1))  ->  dB_IJ = dS_IJ summed to B's shape  (Eq. (5.12))
         grads.add_d_bias(dS4, i0, i1, j0, j1)
         score_pipeline_backward(x, dS4, S_c, i0, j0)  # Eqs. (8.13)-(8.14), in place
-        # S_ij = (scale Q_i) K_j^T  (Eq. 5.1)
-        #   ->  dQ_i += scale dS_ij K_j,  dK_j += dS_ij^T (scale Q_i)  (Eq. 5.11)
+        # S_IJ = (scale Q_I) K_J^T  (Eq. (5.1))
+        #   ->  dQ_I += scale dS_IJ K_J,  dK_J += dS_IJ^T (scale Q_I)  (Eq. (5.11))
         dq += dS @ x.k[..., j0:j1, :]
         grads.add_dk(j0, j1, np.swapaxes(dS, -1, -2) @ q_rows)
-        del s, E, E_d, dP, dS, dS4, block  # free this block before the next one is computed
+        del s, P_hat, P_hat_d, dP, dS, dS4, block  # free this block before the next one is computed
     dq *= x.q.dtype.type(x.scale)  # Eq. (5.11), the scale of dQ
     return dq
 
@@ -674,20 +686,21 @@ def flash_attention_backward(d_out: ArrayLike, cache: FlashCache) -> AttentionGr
 
     .. math::
 
-        D_i = \mathrm{rowsum}(dO_i \odot O_i) \;(5.7), \qquad
-        P_{ij} = e^{S_{ij} - m_i} / \ell_i \;(5.8),
+        D_\mathcal{I} = \mathrm{rowsum}(dO_\mathcal{I} \odot O_\mathcal{I}) \;(5.7), \qquad
+        P_{\mathcal{IJ}} = e^{S_{\mathcal{IJ}} - m_\mathcal{I}} / \ell_\mathcal{I} \;(5.8),
 
-        dV_j \mathrel{+}= P_{ij}^\top dO_i, \ dP_{ij} = dO_i V_j^\top \;(5.9), \qquad
-        dS_{ij} = P_{ij} \odot (dP_{ij} - D_i) \;(5.10),
+        dV_\mathcal{J} \mathrel{+}= P_{\mathcal{IJ}}^\top dO_\mathcal{I}, \
+        dP_{\mathcal{IJ}} = dO_\mathcal{I} V_\mathcal{J}^\top \;(5.9), \qquad
+        dS_{\mathcal{IJ}} = P_{\mathcal{IJ}} \odot (dP_{\mathcal{IJ}} - D_\mathcal{I}) \;(5.10),
 
-        dQ_i \mathrel{+}= \mathrm{scale}\, dS_{ij} K_j, \
-        dK_j \mathrel{+}= \mathrm{scale}\, dS_{ij}^\top Q_i \;(5.11), \qquad
-        dB_{ij} = dS_{ij} \;(5.12).
+        dQ_\mathcal{I} \mathrel{+}= \mathrm{scale}\, dS_{\mathcal{IJ}} K_\mathcal{J}, \
+        dK_\mathcal{J} \mathrel{+}= \mathrm{scale}\, dS_{\mathcal{IJ}}^\top Q_\mathcal{I} \;(5.11),
+        \qquad dB_{\mathcal{IJ}} = dS_{\mathcal{IJ}} \;(5.12).
 
     The variants' backward, Eqs. (8.10)-(8.15) of ``docs/variants.md``, runs on
     each block as in the core. With ``workers > 1`` the threads own interleaved
     query blocks; each
-    computes its ``dQ_i`` alone and adds its terms of ``dK``, ``dV``, ``dB``
+    computes its ``dQ_I`` alone and adds its terms of ``dK``, ``dV``, ``dB``
     into shared sums under a lock.
 
     Examples
@@ -718,8 +731,8 @@ def flash_attention_backward(d_out: ArrayLike, cache: FlashCache) -> AttentionGr
     def task(starts: list[int]) -> None:
         for i0 in starts:
             i1 = min(i0 + bq, lay.L)
-            # O_i = P_i V  (Eqs. 5.5-5.6)  ->  D_i = rowsum(dO_i * O_i)  (Eq. 5.7); with
-            # P = E / l (Eq. 5.8) the 1/l rides on the rows: dO_l = dO_i / l_i, D_l = D_i / l_i
+            # O_I = P_I V  (Eqs. (5.5)-(5.6))  ->  D_I = rowsum(dO_I * O_I)  (Eq. (5.7)); with
+            # P = P^ / l (Eq. (5.8)) the 1/l rides on the rows: dO_l = dO_I / l_I, D_l = D_I / l_I
             dO_l = lay.rows(dO, i0, i1) / lay.rows(l_safe, i0, i1)
             D_l = np.sum(dO_l * lay.rows(out, i0, i1), axis=-1, keepdims=True)
             D[..., i0:i1, :] = lay.unrows(D_l * lay.rows(l_safe, i0, i1), i1 - i0)

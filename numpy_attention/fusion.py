@@ -1,6 +1,6 @@
 r"""Weighted fusion of attention branches (the seed's "Self-Attention Fusion"), with backward.
 
-The seed document's formula :math:`\sum_i \alpha_i\,\mathrm{Attention}(X, X, X)`
+The seed document's formula :math:`\sum_r \alpha_r\,\mathrm{Attention}(X, X, X)`
 sums :math:`N` identical terms unless each attention has its own parameters.
 This module implements the meaningful version, :math:`N` self-attention
 branches with their own projections, fused by weights :math:`\alpha` that are
@@ -13,7 +13,7 @@ Shapes (letter legend; the attention letters are those of docs/README.md's Notat
     N    branches      B    batch      T    sequence length (L = S = T in every branch)
     Dm   input width   Do   each branch's output width      Dy   concat form's output width
 
-    x (B, T, Dm)     each branch output A_i (B, T, Do)     fused y (B, T, Do)
+    x (B, T, Dm)     each branch output A_r (B, T, Do)     fused y (B, T, Do)
     alpha, beta (N,)     concat form: w (N*Do, Dy), b (Dy,), y (B, T, Dy)
 """
 
@@ -104,12 +104,12 @@ def _stack_outputs(outputs: Sequence[ArrayLike] | ArrayLike) -> Array:
 def weighted_fusion(
     outputs: Sequence[ArrayLike] | ArrayLike, alpha: ArrayLike, *, convex: bool = True
 ) -> Array:
-    r"""Fuse ``N`` equally shaped outputs as :math:`Y = \sum_i \alpha_i A_i`.
+    r"""Fuse ``N`` equally shaped outputs as :math:`Y = \sum_r \alpha_r A_r`.
 
     Parameters
     ----------
     outputs : sequence of N array_like, or array_like of shape (N, ...)
-        The branch outputs :math:`A_i`, all of one shape.
+        The branch outputs :math:`A_r`, all of one shape.
     alpha : array_like, shape (N,)
         Fusion weights.
     convex : bool, optional
@@ -129,7 +129,7 @@ def weighted_fusion(
 
     Notes
     -----
-    Eq. (4.1) of ``docs/fusion.md``: :math:`Y = \sum_{i=1}^N \alpha_i A_i`.
+    Eq. (4.1) of ``docs/fusion.md``: :math:`Y = \sum_{r=1}^N \alpha_r A_r`.
     With convex weights, every entry of :math:`Y` lies between the smallest
     and the largest of the branches' entries.
 
@@ -140,7 +140,7 @@ def weighted_fusion(
     """
     A = _stack_outputs(outputs)
     a = _check_alpha(alpha, A.shape[0], convex)
-    return np.tensordot(a.astype(A.dtype, copy=False), A, axes=1)  # Y = sum_i a_i A_i  (Eq. (4.1))
+    return np.tensordot(a.astype(A.dtype, copy=False), A, axes=1)  # Y = sum_r a_r A_r  (Eq. (4.1))
 
 
 def weighted_fusion_backward(
@@ -160,9 +160,9 @@ def weighted_fusion_backward(
     Returns
     -------
     d_outputs : list of N ndarray, or ndarray of shape (N, ...)
-        Same container kind as ``outputs``: :math:`dA_i = \alpha_i\,dY`.
+        Same container kind as ``outputs``: :math:`dA_r = \alpha_r\,dY`.
     d_alpha : ndarray, shape (N,)
-        :math:`d\alpha_i = \sum dY \odot A_i`.
+        :math:`d\alpha_r = \sum dY \odot A_r`.
 
     Raises
     ------
@@ -172,7 +172,7 @@ def weighted_fusion_backward(
     Notes
     -----
     Eq. (4.3) of ``docs/fusion.md``, undoing Eq. (4.1):
-    :math:`dA_i = \alpha_i\, dY,\ d\alpha_i = \langle dY, A_i\rangle`.
+    :math:`dA_r = \alpha_r\, dY,\ d\alpha_r = \langle dY, A_r\rangle`.
 
     Examples
     --------
@@ -184,7 +184,7 @@ def weighted_fusion_backward(
     A = _stack_outputs(outputs)
     a = _check_alpha(alpha, A.shape[0], convex=False).astype(A.dtype, copy=False)
     dY = check_grad(d_y, "d_y", A.shape[1:], what="one output's shape")
-    # Y = sum_i a_i A_i  (Eq. (4.1))  ->  dA_i = a_i dY, d_alpha_i = <dY, A_i>  (Eq. (4.3))
+    # Y = sum_r a_r A_r  (Eq. (4.1))  ->  dA_r = a_r dY, d_alpha_r = <dY, A_r>  (Eq. (4.3))
     d_alpha = A.reshape(A.shape[0], -1) @ dY.reshape(-1).astype(A.dtype, copy=False)
     d_A = a.reshape((-1,) + (1,) * dY.ndim) * dY
     if isinstance(outputs, np.ndarray):
@@ -204,7 +204,7 @@ class FusionParams:
     Attributes
     ----------
     branches : tuple of CrossAttentionParams
-        One set of projections per branch :math:`A_i` (all with the same
+        One set of projections per branch :math:`A_r` (all with the same
         input width ``Dm`` and output width ``Do``).
     beta : ndarray of shape (N,), optional
         Learned logits: :math:`\alpha = \mathrm{softmax}(\beta)`, Eq. (4.2).
@@ -233,7 +233,7 @@ class _BranchCaches:
 
     @property
     def branch_weights(self) -> list[Array]:
-        """Each branch's attention weights, ``(B, H_i, T, T)``."""
+        """Each branch's attention weights, ``(B, H_r, T, T)``."""
         return [c.weights for c in self.branch_caches]
 
 
@@ -248,7 +248,7 @@ class FusionCache(_BranchCaches):
     learned : bool
         True when ``alpha = softmax(params.beta)``.
     outputs : ndarray, shape (N, B, T, Do)
-        Each branch's output :math:`A_i(X)`.
+        Each branch's output :math:`A_r(X)`.
     branch_caches : tuple of CrossAttentionCache
         Each branch's cache; ``branch_weights`` lists their attention weights.
     """
@@ -293,7 +293,7 @@ def init_fusion(
         Heads of every branch. Default 1.
     alpha : array_like of shape (N,), optional
         Fixed convex fusion weights. Default: learned, with ``beta = 0``
-        (uniform :math:`\alpha_i = 1/N`).
+        (uniform :math:`\alpha_r = 1/N`).
     **kwargs
         ``embed_dim``, ``e_out``, ``num_kv_heads``, ``bias``, ``dtype`` of
         :func:`~numpy_attention.layers.init_cross_attention`.
@@ -356,7 +356,7 @@ def _fusion_alpha(
 def _branches_forward(
     branches: Sequence[CrossAttentionParams], x: ArrayLike, kwargs: dict[str, Any], fused_as: str
 ) -> tuple[list[Array], tuple[CrossAttentionCache, ...]]:
-    """Run each branch, ``A_i = SelfAttn_i(X)`` (Eq. (3.11)); the outputs must share one shape."""
+    """Run each branch, ``A_r = SelfAttn_r(X)`` (Eq. (3.11)); the outputs must share one shape."""
     results = [self_attention_forward(bp, x, **kwargs) for bp in branches]
     shapes = [out.shape for out, _ in results]
     if len(set(shapes)) != 1:
@@ -369,7 +369,7 @@ def _branches_forward(
 def _branches_backward(
     d_A: Sequence[Array] | Array, caches: Sequence[CrossAttentionCache]
 ) -> tuple[Array, tuple[CrossAttentionParams, ...]]:
-    """Undo ``A_i = SelfAttn_i(X)`` (Eq. (3.11)): ``dX = sum_i dX^(i)`` (Eq. (4.5)), and grads."""
+    """Undo ``A_r = SelfAttn_r(X)`` (Eq. (3.11)): ``dX = sum_r dX^(r)`` (Eq. (4.5)), and grads."""
     grads = [self_attention_backward(d, c) for d, c in zip(d_A, caches, strict=True)]
     d_x = functools.reduce(np.add, [d_xi for d_xi, _ in grads])  # x feeds every branch
     return d_x, tuple(d_pi for _, d_pi in grads)
@@ -383,7 +383,7 @@ def fusion_forward(
     convex: bool = True,
     **kwargs: Any,
 ) -> tuple[Array, FusionCache]:
-    r"""Weighted fusion of self-attention branches, :math:`Y = \sum_i \alpha_i A_i(X)`.
+    r"""Weighted fusion of self-attention branches, :math:`Y = \sum_r \alpha_r A_r(X)`.
 
     Parameters
     ----------
@@ -421,12 +421,12 @@ def fusion_forward(
     -----
     Eqs. (4.1)-(4.2) of ``docs/fusion.md``:
 
-    .. math:: Y = \sum_{i=1}^N \alpha_i A_i(X) \;(4.1), \qquad
+    .. math:: Y = \sum_{r=1}^N \alpha_r A_r(X) \;(4.1), \qquad
               \alpha = \mathrm{softmax}(\beta) \;(4.2),
 
-    each :math:`A_i` a self-attention layer with its own parameters
+    each :math:`A_r` a self-attention layer with its own parameters
     (Eq. (3.11)). If all branches shared one set of parameters this would be
-    :math:`(\sum_i\alpha_i) A(X) = A(X)`, the seed's formula, Eq. (4.9).
+    :math:`(\sum_r\alpha_r) A(X) = A(X)`, the seed's formula, Eq. (4.6).
 
     Examples
     --------
@@ -440,10 +440,10 @@ def fusion_forward(
         raise TypeError(f"params must be a FusionParams, got {type(params).__name__}")
     _check_branches(params.branches)
     a, learned = _fusion_alpha(params, alpha, convex)  # a = softmax(beta)  (Eq. (4.2)), or fixed
-    # A_i = SelfAttn_i(X) for every branch  (Eq. (3.11))
+    # A_r = SelfAttn_r(X) for every branch  (Eq. (3.11))
     A_list, caches = _branches_forward(params.branches, x, kwargs, "fused")
     A = np.stack(A_list)  # (N, B, T, Do)
-    Y = np.tensordot(a.astype(A.dtype, copy=False), A, axes=1)  # Y = sum_i a_i A_i  (Eq. (4.1))
+    Y = np.tensordot(a.astype(A.dtype, copy=False), A, axes=1)  # Y = sum_r a_r A_r  (Eq. (4.1))
     return Y, FusionCache(alpha=a, learned=learned, outputs=A, branch_caches=caches)
 
 
@@ -478,12 +478,12 @@ def fusion_backward(d_y: ArrayLike, cache: FusionCache) -> tuple[Array, FusionPa
 
     .. math::
 
-        dA_i = \alpha_i\,dY,\ d\alpha_i = \langle dY, A_i\rangle \;(4.3), \qquad
+        dA_r = \alpha_r\,dY,\ d\alpha_r = \langle dY, A_r\rangle \;(4.3), \qquad
         d\beta = \alpha \odot \big(d\alpha - \textstyle\sum_j \alpha_j\,d\alpha_j\big) \;(4.4),
 
-        dX = \textstyle\sum_i dX^{(i)} \;(4.5),
+        dX = \textstyle\sum_r dX^{(r)} \;(4.5),
 
-    where Eq. (4.4) is the softmax backward, Eq. (1.4), and :math:`dX^{(i)}`
+    where Eq. (4.4) is the softmax backward, Eq. (1.4), and :math:`dX^{(r)}`
     is branch :math:`i`'s self-attention backward, Eq. (3.11).
 
     Examples
@@ -497,12 +497,12 @@ def fusion_backward(d_y: ArrayLike, cache: FusionCache) -> tuple[Array, FusionPa
     """
     # Shapes: dY (B, T, Do), A (N, B, T, Do), a, beta (N,) -> dA (N, B, T, Do), d_x (B, T, Dm)
     c = check_instance(cache, FusionCache, "cache", "fusion_forward")
-    # Y = sum_i a_i A_i  (Eq. (4.1))  ->  dA_i = a_i dY, d_alpha_i = <dY, A_i>  (Eq. (4.3))
+    # Y = sum_r a_r A_r  (Eq. (4.1))  ->  dA_r = a_r dY, d_alpha_r = <dY, A_r>  (Eq. (4.3))
     d_A, d_alpha = weighted_fusion_backward(d_y, c.outputs, c.alpha)
     # a = softmax(beta)  (Eq. (4.2))  ->  d_beta = a * (d_alpha - <a, d_alpha>)  (Eq. (4.4)),
     #   the softmax backward of Eq. (1.4)
     d_beta = softmax_backward(d_alpha, c.alpha) if c.learned else None
-    # A_i = SelfAttn_i(X)  (Eq. (3.11))  ->  dX = sum_i dX^(i)  (Eq. (4.5))
+    # A_r = SelfAttn_r(X)  (Eq. (3.11))  ->  dX = sum_r dX^(r)  (Eq. (4.5))
     d_x, d_branches = _branches_backward(d_A, c.branch_caches)
     return d_x, FusionParams(d_branches, beta=d_beta, alpha=d_alpha)
 
@@ -519,7 +519,7 @@ class ConcatFusionParams:
     Attributes
     ----------
     branches : tuple of CrossAttentionParams
-        One self-attention branch per :math:`A_i`, each of output width ``Do``.
+        One self-attention branch per :math:`A_r`, each of output width ``Do``.
     w : ndarray, shape (N*Do, Dy)
         The linear layer after the concatenation; row block ``i`` (rows
         ``i*Do:(i+1)*Do``) reads branch ``i``.
@@ -541,7 +541,7 @@ class ConcatFusionCache(_BranchCaches):
     params : ConcatFusionParams
         With the cache's own copies of ``w`` and ``b``.
     concat : ndarray, shape (B, T, N*Do)
-        The concatenated branch outputs, Eq. (4.6).
+        The concatenated branch outputs, Eq. (4.7).
     branch_caches : tuple of CrossAttentionCache
         Each branch's cache; ``branch_weights`` lists their attention weights.
     """
@@ -649,9 +649,9 @@ def concat_fusion_forward(
 
     Notes
     -----
-    Eq. (4.6) of ``docs/fusion.md``: :math:`Y = [A_1, \dots, A_N]\,W + b`.
+    Eq. (4.7) of ``docs/fusion.md``: :math:`Y = [A_1, \dots, A_N]\,W + b`.
     With :math:`W = [\alpha_1 I; \dots; \alpha_N I]` and :math:`b = 0` it is
-    the weighted sum Eq. (4.1), Eq. (4.8). This is also multi-head
+    the weighted sum Eq. (4.1), Eq. (4.9). This is also multi-head
     attention's output projection, with whole branches in the heads' place.
 
     Examples
@@ -665,11 +665,11 @@ def concat_fusion_forward(
     if not isinstance(params, ConcatFusionParams):
         raise TypeError(f"params must be a ConcatFusionParams, got {type(params).__name__}")
     branches = _check_branches(params.branches)
-    # A_i = SelfAttn_i(X) for every branch  (Eq. (3.11))
+    # A_r = SelfAttn_r(X) for every branch  (Eq. (3.11))
     A, caches = _branches_forward(branches, x, kwargs, "concatenated")
-    C = np.concatenate(A, axis=-1)  # C = [A_1, ..., A_N], (B, T, N*Do)  (Eq. (4.6))
+    C = np.concatenate(A, axis=-1)  # C = [A_1, ..., A_N], (B, T, N*Do)  (Eq. (4.7))
     w, b = _check_linear(params, len(branches), A[0].shape[-1])
-    Y = C @ w if b is None else C @ w + b  # Y = C @ w + b  (Eq. (4.6))
+    Y = C @ w if b is None else C @ w + b  # Y = C @ w + b  (Eq. (4.7))
     return Y, ConcatFusionCache(params=replace(params, w=w, b=b), concat=C, branch_caches=caches)
 
 
@@ -699,10 +699,10 @@ def concat_fusion_backward(
 
     Notes
     -----
-    Eq. (4.7) of ``docs/fusion.md``, undoing Eq. (4.6), with :math:`W_i` the
+    Eq. (4.8) of ``docs/fusion.md``, undoing Eq. (4.7), with :math:`W_r` the
     row block of :math:`W` that reads branch :math:`i`:
 
-    .. math:: dW = C^\top dY,\quad db = \textstyle\sum dY,\quad dA_i = dY\,W_i^\top,
+    .. math:: dW = C^\top dY,\quad db = \textstyle\sum dY,\quad dA_r = dY\,W_r^\top,
 
     then each branch's backward, Eq. (3.11), and :math:`dX` as Eq. (4.5).
 
@@ -715,17 +715,17 @@ def concat_fusion_backward(
     >>> d_x.shape, d_p.w.shape
     ((1, 3, 4), (8, 4))
     """
-    # Shapes: dY (B, T, Dy), C (B, T, N*Do), w (N*Do, Dy), dA_i (B, T, Do) -> d_x (B, T, Dm)
+    # Shapes: dY (B, T, Dy), C (B, T, N*Do), w (N*Do, Dy), dA_r (B, T, Do) -> d_x (B, T, Dm)
     c = check_instance(cache, ConcatFusionCache, "cache", "concat_fusion_forward")
     p, C = c.params, c.concat
     dY = check_grad(d_y, "d_y", C.shape[:-1] + (p.w.shape[1],))
-    # Y = C @ w + b  (Eq. (4.6))  ->  dw = C^T dY, db = sum dY, dC = dY w^T  (Eq. (4.7))
+    # Y = C @ w + b  (Eq. (4.7))  ->  dw = C^T dY, db = sum dY, dC = dY w^T  (Eq. (4.8))
     d_w = C.reshape(-1, C.shape[-1]).T @ dY.reshape(-1, dY.shape[-1])
     d_b = None if p.b is None else dY.sum(axis=tuple(range(dY.ndim - 1)))
     dC = dY @ p.w.T
-    # C = [A_1, ..., A_N]  (Eq. (4.6))  ->  dA_i = dC[..., i*Do:(i+1)*Do]  (Eq. (4.7))
+    # C = [A_1, ..., A_N]  (Eq. (4.7))  ->  dA_r = dC[..., r*Do:(r+1)*Do]  (Eq. (4.8))
     widths = [bc.params.w_o.shape[1] for bc in c.branch_caches]
     d_A = np.split(dC, np.cumsum(widths)[:-1], axis=-1)
-    # A_i = SelfAttn_i(X)  (Eq. (3.11))  ->  dX = sum_i dX^(i)  (Eq. (4.5))
+    # A_r = SelfAttn_r(X)  (Eq. (3.11))  ->  dX = sum_r dX^(r)  (Eq. (4.5))
     d_x, d_branches = _branches_backward(d_A, c.branch_caches)
     return d_x, ConcatFusionParams(tuple(d_branches), w=d_w, b=d_b)

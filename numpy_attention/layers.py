@@ -3,7 +3,9 @@ r"""Multi-head cross-attention and self-attention layers with hand-written backw
 The layer of the seed document's sections 3.1 and 4.1 (the Transformer's
 encoder-decoder attention), built on :func:`~numpy_attention.attention.attention_forward`
 and :func:`~numpy_attention.attention.attention_backward` for the attention
-step itself. Equations are numbered as in ``docs/layers.md`` (chapter 3).
+step itself. Equations are numbered as in ``docs/layers.md`` (chapter 3). The same layer
+as a loop over heads with the seed's formula: ``per_head_loop_oracle`` in
+``tests/test_layers.py``.
 
 Shapes (letter legend; the attention letters are those of docs/README.md's Notation)::
 

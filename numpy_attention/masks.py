@@ -68,8 +68,9 @@ class Positions:
     .. math::
 
         \text{visible}(i, j) = [\,j \le p\,]_\text{causal} \wedge
-        \big(([\,p - \ell \le j \le p + r\,] \wedge
-        [\,\lfloor p/C \rfloor = \lfloor j/C \rfloor\,]) \vee [\,j < n_\text{sink}\,]\big).
+        \big(([\,p - w_\mathrm{l} \le j \le p + w_\mathrm{r}\,]
+        \wedge [\,\lfloor p/\mathtt{C} \rfloor = \lfloor j/\mathtt{C} \rfloor\,])
+        \vee [\,j < n_\mathrm{sink}\,]\big).
 
     A constraint that is not asked for is true; ``window`` sides of None are unbounded.
 
@@ -298,7 +299,7 @@ def sliding_window_mask(
     -----
     Eq. (2.8) of ``docs/attention.md``, with the offset :math:`d` of Eq. (2.6):
 
-    .. math:: M_{ij} = [\, i + d - \ell \le j \le i + d + r \,].
+    .. math:: M_{ij} = [\, i + d - w_\mathrm{l} \le j \le i + d + w_\mathrm{r} \,].
 
     Examples
     --------

@@ -220,7 +220,7 @@ class ModelCache:
     tokens, targets : ndarray of int, shape (B, L)
         Own copies of the forward's tokens and targets.
     h : ndarray, shape (B, L, Dm)
-        Embedding plus positional encoding, Eq. (6.3).
+        The attention's input :math:`X`: embedding plus positional encoding, Eq. (6.3).
     q, k, v : ndarray, shape (B, L, E), (B, L, E), (B, L, Ev)
         Projections, Eq. (6.4).
     attention : AttentionCache
@@ -326,11 +326,11 @@ def model_forward(
 
     .. math::
 
-        X_{bi} = W^{\mathrm{emb}}_{x_{bi}} \;(6.1), \qquad H = X + PE \;(6.3), \qquad
-        Q, K, V = H W_q, H W_k, H W_v \;(6.4),
+        X^\mathrm{tok}_{bi} = W^{\mathrm{emb}}_{x_{bi}} \;(6.1), \qquad
+        X = X^\mathrm{tok} + PE \;(6.3), \qquad Q, K, V = X W_q, X W_k, X W_v \;(6.4),
 
-        O = \mathrm{softmax}(QK^\top/\sqrt{E})\,V, \qquad Z = O W_o + b_o \;(6.5), \qquad
-        \mathcal{L} = -\frac{1}{BL}\sum_{b,i} \log\mathrm{softmax}(Z_{bi})_{y_{bi}} \;(6.6).
+        O = \mathrm{softmax}(QK^\top/\sqrt{E})\,V, \qquad U = O W_o + b_o \;(6.5), \qquad
+        \mathcal{L} = -\frac{1}{BL}\sum_{b,i} \log\mathrm{softmax}(U_{bi})_{y_{bi}} \;(6.6).
 
     Examples
     --------
@@ -348,16 +348,16 @@ def model_forward(
     if t.shape != y.shape:
         raise ValueError(f"targets has shape {y.shape}, expected the shape of tokens {t.shape}")
     L = t.shape[1]
-    X = p["embed"][t]  # X = W_emb[tokens], (B, L, Dm)  (Eq. (6.1))
-    h = X + positional_encoding(L, Dm)  # H = X + PE  (Eqs. (6.2)-(6.3))
-    q, k, v = h @ p["w_q"], h @ p["w_k"], h @ p["w_v"]  # Q, K, V = H W_q, H W_k, H W_v  (Eq. (6.4))
+    x_tok = p["embed"][t]  # X_tok = W_emb[tokens], (B, L, Dm)  (Eq. (6.1))
+    h = x_tok + positional_encoding(L, Dm)  # X = X_tok + PE  (Eqs. (6.2)-(6.3))
+    q, k, v = h @ p["w_q"], h @ p["w_k"], h @ p["w_v"]  # Q, K, V = X W_q, X W_k, X W_v  (Eq. (6.4))
     # O = softmax(Q K^T / sqrt(E)) V, one head  (the core's Eqs. (2.1)-(2.5))
     o1, att = attention_forward(q[:, None], k[:, None], v[:, None])
     o = o1[:, 0]  # (B, L, Ev)
-    logits = o @ p["w_o"] + p["b_o"]  # Z = O W_o + b_o  (Eq. (6.5))
-    log_probs = log_softmax(logits, axis=-1)  # log softmax(Z)  (Eq. (6.6))
+    logits = o @ p["w_o"] + p["b_o"]  # U = O W_o + b_o  (Eq. (6.5))
+    log_probs = log_softmax(logits, axis=-1)  # log softmax(U)  (Eq. (6.6))
     picked = np.take_along_axis(log_probs, y[..., None], axis=-1)
-    loss = -float(np.mean(picked))  # loss = -mean_{b,i} log softmax(Z_bi)[y_bi]  (Eq. (6.6))
+    loss = -float(np.mean(picked))  # loss = -mean_{b,i} log softmax(U_bi)[y_bi]  (Eq. (6.6))
     cache = ModelCache(t, y, h, q, k, v, att, o, logits, log_probs, p)
     return loss, cache
 
@@ -392,15 +392,15 @@ def model_backward(cache: ModelCache, d_loss: float = 1.0) -> Params:
 
     .. math::
 
-        dZ = \frac{d\mathcal{L}}{BL}\,(\mathrm{softmax}(Z) - \mathrm{onehot}(y)) \;(6.7),
+        dU = \frac{d\mathcal{L}}{BL}\,(\mathrm{softmax}(U) - \mathrm{onehot}(y)) \;(6.7),
 
-        dW_o = \textstyle\sum_{bi} O_{bi}^\top dZ_{bi},\ db_o = \sum_{bi} dZ_{bi},\
-        dO = dZ\,W_o^\top \;(6.8),
+        dW_o = \textstyle\sum_{bi} O_{bi}^\top dU_{bi},\ db_o = \sum_{bi} dU_{bi},\
+        dO = dU\,W_o^\top \;(6.8),
 
-        dW_q = \textstyle\sum_{bi} H_{bi}^\top dQ_{bi} \text{ (same for } k, v),\
-        dH = dQ W_q^\top + dK W_k^\top + dV W_v^\top \;(6.9),
+        dW_q = \textstyle\sum_{bi} X_{bi}^\top dQ_{bi} \text{ (same for } k, v),\
+        dX = dQ W_q^\top + dK W_k^\top + dV W_v^\top \;(6.9),
 
-        dW^{\mathrm{emb}}_t = \textstyle\sum_{b,i:\,x_{bi}=t} dH_{bi} \;(6.10).
+        dW^{\mathrm{emb}}_a = \textstyle\sum_{b,i:\,x_{bi}=a} dX_{bi} \;(6.10).
 
     Examples
     --------
@@ -411,7 +411,7 @@ def model_backward(cache: ModelCache, d_loss: float = 1.0) -> Params:
     >>> all(g[n].shape == p[n].shape for n in p)
     True
     """
-    # Shapes: dZ (B, L, Nv), dO (B, L, Ev), dQ, dK (B, L, E), dV (B, L, Ev), dH (B, L, Dm),
+    # Shapes: dU (B, L, Nv), dO (B, L, Ev), dQ, dK (B, L, E), dV (B, L, Ev), dX (B, L, Dm),
     #         d_embed (Nv, Dm)
     c = check_instance(cache, ModelCache, "cache", "model_forward")
     if isinstance(d_loss, np.ndarray) and d_loss.shape == ():
@@ -420,30 +420,30 @@ def model_backward(cache: ModelCache, d_loss: float = 1.0) -> Params:
     p = c.params
     B, L = c.tokens.shape
     Nv, Dm = p["embed"].shape
-    # loss = -mean_{b,i} log softmax(Z_bi)[y_bi]  (Eq. (6.6))
-    #   ->  dZ = d_loss / (B L) * (softmax(Z) - onehot(y))  (Eq. (6.7))
+    # loss = -mean_{b,i} log softmax(U_bi)[y_bi]  (Eq. (6.6))
+    #   ->  dU = d_loss / (B L) * (softmax(U) - onehot(y))  (Eq. (6.7))
     d_logits = np.exp(c.log_probs)
     np.put_along_axis(
         d_logits, c.targets[..., None],
         np.take_along_axis(d_logits, c.targets[..., None], axis=-1) - 1.0, axis=-1,
     )  # fmt: skip
     d_logits *= d_loss / (B * L)
-    # Z = O W_o + b_o  (Eq. (6.5))  ->  dW_o = O^T dZ, db_o = sum dZ, dO = dZ W_o^T  (Eq. (6.8))
+    # U = O W_o + b_o  (Eq. (6.5))  ->  dW_o = O^T dU, db_o = sum dU, dO = dU W_o^T  (Eq. (6.8))
     d_w_o = c.o.reshape(-1, c.o.shape[-1]).T @ d_logits.reshape(-1, Nv)
     d_b_o = d_logits.sum(axis=(0, 1))
     d_o = d_logits @ p["w_o"].T
     # O = softmax(Q K^T / sqrt(E)) V  (Eqs. (2.1)-(2.5))  ->  dQ, dK, dV  (Eqs. (2.10)-(2.14))
     ga = attention_backward(d_o[:, None], c.attention)
     dq, dk, dv = ga.dq[:, 0], ga.dk[:, 0], ga.dv[:, 0]
-    # Q, K, V = H W_q, H W_k, H W_v  (Eq. (6.4))
-    #   ->  dW_q = H^T dQ, dW_k = H^T dK, dW_v = H^T dV,
-    #       dH = dQ W_q^T + dK W_k^T + dV W_v^T  (Eq. (6.9))
+    # Q, K, V = X W_q, X W_k, X W_v  (Eq. (6.4))
+    #   ->  dW_q = X^T dQ, dW_k = X^T dK, dW_v = X^T dV,
+    #       dX = dQ W_q^T + dK W_k^T + dV W_v^T  (Eq. (6.9))
     hf = c.h.reshape(-1, Dm)
     d_w_q, d_w_k, d_w_v = (hf.T @ g.reshape(-1, g.shape[-1]) for g in (dq, dk, dv))
     d_h = dq @ p["w_q"].T + dk @ p["w_k"].T + dv @ p["w_v"].T
-    # H = X + PE  (Eq. (6.3))  ->  dX = dH (PE, Eq. (6.2), is a constant)
-    # X = W_emb[tokens]  (Eq. (6.1))
-    #   ->  dW_emb[t] = sum of dX over the positions holding token t  (Eq. (6.10))
+    # X = X_tok + PE  (Eq. (6.3))  ->  dX_tok = dX (PE, Eq. (6.2), is a constant)
+    # X_tok = W_emb[tokens]  (Eq. (6.1))
+    #   ->  dW_emb[a] = sum of dX_tok over the positions holding token a  (Eq. (6.10))
     d_embed = np.zeros_like(p["embed"])
     np.add.at(d_embed, c.tokens.ravel(), d_h.reshape(-1, Dm))
     return {
@@ -520,13 +520,16 @@ def adam_step(
 
     Notes
     -----
-    Eq. (6.11) of ``docs/model.md``, at step :math:`t` with gradient :math:`g`:
+    Eq. (6.11) of ``docs/model.md``, at step :math:`t` with gradient :math:`\nabla`, decay rates
+    :math:`(\rho_1, \rho_2)` = ``betas`` and moments :math:`\mu`, :math:`\nu`
+    (``state.m``, ``state.v``):
 
     .. math::
 
-        m \leftarrow \beta_1 m + (1-\beta_1) g, \quad
-        v \leftarrow \beta_2 v + (1-\beta_2) g^2, \quad
-        \theta \leftarrow \theta - \eta\,\frac{m/(1-\beta_1^t)}{\sqrt{v/(1-\beta_2^t)} + \epsilon}.
+        \mu \leftarrow \rho_1 \mu + (1-\rho_1) \nabla, \quad
+        \nu \leftarrow \rho_2 \nu + (1-\rho_2) \nabla^2, \quad
+        \Theta \leftarrow \Theta
+        - \eta\,\frac{\mu/(1-\rho_1^t)}{\sqrt{\nu/(1-\rho_2^t)} + \epsilon}.
 
     Examples
     --------

@@ -11,7 +11,7 @@ Shapes (letter legend)::
     Hq   query heads                           Hkv  key/value heads (Hq = G * Hkv with GQA)
     L    queries of one sequence (L_b)         S    keys of one sequence (S_b), or a cache's length
     E    query/key width                       Ev   value width
-    R    rotary width (rotary_dim, even, <= E) C    chunks of a split-KV merge
+    R    rotary width (rotary_dim, even, <= E) Nc   parts (chunks) of a split-KV merge
 
     packed, FlashAttention's varlen layout:  q (Tq, Hq, E)  k (Tk, Hkv, E)  v (Tk, Hkv, Ev)
                                              out (Tq, Hq, Ev)  lse (Hq, Tq)
@@ -105,7 +105,7 @@ def rotary_cos_sin(
 
     Notes
     -----
-    Eq. (9.5): :math:`\theta_{p,i} = p\,\mathrm{base}^{-2i/R}`. The inverse frequencies are
+    Eq. (9.5): :math:`\theta_{p,k} = p\,\mathrm{base}^{-2k/R}`. The inverse frequencies are
     those of Hugging Face's ``LlamaRotaryEmbedding`` and FlashAttention's ``RotaryEmbedding``:
     ``1 / base ** (arange(0, R, 2) / R)``.
 
@@ -1032,10 +1032,10 @@ class MergeCache:
 
     Attributes
     ----------
-    w : ndarray, shape (C, ...)
-        Each chunk's weight ``exp(lse_c - lse)``, 0 for an empty chunk (Eq. (9.13)).
-    outs : ndarray, shape (C, ..., Ev)
-        The chunks' outputs, with those of empty chunks (``lse_c = -inf``) set to 0.
+    w : ndarray, shape (Nc, ...)
+        Each chunk's weight ``exp(lse_r - lse)``, 0 for an empty chunk (Eq. (9.13)).
+    outs : ndarray, shape (Nc, ..., Ev)
+        The chunks' outputs, with those of empty chunks (``lse_r = -inf``) set to 0.
     out : ndarray, shape (..., Ev)
         The merged output (the cache's own copy).
     """
@@ -1046,13 +1046,14 @@ class MergeCache:
 
 
 def _check_states(outs: ArrayLike, lses: ArrayLike) -> tuple[Array, Array]:
-    """``outs (C, ..., Ev)`` and ``lses (C, ...)`` of matching shapes, no NaN or +inf lse."""
+    """``outs (Nc, ..., Ev)`` and ``lses (Nc, ...)`` of matching shapes, no NaN or +inf lse."""
     o, s = as_float_array(outs, "outs"), as_float_array(lses, "lses")
     if o.ndim < 2:
-        raise ValueError(f"outs must have shape (C, ..., Ev), got {o.shape}")
+        raise ValueError(f"outs must have shape (Nc, ..., Ev), got {o.shape}")
     if s.shape != o.shape[:-1]:
         raise ValueError(f"lses has shape {s.shape}, expected outs.shape[:-1] = {o.shape[:-1]} "
-                         f"(outs (C, ..., Ev) has shape {o.shape}, lses is (C, ...))")  # fmt: skip
+                         f"(outs (Nc, ..., Ev) has shape {o.shape}, lses is (Nc, ...))"
+                         )  # fmt: skip
     if np.isnan(s).any() or (s == np.inf).any():
         raise ValueError("lses must not hold NaN or +inf; an empty chunk has lse = -inf "
                          "(FlashAttention writes +inf for empty rows: map it to -inf)")  # fmt: skip
@@ -1065,15 +1066,15 @@ def merge_attention_states_forward(
 ) -> tuple[Array, Array, MergeCache]:
     r"""Merge attention over disjoint key chunks by their log-sum-exp, Eqs. (9.12)-(9.13).
 
-    Shapes: ``outs (C, ..., Ev)``, ``lses (C, ...)`` -> ``out (..., Ev)``, ``lse (...)``.
-    Any layout: ``(C, ..., Hq, L, Ev)`` with ``(C, ..., Hq, L)``, or FlashAttention's
-    ``(C, B, L, Hq, Ev)`` with ``(C, B, L, Hq)`` (transpose its ``(B, Hq, L)`` lse first).
+    Shapes: ``outs (Nc, ..., Ev)``, ``lses (Nc, ...)`` -> ``out (..., Ev)``, ``lse (...)``.
+    Any layout: ``(Nc, ..., Hq, L, Ev)`` with ``(Nc, ..., Hq, L)``, or FlashAttention's
+    ``(Nc, B, L, Hq, Ev)`` with ``(Nc, B, L, Hq)`` (transpose its ``(B, Hq, L)`` lse first).
 
     Parameters
     ----------
-    outs : array_like, shape (C, ..., Ev)
+    outs : array_like, shape (Nc, ..., Ev)
         Each chunk's attention output (normalized within the chunk).
-    lses : array_like, shape (C, ...)
+    lses : array_like, shape (Nc, ...)
         Each chunk's natural-log lse; ``-inf`` for a row with no key in the chunk.
 
     Returns
@@ -1093,9 +1094,9 @@ def merge_attention_states_forward(
 
     Notes
     -----
-    Eq. (9.12): :math:`\mathrm{lse} = \log\sum_c e^{\mathrm{lse}_c}`; Eq. (9.13):
-    :math:`O = \sum_c w_c O_c`, :math:`w_c = e^{\mathrm{lse}_c - \mathrm{lse}}`. A chunk with
-    :math:`\mathrm{lse}_c = -\infty` has :math:`w_c = 0` and its output is not read (it may be
+    Eq. (9.12): :math:`\mathrm{lse} = \log\sum_r e^{\mathrm{lse}_r}`; Eq. (9.13):
+    :math:`O = \sum_r \pi_r O_r`, :math:`\pi_r = e^{\mathrm{lse}_r - \mathrm{lse}}`. A chunk with
+    :math:`\mathrm{lse}_r = -\infty` has :math:`\pi_r = 0` and its output is not read (it may be
     anything, NaN included). xFormers' ``merge_attentions`` and FlashInfer's ``merge_state``
     compute the same (FlashInfer with base-2 lse).
 
@@ -1112,7 +1113,7 @@ def merge_attention_states_forward(
     total = np.sum(e, axis=0)
     with np.errstate(divide="ignore"):
         lse = m + np.log(total)  # Eq. (9.12)
-    w = e / np.where(total > 0, total, 1.0)  # w_c = exp(lse_c - lse)
+    w = e / np.where(total > 0, total, 1.0)  # pi_r = exp(lse_r - lse)
     o = np.where((s == -np.inf)[..., None], 0.0, o)  # empty chunks are not read
     out = np.sum(w[..., None] * o, axis=0)  # Eq. (9.13)
     return out, lse, MergeCache(w=w, outs=o, out=out.copy())
@@ -1121,7 +1122,7 @@ def merge_attention_states_forward(
 def merge_attention_states(outs: ArrayLike, lses: ArrayLike) -> tuple[Array, Array]:
     r"""Merge split-KV attention states (FlashDecoding), Eqs. (9.12)-(9.13).
 
-    Shapes: ``outs (C, ..., Ev)``, ``lses (C, ...)`` -> ``out (..., Ev)``, ``lse (...)``.
+    Shapes: ``outs (Nc, ..., Ev)``, ``lses (Nc, ...)`` -> ``out (..., Ev)``, ``lse (...)``.
 
     Parameters
     ----------
@@ -1153,7 +1154,7 @@ def merge_attention_states_backward(
 ) -> tuple[Array, Array]:
     r"""Backward of :func:`merge_attention_states_forward`, Eq. (9.14).
 
-    Shapes: ``d_out (..., Ev)``, ``d_lse (...)`` -> ``d_outs (C, ..., Ev)``, ``d_lses (C, ...)``.
+    Shapes: ``d_out (..., Ev)``, ``d_lse (...)`` -> ``d_outs (Nc, ..., Ev)``, ``d_lses (Nc, ...)``.
 
     Parameters
     ----------
@@ -1166,8 +1167,8 @@ def merge_attention_states_backward(
 
     Returns
     -------
-    d_outs : ndarray, shape (C, ..., Ev)
-    d_lses : ndarray, shape (C, ...)
+    d_outs : ndarray, shape (Nc, ..., Ev)
+    d_lses : ndarray, shape (Nc, ...)
         Both exactly 0 for an empty chunk.
 
     Raises
@@ -1179,10 +1180,10 @@ def merge_attention_states_backward(
 
     Notes
     -----
-    Eq. (9.14): :math:`dO_c = w_c\,dO` and
-    :math:`d\mathrm{lse}_c = w_c\,(dO \cdot (O_c - O) + d\mathrm{lse})`, from
-    :math:`\partial w_{c'}/\partial \mathrm{lse}_c = w_{c'}(\delta_{cc'} - w_c)` and
-    :math:`\partial \mathrm{lse}/\partial \mathrm{lse}_c = w_c`.
+    Eq. (9.14): :math:`dO_r = \pi_r\,dO` and
+    :math:`d\mathrm{lse}_r = \pi_r\,(dO \cdot (O_r - O) + d\mathrm{lse})`, from
+    :math:`\partial \pi_{r'}/\partial \mathrm{lse}_r = \pi_{r'}(\delta_{rr'} - \pi_r)` and
+    :math:`\partial \mathrm{lse}/\partial \mathrm{lse}_r = \pi_r`.
 
     Examples
     --------
@@ -1194,9 +1195,9 @@ def merge_attention_states_backward(
     c = check_instance(cache, MergeCache, "cache", "merge_attention_states_forward")
     dO = check_grad(d_out, "d_out", c.out.shape, c.out.dtype)
     g = np.zeros(c.w.shape[1:]) if d_lse is None else check_grad(d_lse, "d_lse", c.w.shape[1:])
-    # out = sum_c w_c O_c  (Eq. (9.13))  ->  dO_c = w_c dO
+    # out = sum_r pi_r O_r  (Eq. (9.13))  ->  dO_r = pi_r dO
     d_outs = c.w[..., None] * dO
-    # w_c = exp(lse_c - lse), lse = logsumexp(lse_c)  (Eq. (9.12))
-    #   ->  dlse_c = w_c (dO . (O_c - O) + dlse)  (Eq. (9.14))
+    # pi_r = exp(lse_r - lse), lse = logsumexp(lse_r)  (Eq. (9.12))
+    #   ->  dlse_r = pi_r (dO . (O_r - O) + dlse)  (Eq. (9.14))
     d_lses = c.w * (np.sum(dO * (c.outs - c.out), axis=-1) + g)
     return d_outs, d_lses

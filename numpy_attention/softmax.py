@@ -1,7 +1,9 @@
 r"""Softmax, log-softmax, log-sum-exp and their vector-Jacobian products.
 
 The bottom of the package: everything else is built on these five functions.
-Equations are numbered as in ``docs/softmax.md``.
+Equations are numbered as in ``docs/softmax.md``. The same formulas as literal loops
+over one row with ``math.exp``: ``softmax_oracle``, ``logsumexp_oracle`` and
+``log_softmax_oracle`` in ``tests/oracles.py``.
 
 Shapes: any array ``x``; ``axis`` is the axis being normalised (the keys,
 ``S``, when used by attention).

@@ -12,7 +12,14 @@ pytest.importorskip("matplotlib")
 
 from numpy_attention.app.cli import build_parser, load_weights, main  # noqa: E402
 
-DEMO_FILES = ["cross_attention.png", "fusion.png", "heads.png", "masks.png", "training.png"]
+DEMO_FILES = [  # sorted, as a directory listing
+    "cross_attention.png",
+    "fusion.png",
+    "graph.png",
+    "heads.png",
+    "masks.png",
+    "training.png",
+]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +38,7 @@ def demo_dir(demo_run):
 
 
 def test_demo_writes_every_figure_as_a_png(demo_dir):
-    """`numpy-attention demo --out DIR` writes the five PNGs, and nothing else."""
+    """`numpy-attention demo --out DIR` writes the six PNGs, and nothing else."""
     assert sorted(p.name for p in demo_dir.iterdir()) == DEMO_FILES
     for name in DEMO_FILES:
         assert (demo_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -97,8 +104,8 @@ def _bad_files(tmp_path):
         "missing.npy": (None, "no such file"),
         "nan.npy": (nan, "contains NaN"),
         "scores.npy": (np.array([[2.0, -1.0]]), r"values must lie in [0, 1]"),
-        "vector.npy": (np.ones(3) / 3, "expected 2-D (L, S) or 3-D (H, L, S)"),
-        "batch.npy": (np.full((1, 1, 2, 2), 0.5), "got shape (1, 1, 2, 2)"),
+        "vector.npy": (np.ones(3) / 3, "expected 2-D (L, S), 3-D (H, L, S), 4-D (B, H, L, S)"),
+        "batch.npy": (np.full((1, 1, 1, 1, 2, 2), 0.5), "got shape (1, 1, 1, 1, 2, 2)"),
         "text.npy": (b"hello, not numpy", "not a .npy or .npz file"),
         "objects.npy": (np.array([{"a": 1}], dtype=object), "pickled Python objects"),
         "two.npz": ({"a": np.eye(2), "b": np.eye(2)}, "choose one with --key"),
@@ -215,3 +222,14 @@ def test_without_matplotlib_demo_and_plot_say_how_to_install_it(tmp_path, monkey
         "python -m pip install 'numpy-attention[plot]'",
     ]
     assert not list(tmp_path.iterdir())
+
+
+def test_plot_reads_a_models_stack_and_draws_the_chosen_layer(tmp_path):
+    """`plot` reads (layers, B, H, L, S), as np.save(torch.stack(out.attentions)) writes it, and
+    draws --layer / --batch; an index out of range is a one-line error, exit 2."""
+    w = np.random.default_rng(0).random((2, 3, 4, 5, 5))
+    f = tmp_path / "attn.npy"
+    np.save(f, w / w.sum(-1, keepdims=True))
+    assert main(["plot", str(f), "--layer", "1", "--batch", "2"]) == 0
+    assert (tmp_path / "attn.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["plot", str(f), "--layer", "2", "--force"]) == 2

@@ -6,6 +6,9 @@
   citation must name a defined equation, every equation must be cited by code, no number may be
   defined twice, and the ``Code:`` line after an equation must link functions that exist in the
   linked file and whose source cites that equation.
+- Line anchors: every link to a function of a Python file (``Code:`` lines, loop oracles) carries
+  ``#Lm-Ln``, the lines of that function's definition; ``python tools/relink_docs.py`` rewrites
+  them after a code change (the failure message says so).
 - Links: every relative link in ``docs/*.md`` and ``README.md`` reaches an existing file (and an
   existing heading or line when it has an anchor).
 - The tour (``docs/tour.md``): its table of hand-computed numbers matches ``attention_forward`` and
@@ -370,6 +373,11 @@ def _code_line_problems(d: Definition) -> list[str]:
         if span and not first <= int(span.group(1)) <= int(span.group(2) or span.group(1)) <= last:
             problems.append(f"{where}: Eq. {label}: {target} is outside `{name}`, "
                             f"lines {first}-{last}")  # fmt: skip
+        inside = span and first <= int(span.group(1)) <= int(span.group(2) or span.group(1)) <= last
+        if span and inside:  # the lines the link opens must be the ones that cite the equation
+            lines = path.read_text(encoding="utf-8").splitlines()
+            first_line, last_line = int(span.group(1)), int(span.group(2) or span.group(1))
+            source = "\n".join(lines[first_line - 1 : last_line])
         cites, _ = _citations_in(source, path)
         if d.eq is not None and d.eq not in {c.eq for c in cites}:
             problems.append(f"{where}: Eq. {label}: the source of `{name}` ({target}) "
@@ -405,6 +413,48 @@ def test_code_line_check_catches_each_kind_of_drift(tmp_path):
     assert [len(p) for p in found] == [0, 1, 1, 1, 1]
     assert "does not cite it" in found[1][0] and "outside `g`" in found[2][0]
     assert "not defined" in found[3][0] and "'Code:' line" in found[4][0]
+
+
+_BARE_CITE_RE = re.compile(rf"\bEqs?\.?\s*({_NUM}(?:\s*(?:-|–|—|,|and|to)\s*{_NUM})*)")
+
+
+def _bare_citations(text: str) -> list[tuple[int, str]]:
+    """Citations not written ``Eq. (c.n)`` / ``Eqs. (c.a)-(c.b)``: a number without parentheses,
+    or ``Eq`` without its dot (one form everywhere, so that searching for ``Eq. (2.10)`` finds
+    every use)."""
+    found = []
+    for m in _BARE_CITE_RE.finditer(text):
+        numbers = re.findall(r"\(?\d+\.\d+\)?", m.group(1))
+        dotted = re.match(r"Eqs?\.", m.group(0))
+        if not dotted or any(not (n.startswith("(") and n.endswith(")")) for n in numbers):
+            found.append((text.count("\n", 0, m.start()) + 1, m.group(0)))
+    return found
+
+
+def _cited_files() -> list[Path]:
+    """Where equations are cited: the package, the tests (but this file, whose parser tests
+    hold bare forms on purpose), the examples, the benchmarks and the docs."""
+    here = Path(__file__).resolve()
+    files = sorted(PKG.rglob("*.py")) + _doc_files() + [ROOT / "README.md"]
+    for folder in ("tests", "examples", "benchmarks"):
+        files += sorted(p for p in (ROOT / folder).rglob("*.py") if p.resolve() != here)
+    return files
+
+
+def test_equations_are_cited_in_one_form_everywhere():
+    """Every citation reads ``Eq. (2.10)`` or ``Eqs. (2.10)-(2.12)``, never ``Eq. 2.10``,
+    ``Eqs. (5.4)-5.6`` or ``Eq (2.10)``."""
+    problems = [f"{_rel(path)}:{line}: {cite!r}, write it Eq. (c.n)"
+                for path in _cited_files()
+                for line, cite in _bare_citations(path.read_text(encoding="utf-8"))]  # fmt: skip
+    _fail(problems, "citations not in the form Eq. (c.n)")
+
+
+def test_bare_citation_finder_sees_each_bare_form():
+    """The finder behind the one-form test flags a bare number, a half-bare range and a missing
+    dot, and passes the parenthesised forms."""
+    text = "Eq. (2.10) Eqs. (2.1)-(2.3) Eq. 2.10 Eqs. (5.4)-5.6 Eq (2.4) Eqs. (3.6), (3.10)"
+    assert [c for _, c in _bare_citations(text)] == ["Eq. 2.10", "Eqs. (5.4)-5.6", "Eq (2.4)"]
 
 
 def test_citation_parser_reads_ranges_lists_and_both_styles():
@@ -704,6 +754,90 @@ def test_public_function_docstring_has_a_runnable_example(fn):
     assert examples and ">>>" in examples.group(1), (
         f"{fn.__module__}.{fn.__name__} has no 'Examples' section with a >>> example"
     )
+
+
+def _matrix_products(path: Path, functions: tuple[str, ...]) -> int:
+    """How many matrix products the source of ``functions`` writes: each ``a @ b`` and each call of
+    the core's GQA product helpers ``_per_query_head`` / ``_per_kv_head`` (one ``@`` each)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    count = 0
+    for name in functions:
+        node = _find_node(tree, name)
+        assert node is not None, f"{name} is not defined in {_rel(path)}"
+        for n in ast.walk(node):
+            if isinstance(n, ast.BinOp) and isinstance(n.op, ast.MatMult):
+                count += 1
+            elif isinstance(n, ast.Call) and getattr(n.func, "id", "") in (
+                "_per_query_head",
+                "_per_kv_head",
+            ):
+                count += 1
+    return count
+
+
+def test_flash_chapter_counts_the_backward_matrix_products_of_the_code():
+    """docs/flash.md says how many matrix products one block of the tiled backward costs against
+    the core's backward ("5 instead of the core's 4"): the numbers are those the code writes
+    (the tiled backward recomputes the scores of Eq. (5.1) in ``_scores_block``)."""
+    text = " ".join((DOCS / "flash.md").read_text(encoding="utf-8").split())
+    m = re.search(r"(\d+) instead of the core's (\d+)", text)
+    assert m, "docs/flash.md no longer says 'N instead of the core's M' products"
+    core = _matrix_products(PKG / "attention.py", ("attention_backward",))
+    tiled = _matrix_products(PKG / "flash.py", ("_backward_rows", "_scores_block"))
+    assert (int(m.group(1)), int(m.group(2))) == (tiled, core)
+
+
+def _relinker():
+    """``tools/relink_docs.py`` as a module (tools/ is no package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("relink_docs", ROOT / "tools" / "relink_docs.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+RELINK = "run `python tools/relink_docs.py` to rewrite the anchors"
+
+
+def _stale_anchors(md: Path) -> list[str]:
+    """Links of ``md`` to a Python function whose anchor is missing or not the function's lines."""
+    problems = []
+    for line, name, target, anchor, span in _relinker().anchored_links(md):
+        if span is not None and anchor != f"#L{span[0]}-L{span[1]}":
+            now = anchor or "no anchor"
+            problems.append(f"{_rel(md)}:{line}: [`{name}`]({target}{anchor}): {now}, but "
+                            f"`{name}` is defined on lines {span[0]}-{span[1]}")  # fmt: skip
+    return problems
+
+
+def test_function_links_land_on_the_lines_of_their_function():
+    """Every link to a function of a Python file (each `Code:` link, each loop oracle) carries the
+    anchor ``#Lm-Ln`` of the function's definition, so that it opens on the function; the test
+    names the stale links and says to run the relink script."""
+    problems = [p for md in _relinker().markdown_files() for p in _stale_anchors(md)]
+    if problems:
+        problems.append(RELINK)
+    _fail(problems, "links whose line anchor does not land on their function")
+
+
+def test_anchor_check_sees_a_stale_anchor_and_the_relinker_mends_it(tmp_path):
+    """A moved function makes the check fail; relinking writes the new lines and the check passes;
+    a link to a file (not a function) needs no anchor."""
+    relink = _relinker()
+    (tmp_path / "m.py").write_text("\n\ndef f():\n    return 1  # Eq. (1.1)\n", encoding="utf-8")
+    md = tmp_path / "x.md"
+    md.write_text(
+        "Code: [`f`](m.py#L1-L2), [`m.py`](m.py)\n```\n[`f`](m.py)\n```\n", encoding="utf-8"
+    )
+    assert len(_stale_anchors(md)) == 1 and "lines 3-4" in _stale_anchors(md)[0]
+    md.write_text(relink.relink_text(md.read_text(encoding="utf-8"), md), encoding="utf-8")
+    assert _stale_anchors(md) == []
+    assert (
+        md.read_text(encoding="utf-8").splitlines()[0] == "Code: [`f`](m.py#L3-L4), [`m.py`](m.py)"
+    )
+    assert "[`f`](m.py)" in md.read_text(encoding="utf-8")  # code blocks are left alone
 
 
 def test_reliability_page_names_only_tests_that_exist():

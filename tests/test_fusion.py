@@ -231,7 +231,7 @@ def test_one_hot_alpha_selects_one_branch_exactly(k):
 
 
 def test_concat_with_scaled_identity_blocks_equals_the_weighted_sum():
-    """Concat + linear with W = [alpha_1 I; ...; alpha_N I] and no bias (Eq. (4.8)) equals the
+    """Concat + linear with W = [alpha_1 I; ...; alpha_N I] and no bias (Eq. (4.9)) equals the
     weighted sum Y = sum_i alpha_i A_i, forward and backward (d_x and every branch gradient)."""
     rng = np.random.default_rng(27)
     branches = random_branches(rng, 3, e_out=3)
@@ -256,7 +256,7 @@ def test_concat_with_scaled_identity_blocks_equals_the_weighted_sum():
 
 def test_shared_parameters_make_the_seed_formula_a_single_attention():
     """The seed's formula with one shared attention: sum_i alpha_i A(X) = A(X) for any convex
-    alpha (N identical terms, Eq. (4.9)), and the learned weights get no gradient (d_beta = 0)."""
+    alpha (N identical terms, Eq. (4.6)), and the learned weights get no gradient (d_beta = 0)."""
     rng = np.random.default_rng(28)
     shared = random_params(rng, 3, 3, 2, e_out=3)
     x = rng.normal(size=(1, 4, 3))

@@ -137,7 +137,8 @@ def test_plot_cross_attention_puts_s1_on_rows_and_s2_on_columns():
     assert _texts(heat.get_yticklabels()) == s1
     assert _texts(heat.get_xticklabels()) == s2
     assert heat.get_ylabel() == "S1 (queries)" and heat.get_xlabel() == "S2 (keys)"
-    links = next(a for a in fig.axes if a.get_title().startswith("strongest link"))
+    links = next(a for a in fig.axes if a.get_title().startswith("one line per (query, key)"))
+    assert "below 0.02 are not drawn" in links.get_title()
     assert len(links.lines) == int(np.sum(w >= 0.02))
     words = _texts(links.texts)
     assert words == s1 + s2
@@ -220,3 +221,42 @@ def test_plot_heads_marks_masked_cells_in_every_head():
         np.testing.assert_array_equal(np.ma.getmaskarray(ax.images[0].get_array()), ~m)
     legends = [a.get_legend() for a in fig.axes if a.get_legend() is not None]
     assert [_texts(leg.get_texts()) for leg in legends] == [["masked"]]
+
+
+def test_plot_heads_takes_a_models_tuple_of_per_layer_maps_and_picks_layer_and_batch():
+    """Hugging Face / bertviz hand over one (B, H, L, S) array per layer: plot_heads draws the
+    heads of the chosen layer and batch element (the same maps as passing them directly)."""
+    from numpy_attention.app.plotting import select_heads
+
+    rng = np.random.default_rng(0)
+    layers = []
+    for _ in range(3):
+        w = rng.random((2, 4, 3, 5))
+        layers.append(w / w.sum(-1, keepdims=True))
+    picked = select_heads(tuple(layers), layer=2, batch=1)
+    assert np.array_equal(picked, layers[2][1])
+    assert np.array_equal(select_heads(np.stack(layers), layer=-1, batch=1), layers[2][1])
+    fig = plot_heads(tuple(layers), layer=2, batch=1)
+    drawn = [a.images[0].get_array() for a in fig.axes if a.images]
+    assert len(drawn) == 4 and np.allclose(drawn[3], layers[2][1][3])
+    with pytest.raises(ValueError, match=r"layer must lie in \[0, 3\), got 3"):
+        select_heads(tuple(layers), layer=3)
+    with pytest.raises(ValueError, match="differ in shape"):
+        select_heads((layers[0], layers[1][:, :2]))
+
+
+def test_computation_graph_labels_every_forward_and_backward_arrow_with_its_equation():
+    """The graph figure names Eqs. (2.1)-(2.5) on the forward arrows and (2.10)-(2.14) backward."""
+    from numpy_attention.app.plotting import plot_computation_graph
+
+    texts = {t.get_text() for t in plot_computation_graph().axes[0].texts}
+    forward = {f"(2.{n})" for n in range(1, 6)}
+    assert forward <= texts and {"(2.10)", "(2.11)", "(2.12)-(2.13)", "(2.14)"} <= texts
+
+
+def test_fusion_draws_masked_cells_grey_as_the_heads_figure_does():
+    """plot_fusion with a causal mask leaves the masked cells out of the colour scale (grey)."""
+    m = np.tril(np.ones((3, 3), dtype=bool))
+    fig = plot_fusion(np.stack([np.where(m, 1 / 3, 0.0)] * 2), [0.5, 0.5], mask=m)
+    data = fig.axes[0].images[0].get_array()
+    assert np.ma.is_masked(data) and np.array_equal(np.ma.getmaskarray(data), ~m)

@@ -793,7 +793,7 @@ def test_merge_backward_passes_gradcheck_with_an_empty_chunk():
 
 def test_merge_matches_torch_logsumexp_reference():
     """Eqs. (9.12)-(9.14) equal torch: lse = logsumexp(lses, 0), out = sum softmax(lses, 0) outs,
-    and autograd's gradients, in the FlashAttention (C, B, L, Hq, Ev) layout."""
+    and autograd's gradients, in the FlashAttention (Nc, B, L, Hq, Ev) layout."""
     torch = _torch()
     rng = RNG(24)
     outs, lses = rng.normal(size=(3, 2, 4, 2, 5)), rng.normal(scale=5, size=(3, 2, 4, 2))
@@ -916,7 +916,7 @@ BAD_INPUT = {
     "merge shapes that do not match": (lambda: merge_attention_states(np.ones((2, 3, 4)),
                                        np.ones((2, 4))), ValueError, r"lses has shape \(2, 4\)"),
     "merge outs without a chunk axis": (lambda: merge_attention_states(np.ones(3), np.ones(())),
-                                        ValueError, r"outs must have shape \(C, \.\.\., Ev\)"),
+                                        ValueError, r"outs must have shape \(Nc, \.\.\., Ev\)"),
     "merge lse +inf (FlashAttention's empty row)": (lambda: merge_attention_states(
                                                     np.ones((2, 1, 3)), [[0.0], [np.inf]]),
                                                     ValueError, "map it to -inf"),

@@ -198,6 +198,19 @@ def _draw(args: argparse.Namespace, loaded: LoadedWeights, out: Path) -> None:
         print(f"numpy-attention plot: note: matplotlib: {w_}", file=sys.stderr)
 
 
+def _one_layer(args: argparse.Namespace, loaded: LoadedWeights) -> LoadedWeights:
+    """Reduce a stack (layers, B, H, L, S) or a batch (B, H, L, S) to --layer and --batch."""
+    from .plotting import select_heads
+
+    w = loaded.weights
+    if w.ndim <= 3:
+        return loaded
+    try:
+        return loaded._replace(weights=select_heads(w, args.layer, args.batch))
+    except ValueError as e:
+        raise InputError(f"{args.file}: {e} (the array has shape {w.shape})") from None
+
+
 def _default_out(path: Path, key: str) -> Path:
     stem = path.stem + (f"_{key}" if key else "")
     return path.with_name(stem + ".png")
@@ -209,6 +222,7 @@ def _run_plot(args: argparse.Namespace) -> int:
         _need_matplotlib()
         loaded = load_weights(args.file, args.key)
         out = Path(args.out) if args.out else _default_out(Path(args.file), loaded.key)
+        loaded = _one_layer(args, loaded)
         warning = _row_warning(loaded.weights, loaded.dtype.itemsize)
         w, notes = _plot_notes(args, loaded.weights)
         for line in ([f"warning: {warning}"] if warning else []) + [f"note: {n}" for n in notes]:
@@ -327,7 +341,8 @@ def _add_demo(sub: Any) -> None:
         description="Run the worked examples: the seed's cross-attention and fusion examples, "
         "multi-head maps, a mask gallery, and a small model trained with the package's own "
         "backward passes. Prints what it computes and each file it writes. It writes only its "
-        "five figures (cross_attention.png, fusion.png, heads.png, masks.png, training.png) "
+        "six figures (graph.png, cross_attention.png, fusion.png, heads.png, masks.png, "
+        "training.png) "
         "into DIR, replacing those of an earlier run.",
     )
     demo.add_argument(
@@ -348,7 +363,10 @@ def _add_plot(sub: Any) -> None:
         help="draw attention weights saved from any model (.npy or .npz)",
         description="Draw attention weights that you saved from your own model (any framework): "
         "a 2-D array (L, S) as one heatmap, a 3-D array (H, L, S) as one map per head (the "
-        f"first {MAX_HEADS}). Rows are queries, columns keys; values must lie in [0, 1]. Bad "
+        f"first {MAX_HEADS}); a model's stack (layers, B, H, L, S), as Hugging Face's "
+        "attentions give it (np.save('attn.npy', torch.stack(out.attentions).numpy())), or a "
+        "batch (B, H, L, S): the heads of --layer and --batch. Rows are queries, columns "
+        "keys; values must lie in [0, 1]. Bad "
         "files give a one-line error and exit code 2; rows that sum to neither 1 nor 0 give a "
         "warning. An existing output file is replaced only with --force, never the input file, "
         "never through a symbolic link.",
@@ -364,6 +382,10 @@ def _add_plot(sub: Any) -> None:
     plot.add_argument("--force", action="store_true", help="replace an existing output file")
     plot.add_argument("--title", help="figure title (default: the file name; $...$ is mathtext)")
     plot.add_argument("--annotate", action="store_true", help="write each weight in its cell")
+    plot.add_argument("--layer", type=int, default=0, help="the layer of a 5-D stack (default 0)")
+    plot.add_argument(
+        "--batch", type=int, default=0, help="the batch element of a 4-D or 5-D array (default 0)"
+    )
     plot.add_argument(
         "--zeros-masked",
         action="store_true",

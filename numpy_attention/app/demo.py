@@ -64,7 +64,14 @@ SENTENCE = ("the", "cat", "sat", "on", "the", "mat", "and", "the", "cat", "slept
 TRAIN_STEPS = {False: 400, True: 60}
 
 #: The files the demo writes into its output directory, in order: the only ones it touches.
-FIGURES = ("cross_attention.png", "fusion.png", "heads.png", "masks.png", "training.png")
+FIGURES = (
+    "graph.png",
+    "cross_attention.png",
+    "fusion.png",
+    "heads.png",
+    "masks.png",
+    "training.png",
+)
 
 
 # ---------------------------------------------------------------------------
@@ -144,9 +151,9 @@ _SEED_VECTORS = np.array(
 class SeedFusionExample(NamedTuple):
     """Result of :func:`seed_fusion_example`."""
 
-    sentences: tuple[tuple[str, ...], ...]  # the N sentences X_1..X_N of the text S
-    tokens: tuple[str, ...]  # the text S, every sentence's tokens in order
-    outputs: Array  # (N, len(tokens), 4): A_i = CrossAttention(S, X_i)
+    sentences: tuple[tuple[str, ...], ...]  # the N sentences X_1..X_N of the text X_text
+    tokens: tuple[str, ...]  # the text X_text, every sentence's tokens in order
+    outputs: Array  # (N, len(tokens), 4): A_r = CrossAttention(X_text, X_r)
     alpha: Array  # (N,): softmax(beta)
     r: Array  # (len(tokens), 4): the fused sequence R
 
@@ -154,13 +161,13 @@ class SeedFusionExample(NamedTuple):
 def seed_fusion_example() -> SeedFusionExample:
     r"""Run the seed's section 4.2 example: fuse attention over a text's sentences.
 
-    A text :math:`S` has three sentences :math:`X_1, X_2, X_3` of different
-    lengths (deterministic random word vectors, ``E = 4``). Branch ``i``
-    lets every token of :math:`S` attend over sentence :math:`X_i`:
-    :math:`A_i = \mathrm{CrossAttention}(S, X_i)`. All branches run as one
+    A text :math:`X_\mathrm{text}` has three sentences :math:`X_1, X_2, X_3` of
+    different lengths (deterministic random word vectors of width 4). Branch ``r``
+    lets every token of the text attend over sentence :math:`X_r`:
+    :math:`A_r = \mathrm{CrossAttention}(X_\mathrm{text}, X_r)`. All branches run as one
     batched call, the sentences padded to one length and masked with
     ``key_lengths``. :func:`~numpy_attention.fusion.weighted_fusion` then gives
-    :math:`R = \sum_i \alpha_i A_i`, with :math:`\alpha = \mathrm{softmax}(\beta)`.
+    :math:`R = \sum_r \alpha_r A_r`, with :math:`\alpha = \mathrm{softmax}(\beta)`.
 
     Returns
     -------
@@ -169,7 +176,7 @@ def seed_fusion_example() -> SeedFusionExample:
     Notes
     -----
     Eq. (4.10) of ``docs/fusion.md``:
-    :math:`R = \sum_{i=1}^N \alpha_i\,\mathrm{CrossAttention}(S, X_i)`,
+    :math:`R = \sum_{r=1}^N \alpha_r\,\mathrm{CrossAttention}(X_\mathrm{text}, X_r)`,
     computed by Eqs. (3.1)-(3.5) and Eq. (4.1).
 
     Examples
@@ -177,7 +184,7 @@ def seed_fusion_example() -> SeedFusionExample:
     >>> ex = seed_fusion_example()
     >>> [" ".join(s) for s in ex.sentences]
     ['the cat sat', 'it purred', 'then it slept soundly']
-    >>> ex.outputs.shape, ex.r.shape  # R has one row per token of S
+    >>> ex.outputs.shape, ex.r.shape  # R has one row per token of the text
     ((3, 9, 4), (9, 4))
     >>> ex.alpha.round(3).tolist()
     [0.09, 0.245, 0.665]
@@ -188,7 +195,7 @@ def seed_fusion_example() -> SeedFusionExample:
     sentences = (("the", "cat", "sat"), ("it", "purred"), ("then", "it", "slept", "soundly"))
     tokens = tuple(t for s in sentences for t in s)
     vocab = _seed_vocabulary(tokens)
-    text = np.array([vocab[t] for t in tokens])  # (T, E): the whole text S
+    text = np.array([vocab[t] for t in tokens])  # (T, Dm): the whole text X_text
     N, S = len(sentences), max(len(s) for s in sentences)
     padded = np.zeros((N, S, 4))  # sentence i in row i, zero padding after it
     for i, s in enumerate(sentences):
@@ -196,7 +203,7 @@ def seed_fusion_example() -> SeedFusionExample:
     lengths = np.array([len(s) for s in sentences])
     eye = np.eye(4)
     identity = CrossAttentionParams(w_q=eye, w_k=eye, w_v=eye, w_o=eye, num_heads=1)
-    x_q = np.broadcast_to(text, (N,) + text.shape)  # every branch asks from all of S
+    x_q = np.broadcast_to(text, (N,) + text.shape)  # every branch asks from the whole text
     outputs, _ = cross_attention_forward(identity, x_q, padded, key_lengths=lengths)
     alpha = softmax(np.array([0.0, 1.0, 2.0]))  # Eq. (4.2) with beta = (0, 1, 2)
     r = weighted_fusion(outputs, alpha)  # Eq. (4.1)
@@ -239,6 +246,17 @@ def _save(fig: Any, out: Path, name: str, written: list[Path], log: Callable[[st
     log(f"wrote {path}")
 
 
+def _graph(out: Path, written: list[Path], log: Callable[[str], None]) -> None:
+    """Chapter 2's computation graph, forward and backward arrows labelled by equation."""
+    from .plotting import plot_computation_graph
+
+    log("\n0. The computation graph of attention (docs/attention.md): graph.png")
+    fig = plot_computation_graph(
+        title="Attention's computation graph: forward (blue) and backward (orange), by equation"
+    )
+    _save(fig, out, "graph.png", written, log)
+
+
 def _cross_attention(out: Path, written: list[Path], log: Callable[[str], None]) -> None:
     """Seed section 4.1: R1 = softmax(Q1 K2^T / sqrt(d)) V2 for two sentences."""
     from .plotting import plot_cross_attention
@@ -250,13 +268,14 @@ def _cross_attention(out: Path, written: list[Path], log: Callable[[str], None])
         log(f"    {word:>5} reads {best:<6} (weights: {np.array2string(row, precision=2)})")
     fig = plot_cross_attention(
         ex.weights, ex.s1, ex.s2,
-        title="Cross-attention: S1 = English (queries), S2 = French (keys, values)",
+        title="Cross-attention: English queries, French keys and values",
+        query_name="English", key_name="French",
     )  # fmt: skip
     _save(fig, out, "cross_attention.png", written, log)
 
 
 def _fusion(out: Path, written: list[Path], log: Callable[[str], None]) -> None:
-    """Seed section 4.2: Y = sum_i alpha_i A_i(X), three branches with their own parameters."""
+    """Seed section 4.2: Y = sum_r alpha_r A_r(X), three branches with their own parameters."""
     from ..fusion import fusion_forward, init_fusion
     from .plotting import plot_fusion
 
@@ -281,12 +300,13 @@ def _fusion(out: Path, written: list[Path], log: Callable[[str], None]) -> None:
     params = replace(params, branches=branches)
     y, cache = fusion_forward(params, x, is_causal=True)
     maps = np.stack([w[0, 0] for w in cache.branch_weights])  # (N, L, L)
-    names = ["previous word", "same word", "random init"]
+    names = ["previous word (hand-built)", "same word (hand-built)", "random init (untrained)"]
     log("\n1b. Weighted fusion of 3 self-attention branches (seed section 4.2), causal")
     log(f"    alpha = {np.array2string(cache.alpha, precision=2)}, output shape {y.shape}")
     fig = plot_fusion(
         maps, cache.alpha, SENTENCE, SENTENCE, branch_names=names,
-        title="Fusion: Y = sum_i alpha_i A_i(X), each branch with its own parameters",
+        title=r"Fusion $Y = \sum_r \alpha_r A_r(X)$ (causal): 2 hand-built branches, 1 random",
+        mask=causal_mask(len(SENTENCE), len(SENTENCE)),
     )  # fmt: skip
     _save(fig, out, "fusion.png", written, log)
 
@@ -306,7 +326,8 @@ def _heads(out: Path, written: list[Path], log: Callable[[str], None]) -> None:
     log(f"    weights shape {cache.weights.shape}; every row sums to 1 over the allowed keys")
     fig = plot_heads(
         w, SENTENCE, SENTENCE, mask=mask, ncols=2,
-        title="Causal self-attention, 4 heads (grey: masked, a query cannot see the future)",
+        title="Causal self-attention, 4 heads of a RANDOMLY INITIALISED (untrained) layer:\n"
+        "the patterns mean nothing yet; grey = masked (a query cannot see the future)",
     )  # fmt: skip
     _save(fig, out, "heads.png", written, log)
 
@@ -322,8 +343,8 @@ def _masks(out: Path, written: list[Path], log: Callable[[str], None]) -> None:
             L, S, align="bottom_right"
         ),
         f"padding: 5 real keys of S={S}": np.broadcast_to(padding_mask([5], S)[0, 0], (L, S)),
-        "sliding window (2, 0), L=S=7\ncausal local": sliding_window_mask(7, 7, (2, 0)),
-        "sliding window 1, L=S=7\nsymmetric": sliding_window_mask(7, 7, 1),
+        "sliding window (left 2, right 0)\nL=S=7, causal local": sliding_window_mask(7, 7, (2, 0)),
+        "sliding window (left 1, right 1)\nL=S=7, symmetric": sliding_window_mask(7, 7, 1),
         "causal & padding (5 of 7)": causal_mask(7, 7) & padding_mask([5], 7)[0, 0],
     }
     log("\n2b. Mask gallery (True = attend): " + "; ".join(k.split("\n")[0] for k in gallery))
@@ -419,6 +440,7 @@ def run_demo(
     written: list[Path] = []
     # one_blas_thread(n) limits BLAS while n > 1 threads run; here: the whole demo, one thread
     with matplotlib.style.context("default"), one_blas_thread(2):
+        _graph(out, written, log)
         _cross_attention(out, written, log)
         _fusion(out, written, log)
         _heads(out, written, log)

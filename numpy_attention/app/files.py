@@ -172,7 +172,8 @@ def load_weights(path: str | Path, key: str | None = None) -> LoadedWeights:
     Returns
     -------
     loaded : LoadedWeights
-        ``weights`` (float64, shape ``(L, S)`` or ``(H, L, S)``), ``key`` (the
+        ``weights`` (float64, shape ``(L, S)``, ``(H, L, S)``, ``(B, H, L, S)`` or a model's
+        stack ``(layers, B, H, L, S)``), ``key`` (the
         array's name, ``""`` for a ``.npy``) and ``dtype`` (as stored).
 
     Raises
@@ -181,7 +182,7 @@ def load_weights(path: str | Path, key: str | None = None) -> LoadedWeights:
         Missing, unreadable or not a regular file; pickled objects; a header
         declaring more than :data:`MAX_ELEMENTS` numbers or more data than the
         file holds; an archive member that is not ``.npy``; a missing or
-        ambiguous key; a non-numeric array, not 2-D or 3-D, empty, NaN/inf, or
+        ambiguous key; a non-numeric array, not 2-D to 5-D, empty, NaN/inf, or
         values outside [0, 1]. The message is one line.
 
     Examples
@@ -213,7 +214,7 @@ def load_weights(path: str | Path, key: str | None = None) -> LoadedWeights:
         raise InputError(f"{p}: unreadable: {e.strerror or e}") from None
     where = f"{p}" + (f"[{name}]" if name else "")
     try:
-        checked = check_weights(w, where, (2, 3))
+        checked = check_weights(w, where, (2, 3, 4, 5))
     except (TypeError, ValueError) as e:
         raise InputError(str(e)) from None
     return LoadedWeights(checked, name, w.dtype)

@@ -50,9 +50,13 @@ __all__ = [
     "plot_fusion",
     "plot_mask_gallery",
     "plot_training",
+    "plot_computation_graph",
+    "select_heads",
     "save_figure",
 ]
 
+#: Links weaker than this are not drawn in the cross-attention diagram (the figure says so).
+MIN_LINK = 0.02
 #: Colour of masked cells: light grey, not on the viridis scale.
 MASKED_COLOR = "#d0d0d0"
 #: ``annotate=True`` writes numbers only in maps of at most this many rows and columns
@@ -70,6 +74,8 @@ _TOL = 1e-6  # weights may exceed [0, 1] by float rounding, no more
 
 
 _RANKS = {2: "shape (L, S)", 3: "shape (H, L, S)"}
+#: The ranks ``plot`` reads: a map, heads, a batch of heads, a stack of layers.
+_ANY = "2-D (L, S), 3-D (H, L, S), 4-D (B, H, L, S) or 5-D (layers, B, H, L, S) weights"
 
 
 def check_weights(
@@ -117,8 +123,9 @@ def check_weights(
         raise TypeError(f"{name}: expected a numeric array of attention weights, got {w.dtype}")
     ranks = (ndim,) if isinstance(ndim, int) else tuple(ndim)
     if w.ndim not in ranks:
-        want = _RANKS[ranks[0]] if len(ranks) == 1 else "2-D (L, S) or 3-D (H, L, S) weights"
-        hint = " (save one batch element, e.g. w[0])" if w.ndim == 4 and 3 in ranks else ""
+        want = (_RANKS[ranks[0]] if len(ranks) == 1
+                else _ANY if 5 in ranks else "2-D (L, S) or 3-D (H, L, S) weights")  # fmt: skip
+        hint = " (save one batch element, e.g. w[0])" if w.ndim == 4 and 4 not in ranks else ""
         raise ValueError(f"{name}: expected {want}, got shape {w.shape}{hint}")
     if w.size == 0:
         raise ValueError(f"{name}: the array is empty (shape {w.shape})")
@@ -219,7 +226,8 @@ def _annotate(ax: Axes, w: NDArray[np.float64], keep: NDArray[np.bool_] | None) 
         if keep is not None and not keep[i, j]:
             continue
         color = "black" if w[i, j] > 0.6 else "white"
-        ax.text(j, i, f"{w[i, j]:.2f}", ha="center", va="center", fontsize=7, color=color)
+        size = 9 if max(w.shape) <= 12 else 7  # readable in small maps, no overlap in large ones
+        ax.text(j, i, f"{w[i, j]:.2f}", ha="center", va="center", fontsize=size, color=color)
 
 
 def _draw_map(
@@ -338,6 +346,55 @@ def plot_attention(
     return cast("Figure", ax.figure)
 
 
+def select_heads(weights: Any, layer: int = 0, batch: int = 0) -> NDArray[np.float64]:
+    r"""Pick one layer and one batch element of a model's attention maps: ``(H, L, S)``.
+
+    Hugging Face (``output_attentions=True``) and bertviz hand over a tuple with one
+    ``(B, H, L, S)`` array per layer; ``plot`` reads the same stack saved as one array
+    ``(layers, B, H, L, S)``, for instance with
+    ``np.save("attn.npy", torch.stack(out.attentions).float().numpy())``.
+
+    Parameters
+    ----------
+    weights : tuple or list of array_like (B, H, L, S), or array_like
+        One array per layer; or one array of shape ``(layers, B, H, L, S)``,
+        ``(B, H, L, S)`` (``layer`` is then ignored) or ``(H, L, S)`` (returned as is).
+    layer, batch : int, optional
+        Which layer and which batch element (negative counts from the end, as in NumPy).
+
+    Returns
+    -------
+    w : ndarray of float64, shape (H, L, S)
+
+    Raises
+    ------
+    ValueError
+        If the layers differ in shape, the rank is not 3 to 5, or ``layer`` or ``batch`` is out
+        of range (the message names the range).
+
+    Examples
+    --------
+    >>> per_layer = (np.full((2, 4, 3, 3), 1 / 3), np.full((2, 4, 3, 3), 1 / 3))  # 2 layers
+    >>> select_heads(per_layer, layer=1, batch=0).shape
+    (4, 3, 3)
+    """
+    if isinstance(weights, (tuple, list)) and weights and np.ndim(weights[0]) == 4:
+        shapes = {np.shape(w) for w in weights}
+        if len(shapes) != 1:
+            raise ValueError(f"the layers' attention maps differ in shape: {sorted(shapes)}")
+        weights = np.stack([np.asarray(w) for w in weights])
+    w = check_weights(weights, "weights", (3, 4, 5))
+    if w.ndim == 5:
+        if not -w.shape[0] <= layer < w.shape[0]:
+            raise ValueError(f"layer must lie in [0, {w.shape[0]}), got {layer}")
+        w = w[layer]
+    if w.ndim == 4:
+        if not -w.shape[0] <= batch < w.shape[0]:
+            raise ValueError(f"batch must lie in [0, {w.shape[0]}), got {batch}")
+        w = w[batch]
+    return w
+
+
 def plot_heads(
     weights: ArrayLike,
     query_labels: Sequence[Any] | None = None,
@@ -348,13 +405,17 @@ def plot_heads(
     head_names: Sequence[str] | None = None,
     title: str | None = None,
     annotate: bool = False,
+    layer: int = 0,
+    batch: int = 0,
 ) -> Figure:
     r"""Draw a grid of attention maps, one per head, with one shared [0, 1] colour bar.
 
     Parameters
     ----------
-    weights : array_like, shape (H, L, S)
-        Per-head attention weights in [0, 1].
+    weights : array_like, shape (H, L, S), or a model's stack of layers
+        Per-head attention weights in [0, 1]; or a tuple of per-layer ``(B, H, L, S)``
+        arrays (Hugging Face's ``attentions``, bertviz), or one array ``(layers, B, H, L, S)``
+        or ``(B, H, L, S)``: ``layer`` and ``batch`` pick the maps (:func:`select_heads`).
     query_labels, key_labels : sequence, optional
         Row (length L) and column (length S) token labels, shared by every head.
     mask : array_like of bool, optional
@@ -369,6 +430,8 @@ def plot_heads(
     annotate : bool, optional
         Write each weight in its cell (maps up to :data:`MAX_ANNOTATE` x
         :data:`MAX_ANNOTATE` only).
+    layer, batch : int, optional
+        Which layer and batch element of a stack to draw (default the first of each).
 
     Returns
     -------
@@ -386,7 +449,8 @@ def plot_heads(
     >>> sum(1 for a in fig.axes if a.images)
     3
     """
-    w = _check_weights(weights, 3)
+    stacked = isinstance(weights, (tuple, list)) or np.ndim(weights) > 3
+    w = select_heads(weights, layer, batch) if stacked else _check_weights(weights, 3)
     H, L, S = w.shape
     keep = _check_mask(mask, w.shape)
     qlab = _check_labels(query_labels, L, "query_labels")
@@ -413,7 +477,7 @@ def plot_heads(
             ax.set_yticklabels([])
         ax.set_title(names[h])
     assert im is not None  # H >= 1
-    cbar = fig.colorbar(im, ax=used, label="weight", fraction=0.05)
+    cbar = fig.colorbar(im, ax=used, label="weight", fraction=0.04, pad=0.01, aspect=30)
     if keep is not None and not keep.all():
         _masked_legend(cbar.ax, below=True)
     if title:
@@ -496,7 +560,7 @@ def _draw_links(
     yk = np.linspace(0, n - 1, S) if S > 1 else np.array([(n - 1) / 2])
     best = w.argmax(axis=1)
     for i, j in np.ndindex(L, S):
-        if w[i, j] < 0.02:
+        if w[i, j] < MIN_LINK:
             continue
         top = j == best[i]
         ax.plot(
@@ -514,7 +578,11 @@ def _draw_links(
     ax.set_yticks([])
     for side in ("left", "right", "bottom", "top"):
         ax.spines[side].set_visible(False)
-    ax.set_title("strongest link per query (orange)", fontsize=9)
+    ax.set_title(
+        "one line per (query, key), width and\nopacity = weight; orange: each query's\n"
+        f"strongest key, blue: the others;\nweights below {MIN_LINK:g} are not drawn",
+        fontsize=8,
+    )
 
 
 def plot_fusion(
@@ -525,6 +593,7 @@ def plot_fusion(
     *,
     branch_names: Sequence[str] | None = None,
     title: str | None = None,
+    mask: ArrayLike | None = None,
 ) -> Figure:
     r"""Weighted fusion of attention branches: each branch's map beside a bar chart of alpha.
 
@@ -539,6 +608,10 @@ def plot_fusion(
     branch_names : sequence of str, optional
         Default ``"branch 0"``, ``"branch 1"``, ...
     title : str, optional
+        Figure title (``$...$`` is mathtext).
+    mask : array_like of bool, optional
+        Broadcastable to (N, L, S), True = attend; False cells are drawn in
+        :data:`MASKED_COLOR` (as :func:`plot_heads` does), with a "masked" legend entry.
 
     Returns
     -------
@@ -565,24 +638,117 @@ def plot_fusion(
     qlab = _check_labels(query_labels, L, "query_labels")
     klab = _check_labels(key_labels, S, "key_labels")
     names = _check_labels(branch_names, N, "branch_names") or [f"branch {n}" for n in range(N)]
-    panel_w, panel_h = min(1.4 + 0.32 * S, 5.0), min(1.4 + 0.32 * L, 5.0)
-    fig = _new_figure(N * panel_w + 3.0, panel_h + (0.4 if title else 0.0))
-    axes = fig.subplots(1, N + 1, width_ratios=[1.0] * N + [0.7])
+    keep = _check_mask(mask, w.shape)
+    ncols = 2 if N >= 2 else 1  # two columns: readable in a README column (about 800 px)
+    nrows = -(-(N + 1) // ncols)
+    panel_w, panel_h = min(1.3 + 0.26 * S, 3.6), min(1.2 + 0.26 * L, 3.6)
+    fig = _new_figure(ncols * panel_w + 1.0, nrows * panel_h + (0.5 if title else 0.1))
+    grid = fig.subplots(nrows, ncols, squeeze=False).flat
+    axes = [next(grid) for _ in range(N + 1)]
+    for ax in grid:
+        ax.remove()
     im = None
     for n in range(N):
-        im = _draw_map(axes[n], w[n], None, qlab, klab, False, ylabel="query" if n == 0 else "")
-        if n:
-            axes[n].set_yticklabels([])
-        axes[n].set_title(f"{names[n]}\nalpha = {a[n]:.2f}", fontsize=10)
+        im = _draw_map(
+            axes[n], w[n], None if keep is None else keep[n], qlab, klab, False,
+            ylabel="query" if n % ncols == 0 else "",
+        )  # fmt: skip
+        axes[n].tick_params(labelsize=7)
+        axes[n].set_title(f"{names[n]}\n$\\alpha_{n}$ = {a[n]:.2f}", fontsize=9)
     bar = axes[N]
     bars = bar.bar(np.arange(N), a, color="tab:orange")
     bar.bar_label(bars, fmt="%.2f", fontsize=8)
     bar.set_xticks(np.arange(N), names, rotation=45, ha="right", rotation_mode="anchor")
     bar.set_ylim(0, 1.05)
-    bar.set_ylabel("alpha (fusion weight)")
-    bar.set_title("alpha", fontsize=10)
+    bar.set_ylabel(r"$\alpha_r$ (fusion weight)")
+    bar.set_title(r"$\alpha = \mathrm{softmax}(\beta)$", fontsize=9)
+    bar.tick_params(labelsize=7)
     assert im is not None  # N >= 1
-    fig.colorbar(im, ax=list(axes[:N]), label="weight", fraction=0.05)
+    cbar = fig.colorbar(im, ax=list(axes[:N]), label="weight", fraction=0.05)
+    if keep is not None and not keep.all():
+        _masked_legend(cbar.ax, below=True)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+#: The forward chain of chapter 2: node, its symbol, the equation that makes it from the last.
+GRAPH_NODES = (
+    ("S", r"$S$", "(2.1)"),
+    ("S~", r"$\tilde S$", "(2.2)"),
+    ("P", r"$P$", "(2.3)"),
+    ("P~", r"$\tilde P$", "(2.4)"),
+    ("O", r"$O$", "(2.5)"),
+)
+#: The backward arrows, from the gradient of a node to the gradient of the one before it.
+GRAPH_BACKWARD = (
+    ("O", "P~", r"$d\tilde P = dO\,V^\top$", "(2.10)"),
+    ("P~", "P", r"$dP = d\tilde P \odot Z/(1-p_\mathrm{drop})$", "(2.11)"),
+    ("P", "S~", r"$dS = P \odot (dP - D)$", "(2.12)-(2.13)"),
+    ("S~", "S", r"$dS$ on allowed entries", "(2.2)"),
+)
+
+
+def plot_computation_graph(*, title: str | None = None) -> Figure:
+    r"""Chapter 2's computation graph: forward arrows above, backward arrows below.
+
+    The forward runs :math:`Q, K \to S \to \tilde S \to P \to \tilde P \to O` (with
+    :math:`V` entering at :math:`O`), each arrow labelled with the equation it computes; the
+    backward arrows run the other way, labelled with the equation that undoes each step, and
+    the gradients leave the graph at :math:`dV` (Eq. (2.10)) and :math:`dQ`, :math:`dK`
+    (Eq. (2.14)).
+
+    Parameters
+    ----------
+    title : str, optional
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> fig = plot_computation_graph()
+    >>> sorted(t.get_text() for t in fig.axes[0].texts if t.get_text().startswith("(2.1"))
+    ['(2.1)', '(2.10)', '(2.11)', '(2.12)-(2.13)', '(2.14)']
+    """
+    fig = _new_figure(8.0, 3.4)
+    ax = fig.add_subplot()
+    x = {name: 1.6 * (n + 1) for n, (name, _, _) in enumerate(GRAPH_NODES)}
+    box = {"boxstyle": "round,pad=0.35", "facecolor": "#eef3fb", "edgecolor": "tab:blue"}
+    fwd = {"arrowstyle": "-|>", "color": "tab:blue", "lw": 1.4}
+    bwd = {"arrowstyle": "-|>", "color": "tab:orange", "lw": 1.4}
+    ax.text(0.0, 0.0, "$Q, K$", ha="center", va="center", fontsize=12, bbox=box)
+    ax.text(x["O"], 1.0, "$V$", ha="center", va="center", fontsize=12, bbox=box)
+    ax.annotate("", (x["O"], 0.25), (x["O"], 0.8), arrowprops=fwd)
+    previous = 0.0
+    for name, symbol, eq in GRAPH_NODES:
+        ax.text(x[name], 0.0, symbol, ha="center", va="center", fontsize=13, bbox=box)
+        ax.annotate("", (x[name] - 0.35, 0.0), (previous + 0.35, 0.0), arrowprops=fwd)
+        ax.text((x[name] + previous) / 2, 0.18, eq, ha="center", fontsize=8, color="tab:blue")
+        previous = x[name]
+    ax.text(x["O"] + 1.0, 0.0, r"$\mathcal{L}$", ha="center", va="center", fontsize=13)
+    ax.annotate("", (x["O"] + 0.8, 0.0), (x["O"] + 0.35, 0.0), arrowprops=fwd)
+    for src, dst, formula, eq in GRAPH_BACKWARD:
+        ax.annotate("", (x[dst] + 0.2, -0.55), (x[src] - 0.2, -0.55), arrowprops=bwd)
+        mid = (x[src] + x[dst]) / 2
+        ax.text(mid, -0.75, eq, ha="center", fontsize=8, color="tab:orange")
+        ax.text(mid, -1.05, formula, ha="center", fontsize=7)
+    ax.annotate("", (x["O"] + 0.25, 0.75), (x["O"] + 0.25, -0.4), arrowprops=bwd)
+    ax.text(
+        x["O"] + 0.35, 0.45, "$dV = \\tilde P^\\top dO$  (2.10)", fontsize=7, color="tab:orange"
+    )
+    ax.annotate("", (0.0, -0.35), (x["S"] - 0.2, -0.55), arrowprops=bwd)
+    ax.text(0.0, -0.75, "(2.14)", ha="center", fontsize=8, color="tab:orange")
+    ax.text(0.0, -1.05, r"$dQ = \mathrm{scale}\, dS\,K$" "\n" r"$dK = \mathrm{scale}\, dS^\top Q$",
+            ha="center", va="top", fontsize=7)  # fmt: skip
+    ax.text(x["O"] + 1.0, -0.55, "$dO$", ha="center", va="center", fontsize=11)
+    ax.annotate("", (x["O"] + 0.2, -0.55), (x["O"] + 0.8, -0.55), arrowprops=bwd)
+    ax.text(-0.7, 0.55, "forward", fontsize=9, color="tab:blue")
+    ax.text(-0.7, -1.5, "backward", fontsize=9, color="tab:orange")
+    ax.set_xlim(-0.8, x["O"] + 1.4)
+    ax.set_ylim(-1.65, 1.3)
+    ax.axis("off")
     if title:
         fig.suptitle(title)
     return fig
