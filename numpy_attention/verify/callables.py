@@ -198,8 +198,8 @@ def check_callable(
     ...                                causal_align=align)
     ...     return {"out": out}
     >>> report = check_callable(mine, dtype="float32")
-    >>> report.passed, report.counts["PASS"], report.counts["MISSING"] > 0
-    (True, 20, True)
+    >>> report.passed, report.counts["PASS"] >= 20, report.counts["MISSING"] > 0
+    (True, True, True)
     """
     name = dtype_name(dtype)
     chosen = _select(cases)

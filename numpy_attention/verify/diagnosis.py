@@ -246,8 +246,8 @@ def _fully_masked_hint(a: NDArray[np.floating], d: NDArray[np.floating], bad: ND
         return []
     return [
         "only rows whose every key is masked are wrong: the reference (PyTorch >= 2.5) gives "
-        "output 0, weights 0 and lse -inf there; JAX and a -1e9 fill give mean(V) "
-        "(softmax of equal scores), the CPU flash kernel lse 0"
+        "output 0, weights 0 and lse -inf there; JAX and a finite mask sentinel (a -1e9 or "
+        "-5e4 fill) give mean(V) (softmax of equal scores), the CPU flash kernel lse 0"
     ]
 
 
@@ -269,15 +269,16 @@ def _lse_hints(a: NDArray[np.floating], d: NDArray[np.floating], ok: NDArray[np.
 def _weight_hints(a: NDArray[np.floating], d: NDArray[np.floating], bad: NDArray[np.bool_],
                   ctx: Mapping[str, Any]) -> list[str]:  # fmt: skip
     hints = _after_dropout(a, d, ctx) or _score_factor(a, d, ctx)
-    rows = a.sum(axis=-1)
-    live = (d.sum(axis=-1) > 0.5) & (rows > 0)  # a row of zeros is a masking matter, below
-    if not hints and live.any() and not np.allclose(rows[live], 1.0, atol=1e-2):
+    rows, want = a.sum(axis=-1), d.sum(axis=-1)  # 1, or less with attention sinks
+    live = (want > 0.5) & (rows > 0)  # a row of zeros is a masking matter, below
+    if not hints and live.any() and not np.allclose(rows[live], want[live], atol=1e-2):
         cols = a.sum(axis=-2)
         if np.allclose(cols[np.isfinite(cols)], 1.0, atol=1e-2):
             hints.append("columns of the weights sum to 1, rows do not: softmax over the query "
                          "axis instead of the key axis")  # fmt: skip
         else:
-            hints.append("rows of the weights do not sum to 1")
+            hints.append("rows of the weights do not sum to what the reference's do (1 without "
+                         "sinks)")  # fmt: skip
     L, S = a.shape[-2:]
     for what, where in (
         ("attends to keys the reference masks", bad & (d == 0) & (a != 0)),
@@ -299,8 +300,9 @@ def _weight_hints(a: NDArray[np.floating], d: NDArray[np.floating], bad: NDArray
                          "j <= i) or the other causal alignment (top-left offset 0, bottom-right "
                          f"S - L = {S - L})")  # fmt: skip
         else:
-            hints.append(f"{what}: inverted mask polarity (True = attend here), a wrong causal "
-                         "alignment or a missing mask")  # fmt: skip
+            hints.append(f"{what}: inverted mask polarity (True = attend here), a finite mask "
+                         "sentinel (-1e4, -5e4) that loses to very negative logits, a wrong "
+                         "causal alignment or a missing mask")  # fmt: skip
     return hints
 
 
