@@ -3,12 +3,14 @@ r"""The precision model: what a naive implementation in the candidate's dtype ge
 A low-precision candidate is judged against the error of a *same-precision
 reference*, as FlashAttention's and PyTorch's own test suites do:
 
-.. math:: \max_i |a_i - d_i| \le k_q \, b_q + u \max_j |d_j|
+.. math:: \max_\iota |\mathrm{cand}_\iota - \mathrm{ref}_\iota| \le
+   \xi \, \mathrm{err}_\mathrm{naive} + \mathrm{u} \max_{\iota'} |\mathrm{ref}_{\iota'}|
 
-where ``d`` is the float64 truth, ``b_q`` the largest error of a naive
-attention computed in the same dtype (:func:`emulate_sdpa`) against that
-truth, ``k_q`` a factor per quantity (:data:`BASELINE_FACTORS`) and ``u`` the
-dtype's unit roundoff (Eq. (7.3) of ``docs/verify.md``).
+where ``cand`` is the candidate's array, ``ref`` the float64 truth, ``iota``
+an entry, ``err_naive`` the largest error of a naive attention computed in the
+same dtype (:func:`emulate_sdpa`) against that truth, ``xi`` a factor per
+quantity (:data:`BASELINE_FACTORS`) and ``u`` the dtype's unit roundoff
+(Eq. (7.3) of ``docs/verify.md``; the letters are those of its glossary).
 
 How the baseline is emulated in NumPy (:func:`emulate_sdpa`): the inputs are
 rounded to the dtype first (the suite's inputs are exactly representable in
@@ -22,7 +24,7 @@ NumPy); the float8 formats come from ``ml_dtypes``, imported only when asked.
 
 - :data:`BASELINE_FACTORS`, :data:`UNIT_ROUNDOFF`, :func:`rounding`.
 - :func:`emulate_sdpa`: the naive same-dtype forward and backward of one case.
-- :func:`baseline_errors`: ``b_q`` per dtype and quantity for a case, as the
+- :func:`baseline_errors`: ``err_naive`` per dtype and quantity for a case, as the
   suite's manifest stores them.
 """
 
@@ -55,7 +57,7 @@ POLICIES = ("baseline", "absolute")
 #: naive baseline sums in the reference's own order and is about one ulp: see docs/verify.md).
 LOW_PRECISION = ("float16", "bfloat16")
 
-#: ``k_q`` of Eq. (7.3): forward quantities 2 (FlashAttention-2's factor for ``out``),
+#: ``xi`` of Eq. (7.3): forward quantities 2 (FlashAttention-2's factor for ``out``),
 #: gradients 3 (its factor for ``dq``, ``dk``, ``dv``); measured in ``docs/verify.md``.
 BASELINE_FACTORS = {"forward": 2.0, "gradient": 3.0}
 
@@ -71,7 +73,7 @@ UNIT_ROUNDOFF = {
 
 
 def baseline_factor(quantity: str) -> float:
-    """Return ``k_q``: 2 for ``out``, ``weights``, ``lse``; 3 for gradients (names ``d...``).
+    """Return ``xi`` of Eq. (7.3): 2 for ``out``, ``weights``, ``lse``; 3 for gradients (names ``d...``).
 
     Examples
     --------
@@ -241,7 +243,7 @@ def _round_up(x: float) -> float:
 def baseline_errors(
     inputs: Mapping[str, Any], expected: Mapping[str, NDArray[np.floating]], kind: str = "sdpa"
 ) -> dict[str, dict[str, float]]:
-    r"""Return ``b_q`` of Eq. (7.3) per dtype and quantity: what the manifest stores.
+    r"""Return ``err_naive`` of Eq. (7.3) per dtype and quantity: what the manifest stores.
 
     Parameters
     ----------
