@@ -612,8 +612,8 @@ _DESCRIPTIONS = {
     "query i sees keys i + 3 - 2 .. i + 3 + 1, Eq. (2.8).",
     "variant_window_left": "Window (3, None): query i sees keys j >= i - 3, unbounded on the "
     "right (FlashAttention window_size = (3, -1)).",
-    "variant_alibi": "ALiBi: slopes mu_h = 2^(-8 (h + 1) / Hq) (h from 0), scores minus mu_h |i - j|, "
-    "Eq. (8.4), no causal mask.",
+    "variant_alibi": "ALiBi: slopes mu_h = 2^(-8 (h + 1) / Hq) (h from 0), scores minus "
+    "mu_h |i - j|, Eq. (8.4), no causal mask.",
     "variant_sinks": "Attention sinks (gpt-oss): a learned logit per head in every row's "
     "denominator, Eq. (8.9); d_sinks expected; weights sum to less than 1; lse includes the sink.",
     "variant_chunk_causal": "Chunked attention (Llama 4) with chunk_size 4 AND is_causal: query i "

@@ -157,7 +157,8 @@ def compare_attention(
     An element passes when
 
     .. math:: |\mathrm{cand}_\iota - \mathrm{ref}_\iota| \le
-       \mathrm{atol}\cdot\max_{\iota'} |\mathrm{ref}_{\iota'}| + \mathrm{rtol}\cdot|\mathrm{ref}_\iota|
+       \mathrm{atol}\cdot\max_{\iota'} |\mathrm{ref}_{\iota'}|
+       + \mathrm{rtol}\cdot|\mathrm{ref}_\iota|
 
     (Eq. (7.1) of ``docs/verify.md``: ``cand`` is ``actual``, ``ref`` is
     ``desired``, ``iota`` an entry); infinities must match exactly (a fully

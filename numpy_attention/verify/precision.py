@@ -73,7 +73,7 @@ UNIT_ROUNDOFF = {
 
 
 def baseline_factor(quantity: str) -> float:
-    """Return ``xi`` of Eq. (7.3): 2 for ``out``, ``weights``, ``lse``; 3 for gradients (names ``d...``).
+    """Return ``xi`` of Eq. (7.3): 2 for ``out``, ``weights``, ``lse``; 3 for gradients (``d...``).
 
     Examples
     --------
