@@ -245,7 +245,7 @@ def run_cross_attention(a: dict, dtype: torch.dtype) -> dict:
 
 
 def run_fusion(a: dict, dtype: torch.dtype) -> dict:
-    """Weighted fusion: sum_i alpha_i * MHA_i(x, x, x), one nn.MultiheadAttention per branch."""
+    """Weighted fusion: sum_r alpha_r * MHA_r(x, x, x), one nn.MultiheadAttention per branch."""
     x = tensor(a["x"], dtype, grad=True)
     alpha = tensor(a["alpha"], dtype, grad=True)
     mhas = [make_mha(a, f"branch{i}_", dtype) for i in range(alpha.shape[0])]

@@ -233,3 +233,20 @@ def test_plot_reads_a_models_stack_and_draws_the_chosen_layer(tmp_path):
     assert main(["plot", str(f), "--layer", "1", "--batch", "2"]) == 0
     assert (tmp_path / "attn.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["plot", str(f), "--layer", "2", "--force"]) == 2
+
+
+def test_plot_title_says_which_layer_and_batch_of_a_stack(tmp_path, monkeypatch):
+    """The default title of a stack's figure names the layer and batch drawn, not only the file."""
+    import numpy_attention.app.plotting as plotting
+
+    titles = []
+    real = plotting.plot_heads
+    monkeypatch.setattr(
+        plotting, "plot_heads", lambda *a, **kw: titles.append(kw["title"]) or real(*a, **kw)
+    )
+    w = np.random.default_rng(0).random((2, 3, 4, 5, 5))
+    np.save(tmp_path / "attn.npy", w / w.sum(-1, keepdims=True))
+    np.save(tmp_path / "batch.npy", w[0] / w[0].sum(-1, keepdims=True))
+    assert main(["plot", str(tmp_path / "attn.npy"), "--layer", "1", "--batch", "2"]) == 0
+    assert main(["plot", str(tmp_path / "batch.npy"), "--batch", "1"]) == 0
+    assert titles == ["attn.npy: layer 1, batch 2", "batch.npy: batch 1"]

@@ -35,7 +35,7 @@ def test_seed_formula_literal_loops_give_the_layer_weights():
 
 def test_seed_fusion_example_matches_unpadded_per_sentence_attention():
     """The seed's section 4.2 example: each padded, batched branch equals cross-attention of the
-    text S over that sentence alone (no padding), and R = sum_i alpha_i A_i."""
+    text S over that sentence alone (no padding), and R = sum_r alpha_r A_r."""
     ex = seed_fusion_example()
     vocab = _seed_vocabulary(ex.tokens)
     text = np.array([vocab[t] for t in ex.tokens])[None]

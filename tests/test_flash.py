@@ -402,6 +402,30 @@ def test_backward_refuses_a_wrong_d_out_shape():
         flash_attention_backward(np.ones((3, 2)), cache)
 
 
+@pytest.mark.parametrize("dtype, jump", [(np.float64, 800.0), (np.float32, 200.0)])
+def test_rescale_factor_reaches_zero_and_drops_the_old_blocks(dtype, jump):
+    """Eq. (5.4)'s gamma = exp(m_old - m_new) lies in [0, 1], not (0, 1] (flash.md, 5.4): it is
+    exactly 0 when the row maximum jumps by more than the dtype's exp range between two key
+    blocks (row 0: scores 0, then `jump`), and when the row saw no allowed key before (row 1: key
+    block 0 masked for it, m_old = -inf). Then l and O^ of the old blocks must be dropped: code
+    that kept gamma away from 0 (gamma == 0 -> 1, say) would give key block 0 half the weight."""
+    assert dtype(np.exp(dtype(-jump))) == 0  # the premise: gamma underflows to exactly 0
+    rng = RNG(11)
+    q = np.ones((2, 1), dtype)
+    k = np.repeat([0.0, jump], 4)[:, None].astype(dtype)  # key block 0 scores 0, block 1 `jump`
+    v = rng.normal(size=(8, 3)).astype(dtype)
+    mask = np.ones((2, 8), dtype=bool)
+    mask[1, :4] = False  # row 1 sees no key of block 0
+    kwargs = dict(q=q, k=k, v=v, attn_mask=mask, scale=1.0)
+    out, cache = flash_attention_forward(**kwargs, block_q=2, block_k=4)
+    # exp(0 - jump) is 0 in dtype: both rows are the plain average of block 1's values
+    want = v[4:].astype(np.float64).mean(axis=0)
+    np.testing.assert_allclose(out, np.broadcast_to(want, (2, 3)), rtol=1e-6, atol=0)
+    np.testing.assert_allclose(cache.lse, jump + np.log(4), rtol=1e-6)
+    out_c, _ = attention_forward(**kwargs)
+    np.testing.assert_allclose(out, out_c, rtol=1e-6 if dtype == np.float32 else 1e-14)
+
+
 def test_overflowing_scores_are_refused_as_in_the_core():
     """A score that overflows to +-inf must not pass for a mask: ValueError, as the core."""
     q = np.full((2, 2), 1e200)

@@ -81,7 +81,7 @@ def flat_grads(d_branches):
 )
 def test_learned_fusion_gradients_match_finite_differences(kwargs):
     """d_x, d_beta and every branch's weight and bias gradients (one branch with GQA) equal float64
-    finite differences of sum(Y * G), Y = sum_i softmax(beta)_i A_i(X)."""
+    finite differences of sum(Y * G), Y = sum_r softmax(beta)_r A_r(X)."""
     rng = np.random.default_rng(20)
     branches = random_branches(rng, 3)
     beta = rng.normal(size=3)
@@ -142,7 +142,7 @@ def test_concat_fusion_gradients_match_finite_differences():
 
 @pytest.mark.parametrize("as_array", [False, True])
 def test_weighted_fusion_backward_matches_finite_differences(as_array):
-    """weighted_fusion_backward gives d_outputs = alpha_i dY and d_alpha_i = <dY, A_i>, equal to
+    """weighted_fusion_backward gives d_outputs = alpha_r dY and d_alpha_r = <dY, A_r>, equal to
     finite differences, for outputs given as a list or as one (N, ...) array."""
     rng = np.random.default_rng(23)
     A = rng.normal(size=(3, 2, 4))
@@ -161,7 +161,7 @@ def test_weighted_fusion_backward_matches_finite_differences(as_array):
 
 def test_d_beta_is_the_softmax_backward_of_d_alpha():
     """d_beta = alpha * (d_alpha - sum_j alpha_j d_alpha_j) (Eq. (1.4) reused), written out with a
-    loop over the softmax Jacobian alpha_i (delta_ij - alpha_j); it sums to 0."""
+    loop over the softmax Jacobian alpha_r (delta_rr' - alpha_r'); it sums to 0."""
     rng = np.random.default_rng(24)
     p = FusionParams(random_branches(rng, 3), beta=rng.normal(size=3))
     y, cache = fusion_forward(p, rng.normal(size=(1, 3, 3)))
@@ -179,7 +179,7 @@ def test_d_beta_is_the_softmax_backward_of_d_alpha():
 
 
 def test_fusion_equals_the_seed_formula_as_loops_over_branches():
-    """Y[b, t, e] = sum_i alpha_i A_i(X)[b, t, e] summed entry by entry with math.fsum, each A_i
+    """Y[b, t, u] = sum_r alpha_r A_r(X)[b, t, u] summed entry by entry with math.fsum, each A_r
     from the per-head loop oracle (independent projections per branch)."""
     rng = np.random.default_rng(25)
     branches = random_branches(rng, 3)
@@ -232,7 +232,7 @@ def test_one_hot_alpha_selects_one_branch_exactly(k):
 
 def test_concat_with_scaled_identity_blocks_equals_the_weighted_sum():
     """Concat + linear with W = [alpha_1 I; ...; alpha_N I] and no bias (Eq. (4.9)) equals the
-    weighted sum Y = sum_i alpha_i A_i, forward and backward (d_x and every branch gradient)."""
+    weighted sum Y = sum_r alpha_r A_r, forward and backward (d_x and every branch gradient)."""
     rng = np.random.default_rng(27)
     branches = random_branches(rng, 3, e_out=3)
     alpha = np.array([0.2, 0.5, 0.3])
@@ -249,13 +249,13 @@ def test_concat_with_scaled_identity_blocks_equals_the_weighted_sum():
     for a, b in zip(gc.branches, gw.branches, strict=True):
         for n in NAMES:
             np.testing.assert_allclose(getattr(a, n), getattr(b, n), rtol=0, atol=1e-13)
-    # and the linear layer's gradient, block i, is A_i^T dY: its trace pairing is d_alpha_i
+    # and the linear layer's gradient, block r, is A_r^T dY: its trace pairing is d_alpha_r
     blocks = np.split(gc.w, 3)
     np.testing.assert_allclose([np.trace(bl) for bl in blocks], gw.alpha, rtol=0, atol=1e-13)
 
 
 def test_shared_parameters_make_the_seed_formula_a_single_attention():
-    """The seed's formula with one shared attention: sum_i alpha_i A(X) = A(X) for any convex
+    """The seed's formula with one shared attention: sum_r alpha_r A(X) = A(X) for any convex
     alpha (N identical terms, Eq. (4.6)), and the learned weights get no gradient (d_beta = 0)."""
     rng = np.random.default_rng(28)
     shared = random_params(rng, 3, 3, 2, e_out=3)
@@ -270,7 +270,7 @@ def test_shared_parameters_make_the_seed_formula_a_single_attention():
 
 def test_init_fusion_gives_independent_branches_and_uniform_alpha():
     """init_fusion draws N different branches (else fusion is pointless) and beta = 0, i.e.
-    alpha_i = 1/N; a fixed alpha is stored instead of beta when given."""
+    alpha_r = 1/N; a fixed alpha is stored instead of beta when given."""
     p = init_fusion(np.random.default_rng(0), 4, 3, num_heads=2)
     assert not np.allclose(p.branches[0].w_q, p.branches[1].w_q)
     y, cache = fusion_forward(p, np.ones((1, 2, 4)))

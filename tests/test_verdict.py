@@ -85,6 +85,52 @@ def test_emulated_float32_matches_real_float32_arithmetic() -> None:
         assert np.max(np.abs(got[q] - real[q])) < 1e-5 * np.max(np.abs(c.expected[q]))
 
 
+def _config_case(**fields):
+    from numpy_attention.verify import cases_from_config
+
+    return cases_from_config({"cases": [{"name": "c", **fields}]})[0]
+
+
+def test_blocked_baseline_equals_the_dense_one_in_low_precision(monkeypatch) -> None:
+    """Long user rows are emulated a block of query rows at a time; in float16 and bfloat16
+    (what the baseline policy judges) the stored baseline is the dense emulation's."""
+    import numpy_attention.verify.precision as precision
+
+    case = _config_case(B=2, Hq=2, Hkv=1, L=300, S=700, E=16, is_causal=True,
+                        causal_align="bottom_right")  # fmt: skip
+    dense = baseline_errors(case.inputs, case.expected)
+    monkeypatch.setattr(precision, "BLOCKED_FROM", 1)
+    monkeypatch.setattr(precision, "_BLOCK_SCORES", 7 * 700 * 4)  # 7 rows a block: 43 blocks
+    blocked = baseline_errors(case.inputs, case.expected)
+    for dtype in ("float16", "bfloat16"):
+        want = {q: e for q, e in dense[dtype].items() if q != "weights"}
+        assert blocked[dtype] == pytest.approx(want, rel=0.1), dtype
+
+
+def test_a_long_user_row_gets_a_baseline_without_an_l_by_s_array(monkeypatch) -> None:
+    """A config case past BLOCKED_FROM scores (tiled path) is stored with its baseline (Eq. (7.3)),
+    computed in blocks: the peak memory stays below one float64 L x S array."""
+    import tracemalloc
+
+    import numpy_attention.verify.precision as precision
+    from numpy_attention.verify.suite import manifest
+
+    case = _config_case(L=1024, S=1536, E=8, is_causal=True, path="tiled")
+    monkeypatch.setattr(precision, "BLOCKED_FROM", 2**20)  # the real one is 2**24: a 4k x 4k row
+    monkeypatch.setattr(precision, "_BLOCK_SCORES", 2**16)  # and 2**21 scores a block: 42 rows
+    tracemalloc.start()
+    try:
+        errors = baseline_errors(case.inputs, case.expected)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1024 * 1536 * 8 / 2, peak
+    assert set(errors["bfloat16"]) == {"out", "lse", "dq", "dk", "dv"}
+    assert 0 < errors["bfloat16"]["out"] < 0.05
+    entry = manifest([case])["cases"][0]
+    assert entry["baseline_error"]["bfloat16"] == errors["bfloat16"]
+
+
 def test_baseline_policy_is_tighter_than_absolute_on_small_cases() -> None:
     """An error of 1 % of out passes bfloat16's absolute tolerance, fails its baseline."""
     c = build_suite()[0]

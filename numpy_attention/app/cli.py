@@ -170,7 +170,8 @@ def _title(args: argparse.Namespace, name: str) -> str:
     if args.title is not None:
         t = args.title
         return t if len(t) <= MAX_TITLE else t[: MAX_TITLE - 1] + "\u2026"
-    return _literal(Path(args.file).name + (f" [{name}]" if name else ""))
+    picked = getattr(args, "picked", "")  # the layer and batch drawn from a stack
+    return _literal(Path(args.file).name + (f" [{name}]" if name else "") + picked)
 
 
 def _draw(args: argparse.Namespace, loaded: LoadedWeights, out: Path) -> None:
@@ -205,6 +206,7 @@ def _one_layer(args: argparse.Namespace, loaded: LoadedWeights) -> LoadedWeights
     w = loaded.weights
     if w.ndim <= 3:
         return loaded
+    args.picked = (f": layer {args.layer}, " if w.ndim == 5 else ": ") + f"batch {args.batch}"
     try:
         return loaded._replace(weights=select_heads(w, args.layer, args.batch))
     except ValueError as e:

@@ -506,7 +506,7 @@ def plot_cross_attention(
     Parameters
     ----------
     weights : array_like, shape (L, S)
-        ``softmax(Q_1 K_2^T / sqrt(d)) `` for one head, in [0, 1].
+        ``softmax(Q_1 K_2^T / sqrt(E))`` for one head, in [0, 1].
     query_tokens : sequence of str, length L
         Tokens of the query sentence.
     key_tokens : sequence of str, length S
@@ -661,7 +661,7 @@ def plot_fusion(
     bar.set_xticks(np.arange(N), names, rotation=45, ha="right", rotation_mode="anchor")
     bar.set_ylim(0, 1.05)
     bar.set_ylabel(r"$\alpha_r$ (fusion weight)")
-    bar.set_title(r"$\alpha = \mathrm{softmax}(\beta)$", fontsize=9)
+    bar.set_title(r"weights $\alpha_r$ (they sum to 1)", fontsize=9)
     bar.tick_params(labelsize=7)
     assert im is not None  # N >= 1
     cbar = fig.colorbar(im, ax=list(axes[:N]), label="weight", fraction=0.05)

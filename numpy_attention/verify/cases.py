@@ -294,7 +294,7 @@ def _window(rng: np.random.Generator) -> NDArray[np.bool_]:
 
 
 def _causal_bool(rng: np.random.Generator) -> NDArray[np.bool_]:
-    """Per-batch and per-head key mask (B, H, L, S) to intersect with the causal mask."""
+    """Per-batch and per-head key mask (B, Hq, L, S) to intersect with the causal mask."""
     m = _row_mask(rng, (2, 2, 6, 9), 0.6)
     m[..., 0] = True  # key 0 is visible to every query under either causal alignment
     m[..., :, 8] = True  # and the last key, so bottom-right rows keep their diagonal
@@ -543,7 +543,7 @@ _DESCRIPTIONS = {
     "batch_broadcast": "k and v have batch 1 and broadcast over q's batch 3; dk, dv are summed "
     "over it.",
     "bool_mask": "Boolean attn_mask of shape (B, 1, L, S), True = attend, broadcast over heads.",
-    "float_bias": "Float attn_mask (1, H, L, S) added to the scores (ALiBi-like); its gradient "
+    "float_bias": "Float attn_mask (1, Hq, L, S) added to the scores (ALiBi-like); its gradient "
     "d_attn_mask is expected.",
     "causal_square": "is_causal with L = S.",
     "causal_top_left_short": "is_causal, top-left aligned (torch), L = 4 < S = 7: query i sees "
@@ -571,7 +571,7 @@ _DESCRIPTIONS = {
     "scale_one_causal": "scale = 1.0 with is_causal (L = S = 6).",
     "scale_small_gqa": "scale = 1/16 (not 1/sqrt(16) = 1/4) with GQA, Hq = 4 over Hkv = 2.",
     "causal_and_bool_mask": "is_causal (top-left) AND a per-batch, per-head boolean attn_mask "
-    "(B, H, L, S): a key takes part only if both allow it.",
+    "(B, Hq, L, S): a key takes part only if both allow it.",
     "causal_bottom_right_and_bool_mask": "Bottom-right causal (L = 6 < S = 9) AND a per-batch, "
     "per-head boolean attn_mask.",
     "causal_and_float_bias": "is_causal (top-left) AND a per-batch float attn_mask (B, 1, L, S) "
@@ -583,7 +583,7 @@ _DESCRIPTIONS = {
     "long_rows_8192_causal": "S = 8192 keys, L = 4, bottom-right causal: the last query sees "
     "every key; computed by the tiled path, no weights.",
     "long_rows_gqa": "S = 1024 keys with GQA (Hq = 4 over Hkv = 2): a second row over 64 keys.",
-    "bool_mask_per_batch": "Boolean attn_mask (B, H, L, S), different for each of B = 3 batch "
+    "bool_mask_per_batch": "Boolean attn_mask (B, Hq, L, S), different for each of B = 3 batch "
     "rows and each head.",
     "float_bias_per_batch": "Float attn_mask (B, 1, L, S), different for each of B = 3 batch rows; "
     "d_attn_mask is summed over heads only.",
@@ -612,8 +612,8 @@ _DESCRIPTIONS = {
     "query i sees keys i + 3 - 2 .. i + 3 + 1, Eq. (2.8).",
     "variant_window_left": "Window (3, None): query i sees keys j >= i - 3, unbounded on the "
     "right (FlashAttention window_size = (3, -1)).",
-    "variant_alibi": "ALiBi: slopes m_h = 2^(-8 (h + 1) / H) (h from 0), scores minus m_h |i - j|, "
-    "Eq. (8.4), no causal mask.",
+    "variant_alibi": "ALiBi: slopes mu_h = 2^(-8 (h + 1) / Hq) (h from 0), scores minus "
+    "mu_h |i - j|, Eq. (8.4), no causal mask.",
     "variant_sinks": "Attention sinks (gpt-oss): a learned logit per head in every row's "
     "denominator, Eq. (8.9); d_sinks expected; weights sum to less than 1; lse includes the sink.",
     "variant_chunk_causal": "Chunked attention (Llama 4) with chunk_size 4 AND is_causal: query i "
@@ -785,14 +785,14 @@ def _cross_attention_case() -> Case:
     flags = {"num_heads": H, "key_lengths": lengths.tolist(), "scale": 1 / math.sqrt(e_q // H),
              "projection": "y = x @ W + b (torch nn.Linear stores W transposed)"}  # fmt: skip
     desc = ("Cross-attention layer (nn.MultiheadAttention, batch_first) with given weights: "
-            "x_q (B, L, Eq), x_kv (B, S, Ekv), 2 heads, key_lengths [6, 3] (keys at positions "
+            "x_q (B, L, Dq), x_kv (B, S, Dkv), 2 heads, key_lengths [6, 3] (keys at positions "
             ">= length are padding).")  # fmt: skip
     expected = {n: np.asarray(a, dtype=np.float64) for n, a in expected.items()}
     return Case("cross_attention_layer", "cross_attention", desc, inputs, expected, flags)
 
 
 def _fusion_case() -> Case:
-    """``fusion_forward`` with fixed weights alpha: ``sum_i alpha_i SelfAttention_i(x)``."""
+    """``fusion_forward`` with fixed weights alpha: ``sum_r alpha_r SelfAttention_r(x)``."""
     from ..fusion import FusionParams, fusion_backward, fusion_forward
     from ..layers import CrossAttentionParams
 
@@ -813,7 +813,7 @@ def _fusion_case() -> Case:
         expected[f"d_branch{i}_b_k"] = np.zeros(w["b_k"].shape)  # exactly 0, as in the layer case
     inputs.update(num_heads=np.array(H, dtype=np.int64), d_out=d_out)
     flags = {"num_branches": N, "num_heads": H, "alpha": alpha.tolist(),
-             "formula": "out = sum_i alpha_i * SelfAttention_i(x), Eq. (4.1)"}  # fmt: skip
+             "formula": "out = sum_r alpha_r * SelfAttention_r(x), Eq. (4.1)"}  # fmt: skip
     desc = (
         "Weighted fusion of 3 self-attention branches (own weights each, 2 heads) with "
         "fixed weights alpha = [0.5, 0.25, 0.25]; gradients of x, alpha and every branch."

@@ -122,9 +122,11 @@ def compare_attention(
         float64 truth (the suite stores it per case, see
         :func:`~numpy_attention.verify.precision.baseline_errors`). Given, and
         ``dtype`` is float16 or bfloat16, the baseline policy replaces the
-        tolerance: an element passes when ``|a - d| <= k b + u max|d|``
-        (Eq. (7.3), ``k`` from :data:`~numpy_attention.verify.precision.BASELINE_FACTORS`,
-        ``u`` the unit roundoff, the bound capped at ``max|d|``). Ignored for
+        tolerance: an element passes when
+        ``|cand - ref| <= xi err_naive + u max|ref|`` (Eq. (7.3): ``cand``
+        is ``actual``, ``ref`` is ``desired``, ``err_naive`` this baseline,
+        ``xi`` from :data:`~numpy_attention.verify.precision.BASELINE_FACTORS`,
+        ``u`` the unit roundoff, the bound capped at ``max|ref|``). Ignored for
         float32 and float64, which the absolute policy judges.
     context : dict, optional
         The case's constants for the hints (scale, ``E``, ``dropout_p``,
@@ -154,9 +156,12 @@ def compare_attention(
     -----
     An element passes when
 
-    .. math:: |a_i - d_i| \le \mathrm{atol}\cdot\max_j |d_j| + \mathrm{rtol}\cdot|d_i|
+    .. math:: |\mathrm{cand}_\iota - \mathrm{ref}_\iota| \le
+       \mathrm{atol}\cdot\max_{\iota'} |\mathrm{ref}_{\iota'}|
+       + \mathrm{rtol}\cdot|\mathrm{ref}_\iota|
 
-    (Eq. (7.1) of ``docs/verify.md``); infinities must match exactly (a fully
+    (Eq. (7.1) of ``docs/verify.md``: ``cand`` is ``actual``, ``ref`` is
+    ``desired``, ``iota`` an entry); infinities must match exactly (a fully
     masked row's ``lse`` is ``-inf``) and NaN matches only NaN.
 
     Examples

@@ -96,6 +96,7 @@ def case_context(entry: Mapping[str, Any]) -> dict[str, Any]:
         ctx["Ev"] = int(v[-1])
     ctx["mask"] = flags.get("attn_mask")
     ctx["causal"] = bool(flags.get("is_causal"))
+    ctx["bottom_right"] = flags.get("causal_align") == "bottom_right"
     return ctx
 
 
@@ -280,12 +281,19 @@ def _weight_hints(a: NDArray[np.floating], d: NDArray[np.floating], bad: NDArray
             hints.append("rows of the weights do not sum to what the reference's do (1 without "
                          "sinks)")  # fmt: skip
     L, S = a.shape[-2:]
+    after_dropout = bool(hints) and hints[0].startswith("the weights are reported after")
+    differ = bad & ((d == 0) != (a == 0))  # attended by one of the two only
+    every_batch = a.ndim != 4 or differ.reshape(a.shape[0], -1).any(axis=1).all()
+    if differ.any() and every_batch and not after_dropout:  # (else: a per-batch story below)
+        story = _mask_story(a != 0, d != 0, a, ctx)
+        if story:  # the candidate's pattern of attended keys is exactly that of one mask bug
+            return [*hints, story]
     for what, where in (
         ("attends to keys the reference masks", bad & (d == 0) & (a != 0)),
         ("masks keys the reference attends to", bad & (d != 0) & (a == 0)),
     ):
         pos = np.argwhere(where.reshape(-1, L, S).any(axis=0))
-        if not pos.size or hints and hints[0].startswith("the weights are reported after"):
+        if not pos.size or after_dropout:
             continue
         batches = np.flatnonzero(where.reshape(where.shape[0], -1).any(axis=1))
         if a.ndim == 4 and batches.size < a.shape[0]:
@@ -299,11 +307,64 @@ def _weight_hints(a: NDArray[np.floating], d: NDArray[np.floating], bad: NDArray
             hints.append(f"{what}, on the diagonal {diag}: a causal mask off by one (j < i vs "
                          "j <= i) or the other causal alignment (top-left offset 0, bottom-right "
                          f"S - L = {S - L})")  # fmt: skip
-        else:
+        elif what.startswith("attends"):
             hints.append(f"{what}: inverted mask polarity (True = attend here), a finite mask "
                          "sentinel (-1e4, -5e4) that loses to very negative logits, a wrong "
                          "causal alignment or a missing mask")  # fmt: skip
+        else:
+            hints.append(f"{what}: inverted mask polarity (True = attend here), a wrong causal "
+                         "alignment or a mask the reference does not apply")  # fmt: skip
     return hints
+
+
+def _mask_story(attends: NDArray[np.bool_], ref: NDArray[np.bool_], a: NDArray[np.floating],
+                ctx: Mapping[str, Any]) -> str | None:  # fmt: skip
+    """Name the mask bug whose pattern of attended keys is exactly the candidate's, if one is.
+
+    ``attends`` and ``ref``: where the candidate's and the reference's weights are non-zero.
+    """
+    L, S = ref.shape[-2:]
+    i, j = np.arange(L)[:, None], np.arange(S)[None, :]
+    tl, br = j <= i, j <= i + (S - L)  # the two causal alignments (Eq. (2.6))
+    if attends.any() and not (attends & ref).any():
+        rows = attends.any(axis=-1)
+        picked = np.where(attends, a, np.nan)[rows]
+        uniform = np.allclose(np.nanmax(picked, axis=-1), np.nanmin(picked, axis=-1), rtol=1e-2)
+        if uniform:  # equal weights on the masked keys: they all got the same finite score
+            return (
+                "the weights attend only to keys the reference masks, with equal weights: "
+                "a finite mask sentinel (-1e4, -5e4) that loses to logits far below it"
+            )
+        return ("the weights attend exactly where the reference masks, never where it attends: "
+                "inverted mask polarity (True = attend here, as in PyTorch)")  # fmt: skip
+    if ctx.get("causal") and L != S:
+        mine, other = (br, tl) if ctx.get("bottom_right") else (tl, br)
+        inner = other & mine  # the alignment that attends to fewer keys
+        if (
+            np.array_equal(attends, ref & other)
+            if np.array_equal(inner, other)
+            else (np.array_equal(ref, attends & mine) and not (attends & ~other).any())
+        ):
+            name = ("top-left (j <= i)", "bottom-right (j <= i + S - L)")
+            want, got = (name[1], name[0]) if ctx.get("bottom_right") else name
+            return (
+                f"the weights follow the {got} causal mask, the reference the {want} one: "
+                f"a wrong causal alignment (S - L = {S - L})"
+            )
+    if (attends & ~ref).any() and not (ref & ~attends).any():  # attends to more keys
+        mine = (br if ctx.get("bottom_right") else tl) if ctx.get("causal") else np.True_
+        if (
+            ctx.get("mask")
+            and ctx.get("causal")
+            and np.array_equal(attends, np.broadcast_to(mine, attends.shape))
+        ):
+            return (
+                "the weights attend to every key the causal mask allows: a missing mask "
+                "(attn_mask dropped when is_causal is given; apply both)"
+            )
+        if attends.all():
+            return "the weights attend to every key: a missing mask (no mask applied at all)"
+    return None
 
 
 def _after_dropout(a: NDArray[np.floating], d: NDArray[np.floating],

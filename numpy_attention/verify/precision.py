@@ -3,12 +3,14 @@ r"""The precision model: what a naive implementation in the candidate's dtype ge
 A low-precision candidate is judged against the error of a *same-precision
 reference*, as FlashAttention's and PyTorch's own test suites do:
 
-.. math:: \max_i |a_i - d_i| \le k_q \, b_q + u \max_j |d_j|
+.. math:: \max_\iota |\mathrm{cand}_\iota - \mathrm{ref}_\iota| \le
+   \xi \, \mathrm{err}_\mathrm{naive} + \mathrm{u} \max_{\iota'} |\mathrm{ref}_{\iota'}|
 
-where ``d`` is the float64 truth, ``b_q`` the largest error of a naive
-attention computed in the same dtype (:func:`emulate_sdpa`) against that
-truth, ``k_q`` a factor per quantity (:data:`BASELINE_FACTORS`) and ``u`` the
-dtype's unit roundoff (Eq. (7.3) of ``docs/verify.md``).
+where ``cand`` is the candidate's array, ``ref`` the float64 truth, ``iota``
+an entry, ``err_naive`` the largest error of a naive attention computed in the
+same dtype (:func:`emulate_sdpa`) against that truth, ``xi`` a factor per
+quantity (:data:`BASELINE_FACTORS`) and ``u`` the dtype's unit roundoff
+(Eq. (7.3) of ``docs/verify.md``; the letters are those of its glossary).
 
 How the baseline is emulated in NumPy (:func:`emulate_sdpa`): the inputs are
 rounded to the dtype first (the suite's inputs are exactly representable in
@@ -22,7 +24,7 @@ NumPy); the float8 formats come from ``ml_dtypes``, imported only when asked.
 
 - :data:`BASELINE_FACTORS`, :data:`UNIT_ROUNDOFF`, :func:`rounding`.
 - :func:`emulate_sdpa`: the naive same-dtype forward and backward of one case.
-- :func:`baseline_errors`: ``b_q`` per dtype and quantity for a case, as the
+- :func:`baseline_errors`: ``err_naive`` per dtype and quantity for a case, as the
   suite's manifest stores them.
 """
 
@@ -55,7 +57,7 @@ POLICIES = ("baseline", "absolute")
 #: naive baseline sums in the reference's own order and is about one ulp: see docs/verify.md).
 LOW_PRECISION = ("float16", "bfloat16")
 
-#: ``k_q`` of Eq. (7.3): forward quantities 2 (FlashAttention-2's factor for ``out``),
+#: ``xi`` of Eq. (7.3): forward quantities 2 (FlashAttention-2's factor for ``out``),
 #: gradients 3 (its factor for ``dq``, ``dk``, ``dv``); measured in ``docs/verify.md``.
 BASELINE_FACTORS = {"forward": 2.0, "gradient": 3.0}
 
@@ -71,7 +73,7 @@ UNIT_ROUNDOFF = {
 
 
 def baseline_factor(quantity: str) -> float:
-    """Return ``k_q``: 2 for ``out``, ``weights``, ``lse``; 3 for gradients (names ``d...``).
+    """Return ``xi`` of Eq. (7.3): 2 for ``out``, ``weights``, ``lse``; 3 for gradients (``d...``).
 
     Examples
     --------
@@ -238,10 +240,72 @@ def _round_up(x: float) -> float:
     return float(f"{math.ceil(x / 10.0**e - 1e-9) * 10.0**e:.2g}")
 
 
+#: From this many scores (``B·Hq·L·S``) on, an unmasked case without dropout (the long rows of
+#: a config) is emulated a block of query rows at a time (:func:`_emulate_blocked`), so that
+#: its baseline, like its tiled truth, never holds an ``L x S`` array.
+BLOCKED_FROM = 2**24
+#: The scores of one block of query rows in :func:`_emulate_blocked`.
+_BLOCK_SCORES = 2**21
+
+
+def _blockable(inputs: Mapping[str, Any]) -> bool:
+    """Tell whether :func:`_emulate_blocked` applies: large, no ``attn_mask``, no dropout."""
+    q, k = inputs["q"], inputs["k"]
+    scores = max(math.prod(q.shape[:-2]), math.prod(k.shape[:-2])) * q.shape[-2] * k.shape[-2]
+    no_mask = inputs.get("attn_mask") is None
+    return scores >= BLOCKED_FROM and no_mask and float(inputs["dropout_p"]) == 0
+
+
+def _emulate_blocked(inputs: Mapping[str, Any], dtype: str) -> dict[str, NDArray[np.floating]]:
+    """:func:`emulate_sdpa` without ``weights``, a block of query rows at a time.
+
+    The same steps and roundings: every row's ``out``, ``lse`` and ``dq`` are those of the
+    dense emulation; ``dk`` and ``dv`` sum the blocks' products in the accumulator before the
+    one rounding the dense emulation applies (only the summation order differs).
+    """
+    r = rounding(dtype)
+    q, k, v, dO = (r(inputs[n]) for n in ("q", "k", "v", "d_out"))
+    L, S = q.shape[-2], k.shape[-2]
+    scale = float(inputs["scale"])
+    G = q.shape[-3] // k.shape[-3] if bool(inputs["enable_gqa"]) else 1
+    kk, vv = (np.repeat(k, G, axis=-3), np.repeat(v, G, axis=-3)) if G > 1 else (k, v)
+    kT, vT = np.swapaxes(kk, -1, -2), np.swapaxes(vv, -1, -2)
+    d = S - L if bool(inputs["causal_bottom_right"]) else 0
+    heads = max(math.prod(q.shape[:-2]), math.prod(k.shape[:-2]))
+    rows = max(1, _BLOCK_SCORES // max(S * heads, 1))
+    outs, lses, dqs = [], [], []
+    dk_sum: Any = 0.0
+    dv_sum: Any = 0.0
+    for i0 in range(0, L, rows):
+        i1 = min(L, i0 + rows)
+        qi, dOi = q[..., i0:i1, :], dO[..., i0:i1, :]
+        s = r(r(qi @ kT) * scale)
+        if bool(inputs["is_causal"]):
+            s = np.where(np.arange(S)[None, :] <= np.arange(i0, i1)[:, None] + d, s, -np.inf)
+        P, lse = _softmax(s)
+        P = r(P)
+        outs.append(r(P @ vv))
+        lses.append(r(lse))
+        dv_sum = dv_sum + np.swapaxes(P, -1, -2) @ dOi
+        dP = r(dOi @ vT)
+        dS = r(P * (dP - np.sum(dP * P, axis=-1, keepdims=True)))
+        dqs.append(r(r(dS @ kk) * scale))
+        dk_sum = dk_sum + np.swapaxes(dS, -1, -2) @ qi
+        del s, P, dP, dS
+    dk, dv = r(dk_sum) * scale, r(dv_sum)
+    if G > 1:
+        dk = dk.reshape(*dk.shape[:-3], -1, G, *dk.shape[-2:]).sum(axis=-3)
+        dv = dv.reshape(*dv.shape[:-3], -1, G, *dv.shape[-2:]).sum(axis=-3)
+    res = {"out": np.concatenate(outs, axis=-2), "lse": np.concatenate(lses, axis=-1),
+           "dq": np.concatenate(dqs, axis=-2), "dk": r(_sum_to(dk, k.shape)),
+           "dv": r(_sum_to(dv, v.shape))}  # fmt: skip
+    return {n: np.asarray(a, dtype=np.float64) for n, a in res.items()}
+
+
 def baseline_errors(
     inputs: Mapping[str, Any], expected: Mapping[str, NDArray[np.floating]], kind: str = "sdpa"
 ) -> dict[str, dict[str, float]]:
-    r"""Return ``b_q`` of Eq. (7.3) per dtype and quantity: what the manifest stores.
+    r"""Return ``err_naive`` of Eq. (7.3) per dtype and quantity: what the manifest stores.
 
     Parameters
     ----------
@@ -269,7 +333,8 @@ def baseline_errors(
     if kind != "sdpa":
         return {}
     out = {}
+    emulate = _emulate_blocked if _blockable(inputs) else emulate_sdpa
     for dtype in DTYPES:
-        got = emulate_sdpa(inputs, dtype)
+        got = emulate(inputs, dtype)
         out[dtype] = {q: _round_up(_max_error(got[q], d)) for q, d in expected.items() if q in got}
     return out

@@ -55,7 +55,7 @@ def padded_case(
     name: str, description: str, seed: int, shape: tuple[int, int, int, int, int],
     key_lengths: list[int], *, is_causal: bool = False,
 ) -> Case:  # fmt: skip
-    """Build a padded batch ``(B, H, L, S, E)``, k and v NaN at positions ``>= key_lengths[b]``.
+    """Build a padded batch ``(B, Hq, L, S, E)``, k and v NaN at positions ``>= key_lengths[b]``.
 
     The expected values are attention with the boolean padding mask over the same inputs
     with the padding replaced by 0 (any finite padding gives the same: its weights are 0);

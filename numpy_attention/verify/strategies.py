@@ -87,8 +87,18 @@ def attention_inputs(
 
     Examples
     --------
-    >>> args = attention_inputs(dtype="bfloat16").example()
-    >>> args["q"].dtype, args["dtype"], args["q"].shape[-3] % args["k"].shape[-3]
-    (dtype('float64'), 'bfloat16', 0)
+    In a test, decorate it with ``@given(attention_inputs(...))`` (above).
+    Outside one, ``hypothesis.find`` gives the smallest draw meeting a
+    condition (``.example()`` would warn that it is for interactive use);
+    here, a GQA call with a boolean mask:
+
+    >>> from hypothesis import find, settings
+    >>> args = find(attention_inputs(dtype="bfloat16"),
+    ...             lambda a: a["enable_gqa"] and a["attn_mask"] is not None
+    ...             and a["attn_mask"].dtype == bool, settings=settings(database=None))
+    >>> args["q"].shape, args["k"].shape, args["v"].shape, args["attn_mask"].shape
+    ((1, 2, 1, 1), (1, 1, 1, 1), (1, 1, 1, 1), (1, 1, 1, 1))
+    >>> args["q"].dtype, args["dtype"], args["dropout_p"], args["is_causal"]
+    (dtype('float64'), 'bfloat16', 0.0, False)
     """
     return _draw(dtype_name(dtype), int(max_len), int(max_dim), bool(dropout))

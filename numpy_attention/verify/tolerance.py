@@ -36,7 +36,7 @@ __all__ = [
 #: The dtypes a candidate may compute in, as named on the command line.
 DTYPES = ("float64", "float32", "float16", "bfloat16")
 
-#: The largest tolerance a table may give: ``t = 1`` already accepts an error
+#: The largest tolerance a table may give: ``tau = 1`` already accepts an error
 #: as large as the quantity itself; anything above passes garbage.
 MAX_TOLERANCE = 1.0
 
@@ -61,7 +61,7 @@ class Tolerance:
 
 #: Tolerances per dtype, for forward quantities (``out``, ``weights``,
 #: ``lse``) and for gradients (every quantity whose name starts with ``d``);
-#: ``atol = rtol = t`` in each. ``t`` is the largest error (Eq. (7.2)) measured
+#: ``atol = rtol = tau`` in each. ``tau`` is the largest error (Eq. (7.2)) measured
 #: over the golden suite for PyTorch 2.13 (CPU) and for this package's dense
 #: and tiled (flash) NumPy attention computing in that dtype, times a safety
 #: factor of 4, rounded up to 1, 2 or 5 times a power of ten. The measurement
