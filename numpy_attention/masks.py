@@ -102,6 +102,26 @@ class Positions:
         w = self.window
         return self.chunk_size is not None or (w is not None and w != (None, None))
 
+    @property
+    def key_span(self) -> int | None:
+        """The most keys one query sees through its window or chunk (sink tokens aside), or None.
+
+        A window ``(left, right)`` spans ``left + right + 1`` keys (``right`` is 0
+        under the causal mask), a chunk ``C``; None when neither bounds the keys.
+
+        Examples
+        --------
+        >>> Positions(is_causal=True, window=(256, None)).key_span, Positions().key_span
+        (257, None)
+        """
+        spans = [] if self.chunk_size is None else [self.chunk_size]
+        if self.window is not None:
+            left, right = self.window
+            right = 0 if self.is_causal else right
+            if left is not None and right is not None:
+                spans.append(left + right + 1)
+        return min(spans) if spans else None
+
     def mask(self, i: NDArray[np.integer], j: NDArray[np.integer]) -> NDArray[np.bool_] | None:
         """Evaluate the predicate on index arrays ``i`` (queries), ``j`` (keys); None if unused."""
         if not self.active:

@@ -66,3 +66,22 @@ def test_tiled_and_core_agree_on_both_sides_of_the_bound(scale):
     ref, got = attention_backward(g, cache), flash_attention_backward(g, tcache)
     for a, b in ((got.dq, ref.dq), (got.dk, ref.dk), (got.dv, ref.dv), (got.d_sinks, ref.d_sinks)):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-10 * max(1.0, np.abs(b).max()))
+
+
+@pytest.mark.parametrize(
+    ("kw", "expected"),
+    [({}, (256, 512)), ({"window": (256, 0)}, (256, 256)), ({"window": (8, 8)}, (256, 16)),
+     ({"is_causal": True, "window": (100, None)}, (256, 64)), ({"chunk_size": 40}, (256, 32)),
+     ({"window": (None, 5)}, (256, 512)), ({"block_k": 512, "window": (8, 8)}, (256, 512))],
+)  # fmt: skip
+def test_a_window_or_chunk_narrows_the_default_key_block_and_the_result_is_unchanged(kw, expected):
+    """A window of w keys computes about w keys per query: key blocks no wider than w."""
+    rng = np.random.default_rng(3)
+    q, k, v = (rng.standard_normal((1, 600, 8)) for _ in range(3))
+    out, cache = flash_attention_forward(q, k, v, **kw)
+    assert (cache.block_q, cache.block_k) == expected  # the backward's tiling
+    kw.pop("block_k", None)
+    ref, _ = attention_forward(q, k, v, **kw)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-13)
+    grads = flash_attention_backward(np.ones_like(out), cache)
+    assert np.isfinite(grads.dq).all()
