@@ -331,7 +331,8 @@ def model_forward(
 
         O = \mathrm{softmax}(QK^\top/\sqrt{E})\,V, \qquad U = O W_o + b_o \;(6.5),
 
-        \mathcal{L} = -\frac{1}{BL}\sum_{b,i} \log\mathrm{softmax}(U_{bi})_{\mathrm{tgt}_{bi}} \;(6.6).
+        \mathcal{L} = -\frac{1}{BL}\sum_{b,i}
+        \log\mathrm{softmax}(U_{bi})_{\mathrm{tgt}_{bi}} \;(6.6).
 
     Examples
     --------
