@@ -629,8 +629,8 @@ def varlen_attention_forward(
     Notes
     -----
     Eq. (9.3): each sequence is its own attention problem,
-    :math:`O_{\mathrm{cu}^q_b + i} = \mathrm{Attention}(Q^{(b)}, K^{(b)}, V^{(b)})_i` with the causal
-    offset :math:`d_b = S_b - L_b`; memory is bounded by :math:`\sum_b L_b S_b`, never
+    :math:`O_{\mathrm{cu}^q_b + i} = \mathrm{Attention}(Q^{(b)}, K^{(b)}, V^{(b)})_i` with the
+    causal offset :math:`d_b = S_b - L_b`; memory is bounded by :math:`\sum_b L_b S_b`, never
     :math:`T_q \times T_k`. A global bottom-right mask with padding is a different function.
 
     Examples
