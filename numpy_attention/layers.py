@@ -539,7 +539,7 @@ def cross_attention_forward(
         Diagonal alignment of ``is_causal`` (and of ``window``, ALiBi) when ``L != S``.
     window, softcap, alibi_slopes : optional
         Passed to the core (docs/variants.md): a sliding ``window=(left, right)``,
-        logit soft-capping ``softcap=c``, ALiBi slopes ``(H,)``. The layer's own
+        logit soft-capping ``softcap=kappa``, ALiBi slopes ``(H,)``. The layer's own
         ``params.sinks`` (if any) are passed too, and get a gradient.
 
     Returns
