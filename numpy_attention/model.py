@@ -523,15 +523,15 @@ def adam_step(
     Notes
     -----
     Eq. (6.11) of ``docs/model.md``, at step :math:`t` with gradient :math:`\nabla`, decay rates
-    :math:`(\rho_1, \rho_2)` = ``betas`` and moments :math:`\mu`, :math:`\nu`
+    :math:`(\rho_1, \rho_2)` = ``betas`` and moments :math:`\nu_1`, :math:`\nu_2`
     (``state.m``, ``state.v``):
 
     .. math::
 
-        \mu \leftarrow \rho_1 \mu + (1-\rho_1) \nabla, \quad
-        \nu \leftarrow \rho_2 \nu + (1-\rho_2) \nabla^2, \quad
+        \nu_1 \leftarrow \rho_1 \nu_1 + (1-\rho_1) \nabla, \quad
+        \nu_2 \leftarrow \rho_2 \nu_2 + (1-\rho_2) \nabla^2, \quad
         \Theta \leftarrow \Theta
-        - \eta\,\frac{\mu/(1-\rho_1^t)}{\sqrt{\nu/(1-\rho_2^t)} + \epsilon}.
+        - \eta\,\frac{\nu_1/(1-\rho_1^t)}{\sqrt{\nu_2/(1-\rho_2^t)} + \epsilon}.
 
     Examples
     --------
