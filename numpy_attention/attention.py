@@ -362,7 +362,7 @@ def attention_forward(
         ``i + d + right``; None = unbounded side, Eq. (2.8));
         ``chunk_size=C`` (query and key in the same chunk, Eq. (8.7));
         ``sink_tokens=n`` (the first ``n`` keys stay visible outside the
-        window or chunk, Eq. (8.8)); ``softcap=c > 0`` (Eq. (8.2));
+        window or chunk, Eq. (8.8)); ``softcap=kappa > 0`` (Eq. (8.2));
         ``score_mod(score, b, h, q_idx, kv_idx)`` with its derivative
         ``score_mod_grad`` (Eq. (8.3)); ``mask_mod(b, h, q_idx, kv_idx) -> bool``
         (Eq. (8.8)); ``alibi_slopes`` ``(Hq,)`` or ``(..., Hq)`` (Eq. (8.4));

@@ -516,12 +516,12 @@ def flash_attention_forward(
 
     .. math::
 
-        S_{\mathcal{IJ}} = \mathrm{scale}\, Q_\mathcal{I} K_\mathcal{J}^\top + B_{\mathcal{IJ}}
-        \;(5.1), \qquad
+        \tilde S_{\mathcal{IJ}} = \mathrm{scale}\, Q_\mathcal{I} K_\mathcal{J}^\top
+        + B_{\mathcal{IJ}} \;(5.1), \qquad
         m_\mathcal{I}^{(n)} = \max\big(m_\mathcal{I}^{(n-1)},
-        \mathrm{rowmax}\, S_{\mathcal{IJ}}\big) \;(5.3),
+        \mathrm{rowmax}\, \tilde S_{\mathcal{IJ}}\big) \;(5.3),
 
-        \hat P_{\mathcal{IJ}} = e^{S_{\mathcal{IJ}} - m_\mathcal{I}^{(n)}}, \
+        \hat P_{\mathcal{IJ}} = e^{\tilde S_{\mathcal{IJ}} - m_\mathcal{I}^{(n)}}, \
         \gamma_\mathcal{I}^{(n)} = e^{m_\mathcal{I}^{(n-1)} - m_\mathcal{I}^{(n)}} \;(5.4), \qquad
         \ell_\mathcal{I}^{(n)} = \gamma_\mathcal{I}^{(n)} \ell_\mathcal{I}^{(n-1)}
         + \mathrm{rowsum}\,\hat P_{\mathcal{IJ}} \;(5.5),
@@ -695,7 +695,7 @@ def flash_attention_backward(d_out: ArrayLike, cache: FlashCache) -> AttentionGr
     .. math::
 
         D_\mathcal{I} = \mathrm{rowsum}(dO_\mathcal{I} \odot O_\mathcal{I}) \;(5.7), \qquad
-        P_{\mathcal{IJ}} = e^{S_{\mathcal{IJ}} - m_\mathcal{I}} / \ell_\mathcal{I} \;(5.8),
+        P_{\mathcal{IJ}} = e^{\tilde S_{\mathcal{IJ}} - m_\mathcal{I}} / \ell_\mathcal{I} \;(5.8),
 
         dV_\mathcal{J} \mathrel{+}= P_{\mathcal{IJ}}^\top dO_\mathcal{I}, \
         dP_{\mathcal{IJ}} = dO_\mathcal{I} V_\mathcal{J}^\top \;(5.9), \qquad

@@ -585,7 +585,7 @@ def init_concat_fusion(
     Returns
     -------
     params : ConcatFusionParams
-        ``w`` is :math:`U(\pm 1/\sqrt{N D_o})`, ``nn.Linear``'s default.
+        ``w`` is :math:`\mathcal{U}(\pm 1/\sqrt{\mathtt{N}\,\mathtt{Do}})`, ``nn.Linear``'s default.
 
     Raises
     ------
@@ -624,7 +624,7 @@ def _check_linear(params: ConcatFusionParams, n: int, d_o: int) -> tuple[Array, 
 def concat_fusion_forward(
     params: ConcatFusionParams, x: ArrayLike, **kwargs: Any
 ) -> tuple[Array, ConcatFusionCache]:
-    r"""Fuse as the seed's code does: :math:`Y = [A_1(X), \dots, A_N(X)]\,W + b`.
+    r"""Fuse as the seed's code does: :math:`Y = [A_1(X), \dots, A_N(X)]\,W + b_y`.
 
     Parameters
     ----------
@@ -649,8 +649,8 @@ def concat_fusion_forward(
 
     Notes
     -----
-    Eq. (4.7) of ``docs/fusion.md``: :math:`Y = [A_1, \dots, A_N]\,W + b`.
-    With :math:`W = [\alpha_1 I; \dots; \alpha_N I]` and :math:`b = 0` it is
+    Eq. (4.7) of ``docs/fusion.md``: :math:`Y = [A_1, \dots, A_N]\,W + b_y`.
+    With :math:`W = [\alpha_1 I; \dots; \alpha_N I]` and :math:`b_y = 0` it is
     the weighted sum Eq. (4.1), Eq. (4.9). This is also multi-head
     attention's output projection, with whole branches in the heads' place.
 
@@ -700,9 +700,9 @@ def concat_fusion_backward(
     Notes
     -----
     Eq. (4.8) of ``docs/fusion.md``, undoing Eq. (4.7), with :math:`W_r` the
-    row block of :math:`W` that reads branch :math:`i`:
+    row block of :math:`W` that reads branch :math:`r`:
 
-    .. math:: dW = C^\top dY,\quad db = \textstyle\sum dY,\quad dA_r = dY\,W_r^\top,
+    .. math:: dW = C^\top dY,\quad db_y = \textstyle\sum dY,\quad dA_r = dY\,W_r^\top,
 
     then each branch's backward, Eq. (3.11), and :math:`dX` as Eq. (4.5).
 

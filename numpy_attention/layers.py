@@ -69,7 +69,7 @@ class CrossAttentionParams:
     w_v : ndarray, shape (Dkv, Hkv*Ev)
         Value projection, ``V = x_kv @ w_v + b_v``.
     w_o : ndarray, shape (H*Ev, Do)
-        Output projection, ``out = concat_h(O_h) @ w_o + b_o``.
+        Output projection, ``out = concat_h(O^(h)) @ w_o + b_o``.
     b_q, b_k, b_v, b_o : ndarray or None
         Biases of the four projections; None means "no bias" (and a None
         gradient).
@@ -471,13 +471,13 @@ def _project_backward(
 
 
 def _split_heads(y: Array, heads: int) -> Array:
-    """Eq. (3.2): ``(B, T, heads*E) -> (B, heads, T, E)``; head ``h`` is columns ``hE:(h+1)E``."""
+    """Eq. (3.2): ``(B, L, heads*E) -> (B, heads, L, E)``; head ``h`` is columns ``hE:(h+1)E``."""
     B, T, width = y.shape
     return y.reshape(B, T, heads, width // heads).transpose(0, 2, 1, 3)
 
 
 def _merge_heads(o: Array) -> Array:
-    """Eq. (3.4): ``(B, heads, T, Ev) -> (B, T, heads*Ev)``, the inverse of :func:`_split_heads`."""
+    """Eq. (3.4): ``(B, heads, L, Ev) -> (B, L, heads*Ev)``, the inverse of :func:`_split_heads`."""
     B, heads, T, Ev = o.shape
     return o.transpose(0, 2, 1, 3).reshape(B, T, heads * Ev)
 
@@ -539,7 +539,7 @@ def cross_attention_forward(
         Diagonal alignment of ``is_causal`` (and of ``window``, ALiBi) when ``L != S``.
     window, softcap, alibi_slopes : optional
         Passed to the core (docs/variants.md): a sliding ``window=(left, right)``,
-        logit soft-capping ``softcap=c``, ALiBi slopes ``(H,)``. The layer's own
+        logit soft-capping ``softcap=kappa``, ALiBi slopes ``(H,)``. The layer's own
         ``params.sinks`` (if any) are passed too, and get a gradient.
 
     Returns
@@ -565,15 +565,17 @@ def cross_attention_forward(
 
     Notes
     -----
-    Eqs. (3.1)-(3.5) of ``docs/layers.md``, with :math:`g(h) = \lfloor h/G \rfloor`:
+    Eqs. (3.1)-(3.5) of ``docs/layers.md``, with :math:`g(h) = \lfloor h/\mathtt{G} \rfloor`
+    and :math:`\tilde S^{(h)}` the scores :math:`Q^{(h)} (K^{(g(h))})^\top/\sqrt{\mathtt{E}}`
+    masked by Eq. (2.2) (:math:`M` is the 0/1 indicator of the allowed keys):
 
     .. math::
 
         Q = X_q W_q + b_q,\ K = X_{kv} W_k + b_k,\ V = X_{kv} W_v + b_v \;(3.1), \qquad
-        Q_h = Q_{:,\,hE:(h+1)E} \;(3.2),
+        Q^{(h)} = Q_{:,\,h\mathtt{E}:(h+1)\mathtt{E}} \;(3.2),
 
-        O_h = \mathrm{softmax}\!\Big(\frac{Q_h K_{g(h)}^\top}{\sqrt E} + M\Big) V_{g(h)} \;(3.3),
-        \qquad C = [O_1, \dots, O_H] \;(3.4), \qquad Y = C W_o + b_o \;(3.5).
+        O^{(h)} = \mathrm{softmax}\big(\tilde S^{(h)}\big) V^{(g(h))} \;(3.3),
+        \qquad C = [O^{(0)}, \dots, O^{(\mathtt{H}-1)}] \;(3.4), \qquad Y = C W_o + b_o \;(3.5).
 
     Eq. (3.3) is the core :func:`~numpy_attention.attention.attention_forward`
     (Eqs. (2.1)-(2.5)); with one head and identity projections the layer is
@@ -651,10 +653,10 @@ def cross_attention_backward(
     .. math::
 
         dW_o = C^\top dY,\ db_o = \textstyle\sum dY,\ dC = dY\,W_o^\top \;(3.6), \qquad
-        dO_h = dC_{:,\,hE_v:(h+1)E_v} \;(3.7),
+        dO^{(h)} = dC_{:,\,h\mathtt{Ev}:(h+1)\mathtt{Ev}} \;(3.7),
 
-        (dQ_h, dK_g, dV_g) = \text{core backward, Eqs. (2.10)-(2.16)} \;(3.8), \qquad
-        dQ = [dQ_1, \dots, dQ_H] \;(3.9),
+        (dQ^{(h)}, dK^{(g)}, dV^{(g)}) = \text{core backward, Eqs. (2.10)-(2.16)} \;(3.8), \qquad
+        dQ = [dQ^{(0)}, \dots, dQ^{(\mathtt{H}-1)}] \;(3.9),
 
         dW_q = X_q^\top dQ,\ db_q = \textstyle\sum dQ,\ dX_q = dQ\,W_q^\top,\
         dX_{kv} = dK\,W_k^\top + dV\,W_v^\top \;(3.10).

@@ -252,7 +252,7 @@ def padding_mask(lengths: ArrayLike, S: int) -> NDArray[np.bool_]:
     Returns
     -------
     mask : ndarray of bool, shape (B, 1, 1, S)
-        True for real keys; broadcasts against scores ``(B, H, L, S)``.
+        True for real keys; broadcasts against scores ``(B, Hq, L, S)``.
 
     Raises
     ------

@@ -326,11 +326,13 @@ def model_forward(
 
     .. math::
 
-        X^\mathrm{tok}_{bi} = W^{\mathrm{emb}}_{x_{bi}} \;(6.1), \qquad
+        X^\mathrm{tok}_{bi} = W^{\mathrm{emb}}_{\mathrm{tok}_{bi}} \;(6.1), \qquad
         X = X^\mathrm{tok} + PE \;(6.3), \qquad Q, K, V = X W_q, X W_k, X W_v \;(6.4),
 
-        O = \mathrm{softmax}(QK^\top/\sqrt{E})\,V, \qquad U = O W_o + b_o \;(6.5), \qquad
-        \mathcal{L} = -\frac{1}{BL}\sum_{b,i} \log\mathrm{softmax}(U_{bi})_{y_{bi}} \;(6.6).
+        O = \mathrm{softmax}(QK^\top/\sqrt{E})\,V, \qquad U = O W_o + b_o \;(6.5),
+
+        \mathcal{L} = -\frac{1}{BL}\sum_{b,i}
+        \log\mathrm{softmax}(U_{bi})_{\mathrm{tgt}_{bi}} \;(6.6).
 
     Examples
     --------
@@ -357,7 +359,7 @@ def model_forward(
     logits = o @ p["w_o"] + p["b_o"]  # U = O W_o + b_o  (Eq. (6.5))
     log_probs = log_softmax(logits, axis=-1)  # log softmax(U)  (Eq. (6.6))
     picked = np.take_along_axis(log_probs, y[..., None], axis=-1)
-    loss = -float(np.mean(picked))  # loss = -mean_{b,i} log softmax(U_bi)[y_bi]  (Eq. (6.6))
+    loss = -float(np.mean(picked))  # loss = -mean_{b,i} log softmax(U_bi)[tgt_bi]  (Eq. (6.6))
     cache = ModelCache(t, y, h, q, k, v, att, o, logits, log_probs, p)
     return loss, cache
 
@@ -392,7 +394,7 @@ def model_backward(cache: ModelCache, d_loss: float = 1.0) -> Params:
 
     .. math::
 
-        dU = \frac{d\mathcal{L}}{BL}\,(\mathrm{softmax}(U) - \mathrm{onehot}(y)) \;(6.7),
+        dU = \frac{d\mathcal{L}}{BL}\,(\mathrm{softmax}(U) - \mathrm{onehot}(\mathrm{tgt})) \;(6.7),
 
         dW_o = \textstyle\sum_{bi} O_{bi}^\top dU_{bi},\ db_o = \sum_{bi} dU_{bi},\
         dO = dU\,W_o^\top \;(6.8),
@@ -400,7 +402,7 @@ def model_backward(cache: ModelCache, d_loss: float = 1.0) -> Params:
         dW_q = \textstyle\sum_{bi} X_{bi}^\top dQ_{bi} \text{ (same for } k, v),\
         dX = dQ W_q^\top + dK W_k^\top + dV W_v^\top \;(6.9),
 
-        dW^{\mathrm{emb}}_a = \textstyle\sum_{b,i:\,x_{bi}=a} dX_{bi} \;(6.10).
+        dW^{\mathrm{emb}}_a = \textstyle\sum_{b,i:\,\mathrm{tok}_{bi}=a} dX_{bi} \;(6.10).
 
     Examples
     --------
@@ -420,8 +422,8 @@ def model_backward(cache: ModelCache, d_loss: float = 1.0) -> Params:
     p = c.params
     B, L = c.tokens.shape
     Nv, Dm = p["embed"].shape
-    # loss = -mean_{b,i} log softmax(U_bi)[y_bi]  (Eq. (6.6))
-    #   ->  dU = d_loss / (B L) * (softmax(U) - onehot(y))  (Eq. (6.7))
+    # loss = -mean_{b,i} log softmax(U_bi)[tgt_bi]  (Eq. (6.6))
+    #   ->  dU = d_loss / (B L) * (softmax(U) - onehot(tgt))  (Eq. (6.7))
     d_logits = np.exp(c.log_probs)
     np.put_along_axis(
         d_logits, c.targets[..., None],
@@ -521,15 +523,15 @@ def adam_step(
     Notes
     -----
     Eq. (6.11) of ``docs/model.md``, at step :math:`t` with gradient :math:`\nabla`, decay rates
-    :math:`(\rho_1, \rho_2)` = ``betas`` and moments :math:`\mu`, :math:`\nu`
+    :math:`(\rho_1, \rho_2)` = ``betas`` and moments :math:`\nu_1`, :math:`\nu_2`
     (``state.m``, ``state.v``):
 
     .. math::
 
-        \mu \leftarrow \rho_1 \mu + (1-\rho_1) \nabla, \quad
-        \nu \leftarrow \rho_2 \nu + (1-\rho_2) \nabla^2, \quad
+        \nu_1 \leftarrow \rho_1 \nu_1 + (1-\rho_1) \nabla, \quad
+        \nu_2 \leftarrow \rho_2 \nu_2 + (1-\rho_2) \nabla^2, \quad
         \Theta \leftarrow \Theta
-        - \eta\,\frac{\mu/(1-\rho_1^t)}{\sqrt{\nu/(1-\rho_2^t)} + \epsilon}.
+        - \eta\,\frac{\nu_1/(1-\rho_1^t)}{\sqrt{\nu_2/(1-\rho_2^t)} + \epsilon}.
 
     Examples
     --------

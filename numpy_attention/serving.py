@@ -15,7 +15,7 @@ Shapes (letter legend)::
 
     packed, FlashAttention's varlen layout:  q (Tq, Hq, E)  k (Tk, Hkv, E)  v (Tk, Hkv, Ev)
                                              out (Tq, Hq, Ev)  lse (Hq, Tq)
-    padded batch:                            x (B, L, H, E), lengths (B,)
+    padded batch:                            x (B, L, Hq, E), lengths (B,)
     KV cache, flash_attn_with_kvcache's:     q (B, L, Hq, E)  k_cache (B_cache, S, Hkv, E)
                                              paged: k_cache (num_blocks, page_size, Hkv, E)
                                              out (B, L, Hq, Ev)  lse (B, Hq, L)
@@ -173,7 +173,7 @@ def rotary_embedding(
     Parameters
     ----------
     x : array_like
-        Queries or keys, e.g. ``(Hq, L, E)`` with ``cos (L, R/2)``, or ``(B, L, H, E)`` with
+        Queries or keys, e.g. ``(Hq, L, E)`` with ``cos (L, R/2)``, or ``(B, L, Hq, E)`` with
         ``cos (L, 1, R/2)`` or ``(B, L, 1, R/2)`` (per-sequence offsets).
     cos, sin : array_like, shape (..., R/2)
         From :func:`rotary_cos_sin` (rows picked at the tokens' positions).
@@ -282,7 +282,7 @@ def _check_cu_seqlens(cu: ArrayLike, name: str, total: int, seen: str) -> IntArr
 def pack(x: ArrayLike, lengths: ArrayLike) -> tuple[Array, IntArray]:
     r"""Pack a padded batch into FlashAttention's varlen layout, Eq. (9.1).
 
-    Shapes: ``x (B, L, ...)`` (typically ``(B, L, H, E)``), ``lengths (B,)`` ->
+    Shapes: ``x (B, L, ...)`` (typically ``(B, L, Hq, E)``), ``lengths (B,)`` ->
     ``packed (T, ...)`` with ``T = sum(lengths)``, ``cu_seqlens (B + 1,)``.
 
     Parameters
@@ -629,8 +629,8 @@ def varlen_attention_forward(
     Notes
     -----
     Eq. (9.3): each sequence is its own attention problem,
-    :math:`O_{\mathrm{cu}^q_b + i} = \mathrm{Attention}(Q_b, K_b, V_b)_i` with the causal
-    offset :math:`d_b = S_b - L_b`; memory is bounded by :math:`\sum_b L_b S_b`, never
+    :math:`O_{\mathrm{cu}^q_b + i} = \mathrm{Attention}(Q^{(b)}, K^{(b)}, V^{(b)})_i` with the
+    causal offset :math:`d_b = S_b - L_b`; memory is bounded by :math:`\sum_b L_b S_b`, never
     :math:`T_q \times T_k`. A global bottom-right mask with padding is a different function.
 
     Examples
@@ -1033,9 +1033,9 @@ class MergeCache:
     Attributes
     ----------
     w : ndarray, shape (Nc, ...)
-        Each chunk's weight ``exp(lse_r - lse)``, 0 for an empty chunk (Eq. (9.13)).
+        Each chunk's weight ``exp(lse^(r) - lse)``, 0 for an empty chunk (Eq. (9.13)).
     outs : ndarray, shape (Nc, ..., Ev)
-        The chunks' outputs, with those of empty chunks (``lse_r = -inf``) set to 0.
+        The chunks' outputs, with those of empty chunks (``lse^(r) = -inf``) set to 0.
     out : ndarray, shape (..., Ev)
         The merged output (the cache's own copy).
     """
@@ -1094,11 +1094,11 @@ def merge_attention_states_forward(
 
     Notes
     -----
-    Eq. (9.12): :math:`\mathrm{lse} = \log\sum_r e^{\mathrm{lse}_r}`; Eq. (9.13):
-    :math:`O = \sum_r \pi_r O_r`, :math:`\pi_r = e^{\mathrm{lse}_r - \mathrm{lse}}`. A chunk with
-    :math:`\mathrm{lse}_r = -\infty` has :math:`\pi_r = 0` and its output is not read (it may be
-    anything, NaN included). xFormers' ``merge_attentions`` and FlashInfer's ``merge_state``
-    compute the same (FlashInfer with base-2 lse).
+    Eq. (9.12): :math:`\mathrm{lse} = \log\sum_r e^{\mathrm{lse}^{(r)}}`; Eq. (9.13):
+    :math:`O = \sum_r \pi_r O^{(r)}`, :math:`\pi_r = e^{\mathrm{lse}^{(r)} - \mathrm{lse}}`.
+    A chunk with :math:`\mathrm{lse}^{(r)} = -\infty` has :math:`\pi_r = 0` and its output is
+    not read (it may be anything, NaN included). xFormers' ``merge_attentions`` and
+    FlashInfer's ``merge_state`` compute the same (FlashInfer with base-2 lse).
 
     Examples
     --------
@@ -1113,7 +1113,7 @@ def merge_attention_states_forward(
     total = np.sum(e, axis=0)
     with np.errstate(divide="ignore"):
         lse = m + np.log(total)  # Eq. (9.12)
-    w = e / np.where(total > 0, total, 1.0)  # pi_r = exp(lse_r - lse)
+    w = e / np.where(total > 0, total, 1.0)  # pi_r = exp(lse^(r) - lse)
     o = np.where((s == -np.inf)[..., None], 0.0, o)  # empty chunks are not read
     out = np.sum(w[..., None] * o, axis=0)  # Eq. (9.13)
     return out, lse, MergeCache(w=w, outs=o, out=out.copy())
@@ -1180,10 +1180,10 @@ def merge_attention_states_backward(
 
     Notes
     -----
-    Eq. (9.14): :math:`dO_r = \pi_r\,dO` and
-    :math:`d\mathrm{lse}_r = \pi_r\,(dO \cdot (O_r - O) + d\mathrm{lse})`, from
-    :math:`\partial \pi_{r'}/\partial \mathrm{lse}_r = \pi_{r'}(\delta_{rr'} - \pi_r)` and
-    :math:`\partial \mathrm{lse}/\partial \mathrm{lse}_r = \pi_r`.
+    Eq. (9.14): :math:`dO^{(r)} = \pi_r\,dO` and
+    :math:`d\mathrm{lse}^{(r)} = \pi_r\,(dO \cdot (O^{(r)} - O) + d\mathrm{lse})`, from
+    :math:`\partial \pi_{r'}/\partial \mathrm{lse}^{(r)} = \pi_{r'}(\delta_{rr'} - \pi_r)` and
+    :math:`\partial \mathrm{lse}/\partial \mathrm{lse}^{(r)} = \pi_r`.
 
     Examples
     --------
@@ -1195,9 +1195,9 @@ def merge_attention_states_backward(
     c = check_instance(cache, MergeCache, "cache", "merge_attention_states_forward")
     dO = check_grad(d_out, "d_out", c.out.shape, c.out.dtype)
     g = np.zeros(c.w.shape[1:]) if d_lse is None else check_grad(d_lse, "d_lse", c.w.shape[1:])
-    # out = sum_r pi_r O_r  (Eq. (9.13))  ->  dO_r = pi_r dO
+    # out = sum_r pi_r O^(r)  (Eq. (9.13))  ->  dO^(r) = pi_r dO
     d_outs = c.w[..., None] * dO
-    # pi_r = exp(lse_r - lse), lse = logsumexp(lse_r)  (Eq. (9.12))
-    #   ->  dlse_r = pi_r (dO . (O_r - O) + dlse)  (Eq. (9.14))
+    # pi_r = exp(lse^(r) - lse), lse = logsumexp(lse^(r))  (Eq. (9.12))
+    #   ->  dlse^(r) = pi_r (dO . (O^(r) - O) + dlse)  (Eq. (9.14))
     d_lses = c.w * (np.sum(dO * (c.outs - c.out), axis=-1) + g)
     return d_outs, d_lses

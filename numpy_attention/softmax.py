@@ -289,7 +289,7 @@ def softmax_backward(d_y: ArrayLike, y: ArrayLike, axis: int = -1) -> NDArray[np
     y = _as_float(y, "y")
     d_y = check_grad(d_y, "d_y", y.shape, what="the shape of y")
     dtype, (d_y, y) = _upcast(d_y, y)
-    # Eq. (1.4): the Jacobian-vector product, O(n) per slice instead of an n x n Jacobian
+    # Eq. (1.4): the vector-Jacobian product, linear in S per slice, no S x S Jacobian
     return (y * (d_y - np.sum(d_y * y, axis=axis, keepdims=True))).astype(dtype, copy=False)
 
 

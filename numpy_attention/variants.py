@@ -62,18 +62,22 @@ def alibi_slopes(num_heads: int) -> Array:
 
     Notes
     -----
-    Eq. (8.5) of ``docs/variants.md``. With :math:`n = 2^{\lfloor \log_2 H \rfloor}` the largest
-    power of two not above :math:`H`, the first :math:`n` heads get the geometric sequence
-    :math:`m_h = 2^{-8h/n}`, :math:`h = 1, \dots, n`; the :math:`H - n` remaining heads get every
-    other slope of the sequence for :math:`2n` heads, :math:`2^{-4k/n}` for
-    :math:`k = 1, 3, 5, \dots, 2(H - n) - 1`:
+    Eq. (8.5) of ``docs/variants.md``, heads numbered from 1. With
+    :math:`\mathtt{H_2} = 2^{\lfloor \log_2 \mathtt{Hq} \rfloor}` the largest power of two not
+    above :math:`\mathtt{Hq}` (``n`` in the code), the first :math:`\mathtt{H_2}` heads get the
+    geometric sequence :math:`\mu_h = 2^{-8h/\mathtt{H_2}}`, :math:`h = 1, \dots, \mathtt{H_2}`;
+    the :math:`\mathtt{Hq} - \mathtt{H_2}` remaining heads get every other slope of the sequence
+    for :math:`2\mathtt{H_2}` heads, :math:`\mu_{\mathtt{H_2} + h'} = 2^{-4(2h' - 1)/\mathtt{H_2}}`
+    for :math:`h' = 1, \dots, \mathtt{Hq} - \mathtt{H_2}`:
 
-    .. math:: m = \big(2^{-8/n}, 2^{-16/n}, \dots, 2^{-8}\big) \,\|\,
-              \big(2^{-4/n}, 2^{-12/n}, \dots\big)_{H - n} .
+    .. math:: \mu = \big(2^{-8/\mathtt{H_2}}, 2^{-16/\mathtt{H_2}}, \dots, 2^{-8}\big) \,\|\,
+              \big(2^{-4/\mathtt{H_2}}, 2^{-12/\mathtt{H_2}}, \dots\big)_{\mathtt{Hq}
+              - \mathtt{H_2}} .
 
     This is the rule of the ALiBi reference code (``get_slopes``), of BLOOM's
     ``build_alibi_tensor`` (huggingface/transformers) and of cuDNN's test reference
-    (``test_mhas.py``); a power of two :math:`H` gives the paper's :math:`2^{-8h/H}`.
+    (``test_mhas.py``); a power of two :math:`\mathtt{Hq}` gives the paper's
+    :math:`2^{-8h/\mathtt{Hq}}`.
 
     Examples
     --------

@@ -415,13 +415,15 @@ def test_code_line_check_catches_each_kind_of_drift(tmp_path):
     assert "not defined" in found[3][0] and "'Code:' line" in found[4][0]
 
 
-_BARE_CITE_RE = re.compile(rf"\bEqs?\.?\s*({_NUM}(?:\s*(?:-|–|—|,|and|to)\s*{_NUM})*)")
+_BARE_CITE_RE = re.compile(
+    rf"\b(?:[Ee]qs?\.?|[Ee]quations?)\s*({_NUM}(?:\s*(?:-|–|—|,|and|to)\s*{_NUM})*)"
+)
 
 
 def _bare_citations(text: str) -> list[tuple[int, str]]:
     """Citations not written ``Eq. (c.n)`` / ``Eqs. (c.a)-(c.b)``: a number without parentheses,
-    or ``Eq`` without its dot (one form everywhere, so that searching for ``Eq. (2.10)`` finds
-    every use)."""
+    ``Eq`` without its dot, a lower-case ``eq.`` or a spelled-out ``Equation`` (one form
+    everywhere, so that searching for ``Eq. (2.10)`` finds every use)."""
     found = []
     for m in _BARE_CITE_RE.finditer(text):
         numbers = re.findall(r"\(?\d+\.\d+\)?", m.group(1))
@@ -451,10 +453,16 @@ def test_equations_are_cited_in_one_form_everywhere():
 
 
 def test_bare_citation_finder_sees_each_bare_form():
-    """The finder behind the one-form test flags a bare number, a half-bare range and a missing
-    dot, and passes the parenthesised forms."""
+    """The finder behind the one-form test flags a bare number, a half-bare range, a missing
+    dot, a lower-case ``eq.`` and ``Equation``, and passes the parenthesised forms."""
     text = "Eq. (2.10) Eqs. (2.1)-(2.3) Eq. 2.10 Eqs. (5.4)-5.6 Eq (2.4) Eqs. (3.6), (3.10)"
     assert [c for _, c in _bare_citations(text)] == ["Eq. 2.10", "Eqs. (5.4)-5.6", "Eq (2.4)"]
+    text = "see eq. (2.3), Equation (2.4), equations 2.5-2.6; Equations are numbered as in"
+    assert [c for _, c in _bare_citations(text)] == [
+        "eq. (2.3)",
+        "Equation (2.4)",
+        "equations 2.5-2.6",
+    ]
 
 
 def test_citation_parser_reads_ranges_lists_and_both_styles():
@@ -851,3 +859,159 @@ def test_reliability_page_names_only_tests_that_exist():
     sources = "".join(p.read_text(encoding="utf-8") for p in (root / "tests").glob("test_*.py"))
     missing += [n for n in names if f"def {n}(" not in sources]
     _fail(missing, "tests named in docs/reliability.md that do not exist")
+
+
+# ---------------------------------------------------------------------------
+# The glossary: one meaning per symbol
+# ---------------------------------------------------------------------------
+
+GLOSSARY = DOCS / "glossary.md"
+
+
+def _split_top_level(math: str) -> list[str]:
+    """``S^{(0)}, S^{(1)}`` -> ``["S^{(0)}", "S^{(1)}"]``: split at commas outside braces."""
+    parts, depth, current = [], 0, ""
+    for ch in math:
+        depth += (ch in "{([") - (ch in "})]")
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    return [p.strip() for p in parts + [current] if p.strip()]
+
+
+def _glossary_rows(text: str) -> list[tuple[int, str, list[tuple[str, str]]]]:
+    """``(line, section, symbols)`` for every table row of the glossary; a symbol is
+    ``("size", "Hq")`` (code font) or ``("math", <its LaTeX>)`` (a formula's letter)."""
+    rows, section = [], ""
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.startswith("## "):
+            section = line[3:].strip()
+        if not line.startswith("| ") or line.startswith("|---"):
+            continue
+        first = line.split(" | ")[0][2:].strip()
+        if first in {"Size", "Symbol", "Index"}:
+            continue
+        symbols = [("size", c) for c in re.findall(r"`([^`]+)`", first)]
+        symbols += [("math", s) for m in re.findall(r"\$([^$]+)\$", first)
+                    for s in _split_top_level(m)]  # fmt: skip
+        rows.append((number, section, symbols))
+    return rows
+
+
+def _glossary_problems(text: str) -> list[str]:
+    rows = _glossary_rows(text)
+    where: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for number, _, symbols in rows:
+        for symbol in symbols:
+            where[symbol].append(number)
+    problems = [f"glossary.md:{lines[0]}: {s!r} is defined on lines {lines}"
+                for (_, s), lines in where.items() if len(lines) > 1]  # fmt: skip
+    indices = {s for _, section, symbols in rows if section == "Indices" for _, s in symbols}
+    single = {s for s in indices if re.fullmatch(r"[a-z]", s)}
+    for (kind, s), lines in where.items():
+        m = re.fullmatch(r"(.+?)_\{?([a-z])\}?", s)
+        if kind != "math" or not m or m.group(2) not in single:
+            continue
+        stem = m.group(1)  # a Greek or capital letter: a lower-case one may carry a name (b_k)
+        others = [n for n in where.get(("math", stem), []) if n not in lines]
+        if others and re.fullmatch(r"\\[A-Za-z]+|[A-Z]", stem):
+            other = others[0]
+            problems.append(
+                f"glossary.md:{lines[0]}: {s!r} (letter {stem!r} with an index) and {stem!r}"
+                f" on line {other} are two meanings"
+            )
+    return problems
+
+
+def test_glossary_gives_each_symbol_one_row_and_one_meaning():
+    """docs/glossary.md: no symbol is defined twice, and no Greek or capital letter means one
+    thing bare and another with an index subscript (Adam's mu and ALiBi's mu_h once did)."""
+    text = GLOSSARY.read_text(encoding="utf-8")
+    rows = _glossary_rows(text)
+    assert len(rows) > 80 and {s for _, _, row in rows for s in row} >= {
+        ("size", "Hq"),
+        ("math", "\\tilde S"),
+        ("math", "i"),
+        ("math", "\\delta_{jj'}"),
+    }
+    _fail(_glossary_problems(text), "symbols with more than one meaning in docs/glossary.md")
+
+
+def test_glossary_check_sees_a_second_meaning():
+    """The check fails on a symbol defined twice and on a bare Greek or capital letter that also
+    names an indexed symbol, and passes a table that adds nothing."""
+    text = GLOSSARY.read_text(encoding="utf-8")
+    table = "\n## Indices\n\n| Index | Runs over |\n|---|---|\n"
+    twice = text + "\n## Arrays\n\n| Symbol | Meaning |\n|---|---|\n| $\\gamma$ | a rate |\n"
+    assert any("\\gamma" in p for p in _glossary_problems(twice))
+    bare = text + "\n## Arrays\n\n| Symbol | Meaning |\n|---|---|\n| $\\mu$ | a moment |\n"
+    assert any("\\mu_h" in p for p in _glossary_problems(bare))
+    assert _glossary_problems(text + table + "| $A$ | a matrix |\n") != []
+    assert _glossary_problems(text) == _glossary_problems(text + table)
+
+
+_SHAPE_RE = re.compile(r"(?<![\w.\]])\(([^()]*,[^()]*)\)")
+_NOT_SIZES = {"None", "True", "False"}
+
+
+def _shape_problems(path: Path, sizes: set[str]) -> list[str]:
+    """Shapes in code font in the prose of ``path`` (``(…, Hq, L, S)``, ``w_q (Dq, H·E)``) whose
+    capitalised letters are not sizes of the glossary (a trailing digit numbers an axis)."""
+    problems, fence = [], None
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        m = _FENCE_RE.match(line)
+        if fence is None and m:
+            fence = m.group(1)
+            continue
+        if fence is not None:
+            if line.strip().startswith(fence) and line.strip().strip(fence[0]) == "":
+                fence = None
+            continue
+        for span in _INLINE_CODE_RE.finditer(line):
+            for shape in _SHAPE_RE.finditer(span.group(2)):
+                if any(ord(ch) > 127 and ch not in "…·" for ch in shape.group(1)):
+                    continue  # entries such as (P₁₀, P₁₁), not a shape
+                for name in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", shape.group(1)):
+                    if name[0].isupper() and name not in _NOT_SIZES:
+                        if name.rstrip("0123456789") not in sizes:
+                            problems.append(f"{_rel(path)}:{number}: {name!r} in {span.group(2)!r}")
+    return problems
+
+
+def _glossary_sizes() -> set[str]:
+    rows = _glossary_rows(GLOSSARY.read_text(encoding="utf-8"))
+    return {s for _, _, symbols in rows for kind, s in symbols if kind == "size"}
+
+
+def test_shapes_in_the_docs_use_the_glossarys_sizes():
+    """Every letter of a shape written in code font in docs/ is a size of the glossary: no
+    ``(B, H_i, T, T)`` (i is a query), no other library's ``(B, L, H, D)``."""
+    sizes = _glossary_sizes()
+    assert {"B", "Hq", "Hkv", "L", "S", "E", "Ev", "Nc", "B_cache"} <= sizes
+    problems = [p for path in _doc_files() + [ROOT / "README.md"]
+                for p in _shape_problems(path, sizes)]  # fmt: skip
+    _fail(problems, "shapes with letters that are not sizes of docs/glossary.md")
+
+
+def test_shape_check_sees_a_letter_that_is_no_size(tmp_path):
+    """The shape check flags a letter that is no size and passes sizes, products of sizes,
+    calls, Python constants, numbered axes and code blocks."""
+    md = tmp_path / "x.md"
+    md.write_text(
+        "weights `(B, H_i, T, T)`, ok `(…, Hq, L, S)` and `w_q (Dq, H·E)`, a call `f(Q, K)`,\n"
+        "`window=(None, 0)`, axes `(B0, B1)`\n```\n(B, D)\n```\n",
+        encoding="utf-8",
+    )
+    found = [p.split(": ", 1)[1] for p in _shape_problems(md, _glossary_sizes())]
+    assert found == ["'H_i' in '(B, H_i, T, T)'"]
+
+
+def test_docs_write_no_big_o():
+    """O is the attention output: a cost is written "linear in S", never with big-O."""
+    problems = [f"{_rel(path)}:{n}: {line.strip()[:80]}"
+                for path in _doc_files()
+                for n, line in enumerate(_mask_code(path.read_text(encoding="utf-8")), 1)
+                if re.search(r"(?<![A-Za-z\\])O\(", line)]  # fmt: skip
+    _fail(problems, "big-O in docs/ (O is the output)")

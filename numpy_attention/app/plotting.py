@@ -12,9 +12,10 @@ writes PNGs without version metadata, so regenerated files are byte-identical.
 
 Shapes (letter legend)::
 
-    H heads (or N fusion branches)    L queries (rows)    S keys (columns)
+    H heads    N fusion branches    L queries (rows)    S keys (columns)
 
-    weights (L, S) or (H, L, S), values in [0, 1]; row i = what query i attends to.
+    weights (L, S) or (H, L, S), values in [0, 1]; row i = what query i attends to;
+    a fusion's branch_weights (N, L, S).
     mask    (L, S) bool, True = the key takes part (the polarity of
             numpy_attention.masks and torch's boolean attn_mask).
 

@@ -144,10 +144,10 @@ def gradcheck(
 
     Notes
     -----
-    Central differences have truncation error :math:`O(\varepsilon^2)` and
-    rounding error :math:`O(u/\varepsilon)`, about ``1e-10`` relative in
-    float64 with ``eps = 1e-6``; the default tolerances leave room for that
-    and nothing more. Every computation is done in float64.
+    Central differences have a truncation error of the order of ``eps**2`` and
+    a rounding error of the order of ``u / eps`` (``u`` the unit roundoff),
+    about ``1e-10`` relative in float64 with ``eps = 1e-6``; the default
+    tolerances leave room for that and nothing more. Every computation is done in float64.
 
     Examples
     --------
