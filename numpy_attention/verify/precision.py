@@ -19,8 +19,13 @@ rounded inputs, attention-gym#242); then every operation of PyTorch's math
 SDPA (matmul, scaling, mask, softmax, dropout, each backward step) reads
 values of the dtype, computes in float32 (float64 for float64: products and
 sums in float32, as bfloat16 and float16 kernels accumulate) and rounds its
-result to the dtype. bfloat16 is rounded by :func:`round_to_bfloat16` (pure
-NumPy); the float8 formats come from ``ml_dtypes``, imported only when asked.
+result to the dtype. The variants are written as a naive same-dtype PyTorch
+implementation writes them (FlashAttention's ``attention_ref`` without upcast,
+gpt-oss's sink attention): softcap ``c tanh(S / c)`` a rounded step at a time,
+ALiBi's bias rounded and added, windows, chunks and sink tokens as masks, the
+sinks as an extra logit column of the softmax. bfloat16 is rounded by
+:func:`round_to_bfloat16` (pure NumPy); the float8 formats come from
+``ml_dtypes``, imported only when asked.
 
 - :data:`BASELINE_FACTORS`, :data:`UNIT_ROUNDOFF`, :func:`rounding`.
 - :func:`emulate_sdpa`: the naive same-dtype forward and backward of one case.
@@ -32,11 +37,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from ..masks import Positions
 from .tolerance import DTYPES, round_to_bfloat16
 
 __all__ = [
@@ -44,11 +51,16 @@ __all__ = [
     "UNIT_ROUNDOFF",
     "POLICIES",
     "LOW_PRECISION",
+    "EMULATED_KINDS",
     "rounding",
     "emulate_sdpa",
     "baseline_errors",
     "baseline_factor",
 ]
+
+#: The kinds of case :func:`emulate_sdpa` models, so that :func:`baseline_errors` gives them a
+#: baseline: scaled dot-product attention, with or without the variants of docs/variants.md.
+EMULATED_KINDS = ("sdpa", "variant")
 
 #: The two ways ``check`` judges a quantity (``docs/verify.md``, "Tolerance policy").
 POLICIES = ("baseline", "absolute")
@@ -83,7 +95,11 @@ def baseline_factor(quantity: str) -> float:
     return BASELINE_FACTORS["gradient" if quantity.startswith("d") else "forward"]
 
 
-def rounding(dtype: str) -> Callable[[Any], NDArray[np.floating]]:
+#: What :func:`rounding` returns: an array rounded to the dtype, held in its accumulator dtype.
+Rounding = Callable[[Any], NDArray[np.floating]]
+
+
+def rounding(dtype: str) -> Rounding:
     """Return the function rounding an array to ``dtype``, held in its accumulator dtype.
 
     float64 values stay float64; every other dtype's values are returned as
@@ -132,16 +148,72 @@ def _sum_to(g: NDArray[np.floating], shape: tuple[int, ...]) -> NDArray[np.float
     return g.sum(axis=axes, keepdims=True) if axes else g
 
 
-def _allowed(a: Mapping[str, Any], L: int, S: int) -> NDArray[np.bool_]:
-    """Return the keys each query may see (bool mask and causal), broadcastable to the scores."""
-    allowed = np.ones((L, S), dtype=bool)
-    mask = a.get("attn_mask")
-    if mask is not None and mask.dtype == bool:
-        allowed = allowed & mask
-    if bool(a["is_causal"]):
-        d = S - L if bool(a["causal_bottom_right"]) else 0
-        allowed = allowed & (np.arange(S)[None, :] <= np.arange(L)[:, None] + d)
-    return allowed
+def _per_head(g: NDArray[np.floating]) -> NDArray[np.floating]:
+    """Sum ``g (..., Hq, n)`` to ``(Hq,)``: over the rows and every batch dimension."""
+    return g.sum(axis=tuple(range(g.ndim - 2)) + (g.ndim - 1,))
+
+
+@dataclass(frozen=True)
+class _Variants:
+    """A case's variants as a naive implementation holds them (docs/variants.md)."""
+
+    pos: Positions  # causal, window, chunk_size, sink_tokens, with the offset d of Eq. (2.6)
+    softcap: float | None  # c of Eq. (8.2)
+    alibi: NDArray[np.floating] | None  # slopes (..., Hq, 1, 1) in the dtype, Eq. (8.4)
+    sinks: NDArray[np.floating] | None  # one logit per query head (Hq,) in the dtype, Eq. (8.9)
+
+
+def _variants(inputs: Mapping[str, Any], r: Rounding, L: int, S: int) -> _Variants:
+    """Read the variants of a case's inputs (``window`` (2,), -1 an unbounded side)."""
+    window: tuple[int | None, int | None] | None = None
+    w = inputs.get("window")
+    if w is not None:
+        left, right = (int(x) for x in np.ravel(w))
+        window = (None if left < 0 else left, None if right < 0 else right)
+    chunk, cap = inputs.get("chunk_size"), inputs.get("softcap")
+    slopes, sinks = inputs.get("alibi_slopes"), inputs.get("sinks")
+    pos = Positions(
+        offset=S - L if bool(inputs["causal_bottom_right"]) else 0,
+        is_causal=bool(inputs["is_causal"]),
+        window=window,
+        chunk_size=None if chunk is None else int(chunk),
+        sink_tokens=int(inputs.get("sink_tokens", 0)),
+    )
+    return _Variants(
+        pos=pos,
+        softcap=None if cap is None else float(cap),
+        alibi=None if slopes is None else r(slopes)[..., None, None],
+        sinks=None if sinks is None else r(sinks),
+    )
+
+
+def _scores(
+    qi: NDArray[np.floating], kT: NDArray[np.floating], i0: int, scale: float, r: Rounding,
+    var: _Variants, bias: Any = None, keys: Any = None,
+) -> tuple[NDArray[np.floating], NDArray[np.floating] | None]:  # fmt: skip
+    """Return the masked scores of queries ``i0:`` (``qi``) and the cap's ``tanh`` (or None).
+
+    Each step rounded to the dtype, in the truth's order: ``S = q k^T``, ``* scale``, the cap
+    ``c tanh(S / c)`` (``/ c``, ``tanh``, ``* c``, Eq. (8.2)), ``+ bias`` (the float mask),
+    ``+ ALiBi`` (``-m_h |i + d - j|``, itself rounded, Eq. (8.4)), then ``-inf`` where the bool
+    mask ``keys`` or the positions (causal, window, chunk, sink tokens, Eq. (8.8)) hide a key.
+    """
+    s = r(r(qi @ kT) * scale)
+    y = None
+    if var.softcap is not None:
+        y = r(np.tanh(r(s / var.softcap)))
+        s = r(y * var.softcap)
+    if bias is not None:
+        s = r(s + bias)
+    i, j = np.arange(i0, i0 + qi.shape[-2])[:, None], np.arange(kT.shape[-1])[None, :]
+    if var.alibi is not None:
+        s = r(s + r(-var.alibi * np.abs(i + var.pos.offset - j)))
+    allowed = var.pos.mask(i, j)
+    if keys is not None:
+        allowed = keys if allowed is None else allowed & keys
+    if allowed is not None:
+        s = np.where(allowed, s, -np.inf)
+    return s, y
 
 
 def _softmax(s: NDArray[np.floating]) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
@@ -155,15 +227,44 @@ def _softmax(s: NDArray[np.floating]) -> tuple[NDArray[np.floating], NDArray[np.
     return e / np.where(total > 0, total, 1), lse
 
 
+def _softmax_sinks(
+    s: NDArray[np.floating], sinks: NDArray[np.floating] | None, r: Rounding
+) -> tuple[NDArray[np.floating], NDArray[np.floating] | None, NDArray[np.floating]]:
+    """``P`` (rounded), the sinks' weights (rounded; None without sinks) and ``lse``.
+
+    With sinks, as gpt-oss's reference: the sink logit is an extra column of the scores, the
+    softmax runs over ``S + 1`` columns and the last one is dropped from ``P`` (Eq. (8.9)).
+    """
+    if sinks is None:
+        P, lse = _softmax(s)
+        return r(P), None, lse
+    col = np.broadcast_to(sinks[:, None], s.shape[:-1])[..., None].astype(s.dtype)
+    P, lse = _softmax(np.concatenate([s, col], axis=-1))
+    return r(P[..., :-1]), r(P[..., -1]), lse
+
+
+def _scores_backward(
+    dS: NDArray[np.floating], y: NDArray[np.floating] | None, var: _Variants, r: Rounding
+) -> NDArray[np.floating]:
+    """Undo the cap as autograd does, each step rounded: ``* c``, ``* (1 - tanh^2)``, ``/ c``."""
+    if var.softcap is None:
+        return dS
+    assert y is not None
+    c = var.softcap
+    return r(r(r(dS * c) * (1 - y * y)) / c)
+
+
 def emulate_sdpa(inputs: Mapping[str, Any], dtype: str) -> dict[str, NDArray[np.floating]]:
     r"""Run a naive attention forward and backward in ``dtype``: the baseline of Eq. (7.3).
 
     Parameters
     ----------
     inputs : mapping
-        One SDPA case's inputs (``q``, ``k``, ``v``, ``d_out``, ``scale``,
+        One SDPA or variant case's inputs (``q``, ``k``, ``v``, ``d_out``, ``scale``,
         ``dropout_p``, ``is_causal``, ``causal_bottom_right``, ``enable_gqa``,
-        optionally ``attn_mask`` and ``dropout_mask``), as in the suite's files.
+        optionally ``attn_mask`` and ``dropout_mask``, and the variants' ``window``,
+        ``chunk_size``, ``sink_tokens``, ``softcap``, ``alibi_slopes``, ``sinks``),
+        as in the suite's files.
     dtype : str
         The dtype emulated (see :func:`rounding`).
 
@@ -171,8 +272,8 @@ def emulate_sdpa(inputs: Mapping[str, Any], dtype: str) -> dict[str, NDArray[np.
     -------
     results : dict of str to ndarray
         ``out``, ``weights``, ``lse``, ``dq``, ``dk``, ``dv`` (and
-        ``d_attn_mask`` for a float mask), as float64 arrays holding values
-        of ``dtype``.
+        ``d_attn_mask`` for a float mask, ``d_sinks`` with sinks), as float64
+        arrays holding values of ``dtype``.
 
     Notes
     -----
@@ -181,6 +282,12 @@ def emulate_sdpa(inputs: Mapping[str, Any], dtype: str) -> dict[str, NDArray[np.
     PyTorch upcasts it), dropout, ``P_d v``; the backward ``dv = P_d^T dO``,
     ``dP = dO v^T``, dropout, ``dS = P (dP - rowsum(dP P))``, ``dq = scale dS k``,
     ``dk = scale dS^T q``, summed over GQA groups and broadcast batches.
+    The variants as a naive same-dtype implementation writes them (FlashAttention's
+    ``attention_ref`` without upcast, gpt-oss's sink attention): the cap
+    ``c tanh(S / c)`` after the scale, a step at a time; ALiBi's bias ``-m_h |i + d - j|``
+    rounded, then added; windows, chunks and sink tokens as a mask (``-inf``); the sinks
+    an extra logit column in the softmax, so ``d_sinks`` is the sum of that column's
+    ``dS = P_sink (0 - rowsum(dP P))``, Eq. (8.11).
 
     Examples
     --------
@@ -195,16 +302,14 @@ def emulate_sdpa(inputs: Mapping[str, Any], dtype: str) -> dict[str, NDArray[np.
     q, k, v, dO = (r(inputs[n]) for n in ("q", "k", "v", "d_out"))
     L, S = q.shape[-2], k.shape[-2]
     scale = float(inputs["scale"])
+    var = _variants(inputs, r, L, S)
     G = q.shape[-3] // k.shape[-3] if bool(inputs["enable_gqa"]) else 1
     kk, vv = (np.repeat(k, G, axis=-3), np.repeat(v, G, axis=-3)) if G > 1 else (k, v)
-    s = r(r(q @ np.swapaxes(kk, -1, -2)) * scale)
     mask = inputs.get("attn_mask")
     bias = r(mask) if mask is not None and mask.dtype != bool else None
-    if bias is not None:
-        s = r(s + bias)
-    s = np.where(_allowed(inputs, L, S), s, -np.inf)
-    P, lse = _softmax(s)
-    P = r(P)
+    keys = mask if mask is not None and mask.dtype == bool else None
+    s, y = _scores(q, np.swapaxes(kk, -1, -2), 0, scale, r, var, bias, keys)
+    P, P_sink, lse = _softmax_sinks(s, var.sinks, r)
     p = float(inputs["dropout_p"])
     keep = inputs["dropout_mask"] if p > 0 else None
     Pd = r(P * keep / (1 - p)) if keep is not None else P
@@ -213,7 +318,9 @@ def emulate_sdpa(inputs: Mapping[str, Any], dtype: str) -> dict[str, NDArray[np.
     dP = r(dO @ np.swapaxes(vv, -1, -2))
     if keep is not None:
         dP = r(dP * keep / (1 - p))
-    dS = r(P * (dP - np.sum(dP * P, axis=-1, keepdims=True)))
+    D = np.sum(dP * P, axis=-1, keepdims=True)
+    dS_masked = r(P * (dP - D))
+    dS = _scores_backward(dS_masked, y, var, r)
     dq = r(r(dS @ kk) * scale)
     dk = r(np.swapaxes(dS, -1, -2) @ q) * scale
     if G > 1:
@@ -222,7 +329,9 @@ def emulate_sdpa(inputs: Mapping[str, Any], dtype: str) -> dict[str, NDArray[np.
     res = {"out": out, "weights": P, "lse": r(lse), "dq": dq,
            "dk": r(_sum_to(dk, k.shape)), "dv": r(_sum_to(dv, v.shape))}  # fmt: skip
     if bias is not None:
-        res["d_attn_mask"] = r(_sum_to(dS, bias.shape))
+        res["d_attn_mask"] = r(_sum_to(dS_masked, bias.shape))
+    if P_sink is not None:
+        res["d_sinks"] = r(_per_head(r(-P_sink * D[..., 0])))
     return {n: np.asarray(a, dtype=np.float64) for n, a in res.items()}
 
 
@@ -259,39 +368,41 @@ def _blockable(inputs: Mapping[str, Any]) -> bool:
 def _emulate_blocked(inputs: Mapping[str, Any], dtype: str) -> dict[str, NDArray[np.floating]]:
     """:func:`emulate_sdpa` without ``weights``, a block of query rows at a time.
 
-    The same steps and roundings: every row's ``out``, ``lse`` and ``dq`` are those of the
-    dense emulation; ``dk`` and ``dv`` sum the blocks' products in the accumulator before the
-    one rounding the dense emulation applies (only the summation order differs).
+    The same steps and roundings, variants included: every row's ``out``, ``lse`` and ``dq``
+    are those of the dense emulation; ``dk``, ``dv`` and ``d_sinks`` sum the blocks' products
+    in the accumulator before the one rounding the dense emulation applies (only the
+    summation order differs).
     """
     r = rounding(dtype)
     q, k, v, dO = (r(inputs[n]) for n in ("q", "k", "v", "d_out"))
     L, S = q.shape[-2], k.shape[-2]
     scale = float(inputs["scale"])
+    var = _variants(inputs, r, L, S)
     G = q.shape[-3] // k.shape[-3] if bool(inputs["enable_gqa"]) else 1
     kk, vv = (np.repeat(k, G, axis=-3), np.repeat(v, G, axis=-3)) if G > 1 else (k, v)
     kT, vT = np.swapaxes(kk, -1, -2), np.swapaxes(vv, -1, -2)
-    d = S - L if bool(inputs["causal_bottom_right"]) else 0
     heads = max(math.prod(q.shape[:-2]), math.prod(k.shape[:-2]))
     rows = max(1, _BLOCK_SCORES // max(S * heads, 1))
     outs, lses, dqs = [], [], []
     dk_sum: Any = 0.0
     dv_sum: Any = 0.0
+    ds_sum: Any = 0.0
     for i0 in range(0, L, rows):
         i1 = min(L, i0 + rows)
         qi, dOi = q[..., i0:i1, :], dO[..., i0:i1, :]
-        s = r(r(qi @ kT) * scale)
-        if bool(inputs["is_causal"]):
-            s = np.where(np.arange(S)[None, :] <= np.arange(i0, i1)[:, None] + d, s, -np.inf)
-        P, lse = _softmax(s)
-        P = r(P)
+        s, y = _scores(qi, kT, i0, scale, r, var)
+        P, P_sink, lse = _softmax_sinks(s, var.sinks, r)
         outs.append(r(P @ vv))
         lses.append(r(lse))
         dv_sum = dv_sum + np.swapaxes(P, -1, -2) @ dOi
         dP = r(dOi @ vT)
-        dS = r(P * (dP - np.sum(dP * P, axis=-1, keepdims=True)))
+        D = np.sum(dP * P, axis=-1, keepdims=True)
+        dS = _scores_backward(r(P * (dP - D)), y, var, r)
         dqs.append(r(r(dS @ kk) * scale))
         dk_sum = dk_sum + np.swapaxes(dS, -1, -2) @ qi
-        del s, P, dP, dS
+        if P_sink is not None:
+            ds_sum = ds_sum + _per_head(r(-P_sink * D[..., 0]))
+        del s, y, P, dP, dS
     dk, dv = r(dk_sum) * scale, r(dv_sum)
     if G > 1:
         dk = dk.reshape(*dk.shape[:-3], -1, G, *dk.shape[-2:]).sum(axis=-3)
@@ -299,6 +410,8 @@ def _emulate_blocked(inputs: Mapping[str, Any], dtype: str) -> dict[str, NDArray
     res = {"out": np.concatenate(outs, axis=-2), "lse": np.concatenate(lses, axis=-1),
            "dq": np.concatenate(dqs, axis=-2), "dk": r(_sum_to(dk, k.shape)),
            "dv": r(_sum_to(dv, v.shape))}  # fmt: skip
+    if var.sinks is not None:
+        res["d_sinks"] = r(ds_sum)
     return {n: np.asarray(a, dtype=np.float64) for n, a in res.items()}
 
 
@@ -312,8 +425,9 @@ def baseline_errors(
     inputs, expected : mapping
         A case's inputs and float64 expected results.
     kind : str, optional
-        The case's kind; only ``"sdpa"`` cases have an emulated baseline
-        (the layer cases return ``{}``, judged by the absolute policy).
+        The case's kind; ``"sdpa"`` and ``"variant"`` cases have an emulated
+        baseline (:data:`EMULATED_KINDS`); the others (layers, serving) return
+        ``{}`` and are judged by the absolute policy.
 
     Returns
     -------
@@ -330,7 +444,7 @@ def baseline_errors(
     >>> b["bfloat16"]["out"] > b["float16"]["out"] > b["float32"]["out"] > 0
     True
     """
-    if kind != "sdpa":
+    if kind not in EMULATED_KINDS:
         return {}
     out = {}
     emulate = _emulate_blocked if _blockable(inputs) else emulate_sdpa
