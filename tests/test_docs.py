@@ -27,6 +27,7 @@ import io
 import re
 import unicodedata
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,11 +111,10 @@ def _slug(heading: str) -> str:
     return keep.replace(" ", "-")
 
 
-def _anchors(path: Path) -> set[str]:
-    seen: dict[str, int] = defaultdict(int)
-    anchors = set()
+def _prose_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(number, line)`` of each line of ``path`` outside fenced code blocks (from 1)."""
     fence: str | None = None
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         m = _FENCE_RE.match(line)
         if fence is None and m:
             fence = m.group(1)
@@ -123,6 +123,13 @@ def _anchors(path: Path) -> set[str]:
             if line.strip().startswith(fence) and line.strip().strip(fence[0]) == "":
                 fence = None
             continue
+        yield number, line
+
+
+def _anchors(path: Path) -> set[str]:
+    seen: dict[str, int] = defaultdict(int)
+    anchors = set()
+    for _, line in _prose_lines(path):
         h = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
         if h:
             base = _slug(h.group(1))
@@ -959,16 +966,8 @@ _NOT_SIZES = {"None", "True", "False"}
 def _shape_problems(path: Path, sizes: set[str]) -> list[str]:
     """Shapes in code font in the prose of ``path`` (``(…, Hq, L, S)``, ``w_q (Dq, H·E)``) whose
     capitalised letters are not sizes of the glossary (a trailing digit numbers an axis)."""
-    problems, fence = [], None
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        m = _FENCE_RE.match(line)
-        if fence is None and m:
-            fence = m.group(1)
-            continue
-        if fence is not None:
-            if line.strip().startswith(fence) and line.strip().strip(fence[0]) == "":
-                fence = None
-            continue
+    problems = []
+    for number, line in _prose_lines(path):
         for span in _INLINE_CODE_RE.finditer(line):
             for shape in _SHAPE_RE.finditer(span.group(2)):
                 if any(ord(ch) > 127 and ch not in "…·" for ch in shape.group(1)):
