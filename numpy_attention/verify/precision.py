@@ -254,6 +254,19 @@ def _scores_backward(
     return r(r(r(dS * c) * (1 - y * y)) / c)
 
 
+def _rounded_inputs(inputs: Mapping[str, Any], dtype: str) -> tuple:
+    """Start both emulations: ``r``, rounded ``(q, k, v, dO)``, ``scale``, the variants, ``G``.
+
+    Also ``k`` and ``v`` repeated to the query heads (GQA group size ``G``).
+    """
+    r = rounding(dtype)
+    q, k, v, dO = (r(inputs[n]) for n in ("q", "k", "v", "d_out"))
+    var = _variants(inputs, r, q.shape[-2], k.shape[-2])
+    G = q.shape[-3] // k.shape[-3] if bool(inputs["enable_gqa"]) else 1
+    kk, vv = (np.repeat(k, G, axis=-3), np.repeat(v, G, axis=-3)) if G > 1 else (k, v)
+    return r, (q, k, v, dO), float(inputs["scale"]), var, G, (kk, vv)
+
+
 def emulate_sdpa(inputs: Mapping[str, Any], dtype: str) -> dict[str, NDArray[np.floating]]:
     r"""Run a naive attention forward and backward in ``dtype``: the baseline of Eq. (7.3).
 
@@ -298,13 +311,7 @@ def emulate_sdpa(inputs: Mapping[str, Any], dtype: str) -> dict[str, NDArray[np.
     >>> 0 < err < 0.05
     True
     """
-    r = rounding(dtype)
-    q, k, v, dO = (r(inputs[n]) for n in ("q", "k", "v", "d_out"))
-    L, S = q.shape[-2], k.shape[-2]
-    scale = float(inputs["scale"])
-    var = _variants(inputs, r, L, S)
-    G = q.shape[-3] // k.shape[-3] if bool(inputs["enable_gqa"]) else 1
-    kk, vv = (np.repeat(k, G, axis=-3), np.repeat(v, G, axis=-3)) if G > 1 else (k, v)
+    r, (q, k, v, dO), scale, var, G, (kk, vv) = _rounded_inputs(inputs, dtype)
     mask = inputs.get("attn_mask")
     bias = r(mask) if mask is not None and mask.dtype != bool else None
     keys = mask if mask is not None and mask.dtype == bool else None
@@ -373,13 +380,8 @@ def _emulate_blocked(inputs: Mapping[str, Any], dtype: str) -> dict[str, NDArray
     in the accumulator before the one rounding the dense emulation applies (only the
     summation order differs).
     """
-    r = rounding(dtype)
-    q, k, v, dO = (r(inputs[n]) for n in ("q", "k", "v", "d_out"))
+    r, (q, k, v, dO), scale, var, G, (kk, vv) = _rounded_inputs(inputs, dtype)
     L, S = q.shape[-2], k.shape[-2]
-    scale = float(inputs["scale"])
-    var = _variants(inputs, r, L, S)
-    G = q.shape[-3] // k.shape[-3] if bool(inputs["enable_gqa"]) else 1
-    kk, vv = (np.repeat(k, G, axis=-3), np.repeat(v, G, axis=-3)) if G > 1 else (k, v)
     kT, vT = np.swapaxes(kk, -1, -2), np.swapaxes(vv, -1, -2)
     heads = max(math.prod(q.shape[:-2]), math.prod(k.shape[:-2]))
     rows = max(1, _BLOCK_SCORES // max(S * heads, 1))
