@@ -78,6 +78,16 @@ class AttentionInputs:
         return self.scores_shape[:-1] + (self.v.shape[-1],)
 
     @property
+    def exp_max(self) -> float:
+        """A bound on every ``exp`` of the softmax: ``sqrt(max)`` unshifted (``exp_safe``), else 1.
+
+        Under the bound each ``exp(S_ij)`` and ``exp(sink)`` is at most ``sqrt(max)`` and at
+        least ``1 / sqrt(max)``, so ``1 / l`` is at most ``sqrt(max)`` as well; a product with
+        an unnormalised ``E`` or ``1 / l`` scales ``v`` by a power of 2 with this factor.
+        """
+        return float(np.sqrt(np.finfo(self.q.dtype).max)) if self.exp_safe else 1.0
+
+    @property
     def is_causal(self) -> bool:
         """Whether the causal mask of Eq. (2.6) applies."""
         return self.pos.is_causal

@@ -565,7 +565,7 @@ def flash_attention_forward(
     span = x.pos.key_span
     bq, bk = _tiling(x.scores_shape, block_q, block_k, MAX_BLOCK, span)  # one block per thread
     back_q, back_k = _tiling(x.scores_shape, block_q, block_k, MAX_BLOCK // 2, span)  # two
-    (v,), e = pow2_scaled((x.v,), (lay.S + 1,))  # l <= S + 1 terms times v: v / 2^e, exact
+    (v,), e = pow2_scaled((x.v,), (lay.S + 1, x.exp_max))  # l <= S + 1 exps times v
     drop = (keep, float(dropout_p), v)
     out, m, l = _forward_all(x, lay, (bq, bk), drop, n_workers)  # noqa: E741
     if e:
@@ -727,8 +727,8 @@ def flash_attention_backward(d_out: ArrayLike, cache: FlashCache) -> AttentionGr
     x = cache.inputs
     lay = _Layout(x.scores_shape, x.groups)
     dO = check_grad(d_out, "d_out", cache.out.shape, cache.out.dtype)
-    # |dP| <= Ev max|dO| max|v| could overflow: v and out / 2^e (exact), dS * 2^e once small
-    (v, out), e = pow2_scaled((x.v, cache.out), (x.v.shape[-1], absmax(dO)))
+    # |dP / l| <= Ev max|dO| max|v| / l could overflow: v and out / 2^e (exact), dS * 2^e once small
+    (v, out), e = pow2_scaled((x.v, cache.out), (x.v.shape[-1], absmax(dO), x.exp_max))
     l_safe = np.where(cache.l > 0, cache.l, 1.0)[..., None]  # a row with no key: l = 0
     D = np.empty(cache.l.shape + (1,), dtype=dO.dtype)
     grads = _key_grads(x, lay, dO.dtype)

@@ -110,6 +110,23 @@ def test_huge_identical_values_give_zero_gradient_not_nan(forward, backward):
     assert np.abs(g.dq).max() < 1e308 * 1e-12
 
 
+@pytest.mark.parametrize(("forward", "backward"), FORWARDS)
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_unshifted_exps_under_the_bound_do_not_overflow_with_large_values(forward, backward, sign):
+    """Under the Cauchy-Schwarz bound the softmax is not shifted: exp(S) reaches 1e18 (sign +)
+    or 1/l reaches 1e17 (sign -) in float32, and E V or dO / l overflowed for |v| = 1e30 and
+    |dO| = 1e15 (tiled out was inf). Now v is scaled by 2^e for them too: finite and exact."""
+    q = np.full((1, 4, 1), 6.5, np.float32)  # S = +-42.25: inside the float32 bound of 44
+    k = sign * q
+    v = np.full((1, 4, 2), 1e30, np.float32)
+    out, cache = forward(q, k, v, scale=1.0)
+    np.testing.assert_array_equal(out, v[:, :, :])  # equal keys: every P_ij = 1/4, out = v
+    g = backward(np.full_like(out, 1e15), cache)
+    for name in ("dq", "dk", "dv"):
+        assert np.isfinite(getattr(g, name)).all(), name
+    np.testing.assert_allclose(g.dv, np.full_like(v, 1e15), rtol=1e-6)  # sum_i P_ij dO_i
+
+
 def test_log_softmax_keeps_the_digits_of_the_shifted_scores():
     """(x - m) - log(sum), not x - (m + log(sum)): [1e8, 1e8] in float32 gave [0, 0]."""
     y = log_softmax(np.array([1e8, 1e8], dtype=np.float32))
