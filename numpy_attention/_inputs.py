@@ -85,7 +85,7 @@ class AttentionInputs:
         least ``1 / sqrt(max)``, so ``1 / l`` is at most ``sqrt(max)`` as well; a product with
         an unnormalised ``E`` or ``1 / l`` scales ``v`` by a power of 2 with this factor.
         """
-        return float(np.sqrt(np.finfo(self.q.dtype).max)) if self.exp_safe else 1.0
+        return math.exp(_exp_limit(self.q.dtype)) if self.exp_safe else 1.0
 
     @property
     def is_causal(self) -> bool:
@@ -218,6 +218,11 @@ def _bias_bound(bias: Array | None, mods: ScoreMods, extent: int) -> float:
     return b_max
 
 
+def _exp_limit(dtype: np.dtype) -> float:
+    """Half the dtype's log range, ``log(max) / 2``: 44 in float32, 354 in float64."""
+    return float(np.log(np.finfo(dtype).max)) / 2
+
+
 def _exp_safe(q: Array, k: Array, scale: float, b_max: float, mods: ScoreMods) -> bool:
     """Whether ``exp(S)`` is finite and normal without the max shift (Cauchy-Schwarz bound).
 
@@ -229,7 +234,7 @@ def _exp_safe(q: Array, k: Array, scale: float, b_max: float, mods: ScoreMods) -
     """
     if mods.score_mod is not None or q.size == 0 or k.size == 0:
         return False
-    limit = float(np.log(np.finfo(q.dtype).max)) / 2  # 44 in float32, 354 in float64
+    limit = _exp_limit(q.dtype)
     with np.errstate(over="ignore", invalid="ignore"):
         norms = math.sqrt(float(np.einsum("...e,...e->...", q, q).max())
                           * float(np.einsum("...e,...e->...", k, k).max()))  # fmt: skip
