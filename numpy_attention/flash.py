@@ -727,6 +727,8 @@ def flash_attention_backward(d_out: ArrayLike, cache: FlashCache) -> AttentionGr
     x = cache.inputs
     lay = _Layout(x.scores_shape, x.groups)
     dO = check_grad(d_out, "d_out", cache.out.shape, cache.out.dtype)
+    # 1 / l may reach sqrt(max) under the bound: dO / 2^f (exact) so that dO / l stays finite
+    (dO,), f = pow2_scaled((dO,), (x.exp_max,))
     # |dP / l| <= Ev max|dO| max|v| / l could overflow: v and out / 2^e (exact), dS * 2^e once small
     (v, out), e = pow2_scaled((x.v, cache.out), (x.v.shape[-1], absmax(dO), x.exp_max))
     l_safe = np.where(cache.l > 0, cache.l, 1.0)[..., None]  # a row with no key: l = 0
@@ -734,7 +736,7 @@ def flash_attention_backward(d_out: ArrayLike, cache: FlashCache) -> AttentionGr
     grads = _key_grads(x, lay, dO.dtype)
     dq = np.empty(x.scores_shape[:-1] + (x.q.shape[-1],), dtype=dO.dtype)
     bq, bk = cache.block_q, cache.block_k
-    drop = (cache.keep, cache.dropout_p, v, e)
+    drop = (cache.keep, cache.dropout_p, v, e + f)  # dS, D: / 2^(e + f); dV: / 2^f
 
     def task(starts: list[int]) -> None:
         for i0 in starts:
@@ -748,7 +750,9 @@ def flash_attention_backward(d_out: ArrayLike, cache: FlashCache) -> AttentionGr
             dq[..., i0:i1, :] = lay.unrows(_backward_rows(x, lay, i0, i1, bk, rows, grads), i1 - i0)
 
     _map_blocks(task, lay.L, bq, cache.workers)
-    return _flash_grads(x, dq, grads, cache, D, e)
+    if f:
+        np.ldexp(grads.dv, f, out=grads.dv)  # undo the scaling of dO
+    return _flash_grads(x, dq, grads, cache, D, e + f)
 
 
 def _key_grads(x: AttentionInputs, lay: _Layout, dtype: np.dtype) -> _KeyGrads:

@@ -127,6 +127,22 @@ def test_unshifted_exps_under_the_bound_do_not_overflow_with_large_values(forwar
     np.testing.assert_allclose(g.dv, np.full_like(v, 1e15), rtol=1e-6)  # sum_i P_ij dO_i
 
 
+@pytest.mark.parametrize(("forward", "backward"), FORWARDS)
+def test_dO_over_l_under_the_bound_does_not_overflow_with_a_large_dO(forward, backward):
+    """Unshifted, 1/l reaches 5e17 in float32 (every score -42.25), so the tiled backward's
+    dO / l overflowed for |dO| = 1e25 (dv inf, dq NaN); it now divides dO by 2^f first. The
+    core, which multiplies by P (<= 1), is held to the same."""
+    q = np.full((1, 4, 1), 6.5, np.float32)
+    k, v = -q, np.ones((1, 4, 2), np.float32)
+    out, cache = forward(q, k, v, scale=1.0)
+    assert cache.inputs.exp_safe  # the unshifted path is the one under test
+    g = backward(np.full_like(out, 1e25), cache)
+    for name in ("dq", "dk", "dv"):
+        assert np.isfinite(getattr(g, name)).all(), name
+    np.testing.assert_allclose(g.dv, np.full_like(v, 1e25), rtol=1e-6)  # sum_i P_ij dO_i
+    np.testing.assert_allclose(g.dq, 0, atol=1e19)  # equal keys and values: dS = 0, to rounding
+
+
 def test_log_softmax_keeps_the_digits_of_the_shifted_scores():
     """(x - m) - log(sum), not x - (m + log(sum)): [1e8, 1e8] in float32 gave [0, 0]."""
     y = log_softmax(np.array([1e8, 1e8], dtype=np.float32))
