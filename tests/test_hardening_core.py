@@ -251,3 +251,22 @@ def test_concurrent_threaded_tiled_calls_restore_the_blas_threads():
     finally:
         flash._forward_rows = original
     assert blas_threads() == before
+
+
+def test_a_row_with_one_key_gives_its_value_exactly_shifted_or_not():
+    """A query that sees one key has P = 1 there and out = v_j, exactly, whether the softmax
+    shifts by the max or not (under the bound E = e^s is not 1: E / l is exactly 1, but a
+    deferred (E v) / l or E (1 / l) rounds). Its dq, scale (dP - D) k with D = dP, is an exact
+    0 only where numpy's row sum and BLAS's product add the E terms in the same order: here
+    3e-16 off in float64, so it is held to a tolerance."""
+    rng = np.random.default_rng(4)
+    q, k, v = (rng.standard_normal((2, 3, 6, 5)) for _ in range(3))
+    for scale in (None, 30.0):  # the bound holds (no shift) / fails (shift by the max)
+        out, cache = attention_forward(q, k, v, is_causal=True, scale=scale)
+        assert cache.inputs.exp_safe == (scale is None)
+        np.testing.assert_array_equal(out[..., 0, :], v[..., 0, :])  # row 0 sees key 0 only
+        np.testing.assert_array_equal(cache.P[..., 0, :], np.eye(6)[0] + 0 * cache.P[..., 0, :])
+        g = attention_backward(rng.standard_normal(out.shape), cache)
+        np.testing.assert_allclose(g.dq[..., 0, :], 0.0, atol=1e-13)
+        out, cache = attention_forward(q, k[..., :1, :], v[..., :1, :], scale=scale)  # S = 1
+        np.testing.assert_array_equal(out, np.broadcast_to(v[..., :1, :], out.shape))
