@@ -265,7 +265,7 @@ def test_a_row_with_one_key_gives_its_value_exactly_shifted_or_not():
         out, cache = attention_forward(q, k, v, is_causal=True, scale=scale)
         assert cache.inputs.exp_safe == (scale is None)
         np.testing.assert_array_equal(out[..., 0, :], v[..., 0, :])  # row 0 sees key 0 only
-        np.testing.assert_array_equal(cache.P[..., 0, :], np.eye(6)[0] + 0 * cache.P[..., 0, :])
+        np.testing.assert_array_equal(cache.P[..., 0, :], np.broadcast_to(np.eye(6)[0], (2, 3, 6)))
         g = attention_backward(rng.standard_normal(out.shape), cache)
         np.testing.assert_allclose(g.dq[..., 0, :], 0.0, atol=1e-13)
         out, cache = attention_forward(q, k[..., :1, :], v[..., :1, :], scale=scale)  # S = 1
