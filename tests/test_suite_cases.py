@@ -25,6 +25,7 @@ from numpy_attention.verify import (
     build_suite,
     cases_from_config,
     check_results,
+    compare_attention,
     load_suite,
     manifest,
     write_suite,
@@ -544,6 +545,27 @@ def test_config_file_that_is_not_json_is_a_value_error(tmp_path: Path) -> None:
         cases_from_config(bad)
     with pytest.raises(TypeError, match="config must be a path or a mapping"):
         cases_from_config(3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("path", ["dense", "tiled"])
+@pytest.mark.parametrize(
+    "spec",
+    [{"L": 40, "S": 40, "E": 64, "window": [0, 0]},  # each query sees only its own key
+     {"L": 7, "S": 1, "E": 5, "Hq": 4, "Hkv": 2},  # one key, GQA
+     {"L": 9, "S": 30, "E": 16, "chunk_size": 1, "is_causal": True}],  # chunks of one key
+)  # fmt: skip
+def test_rows_that_see_one_key_get_exactly_zero_dq_and_dk_on_both_paths(spec, path) -> None:
+    """One visible key per row: its weight is 1, dS = P (dP - D) = 0, so dq = dk = 0 exactly.
+
+    Stored as float64 round-off instead (the tiled path gives ~1e-15), the truth would be the
+    scale of its own tolerance, and a correct candidate's exact 0 (torch's) would fail.
+    """
+    (case,) = cases_from_config({"cases": [dict(spec, name="one_key", seed=3, path=path)]})
+    for n in ("dq", "dk"):
+        assert not case.expected[n].any(), (n, float(np.abs(case.expected[n]).max()))
+        zero = compare_attention(np.zeros_like(case.expected[n]), case.expected[n], quantity=n)
+        assert zero.passed, zero
+    assert np.abs(case.expected["dv"]).max() > 0.1  # the gradient that does not cancel
 
 
 def test_torch_passes_the_config_cases_in_float64(tmp_path: Path) -> None:

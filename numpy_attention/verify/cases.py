@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..attention import AttentionGrads, attention_backward, attention_forward
+from .._inputs import AttentionInputs, check_inputs
+from ..attention import AttentionGrads, attention_backward, attention_forward, score_pipeline
 from ..flash import flash_attention_backward, flash_attention_forward
 from ..masks import padding_mask, sliding_window_mask
 from ..variants import alibi_slopes
@@ -175,9 +176,41 @@ def _sdpa_case(
         # every key of a head is one vector and each row of dS sums to 0: dq = scale dS K is
         # exactly 0. Store that 0, not float64 round-off (~1e-16), a meaningless scale.
         expected["dq"] = np.zeros_like(grads.dq)
+    if _one_key_per_row(check_inputs(q, k, v, attn_mask=mask, **common), P):
+        # each row's one weight is 1: dS = P (dP - D) = 0, so dq, dk and dB are exactly 0.
+        # Store that 0, not the round-off (~1e-15 on the tiled path), a meaningless scale.
+        for n in ("dq", "dk", "d_attn_mask"):
+            if expected[n] is not None:
+                expected[n] = np.zeros_like(expected[n])
     expected = {n: np.ascontiguousarray(a, dtype=np.float64)
                 for n, a in expected.items() if a is not None}  # fmt: skip
     return Case(name, "variant" if kw else "sdpa", description, inputs, expected, flags)
+
+
+#: Rows of queries whose visible keys :func:`_one_key_per_row` counts at a time (tiled cases).
+_COUNT_SCORES = 2**22
+
+
+def _one_key_per_row(x: AttentionInputs, P: NDArray[np.float64] | None) -> bool:
+    """Tell whether every query sees at most one key and there is no sink logit.
+
+    From the weights when the case has them (a weight that underflowed to 0 counts as
+    hidden: its term is below float64's range anyway), else from the scores' pipeline
+    (Eqs. (8.2)-(8.8): masks, positions, ``-inf`` from a bias or ``score_mod``) run on zero
+    scores, a block of query rows at a time, never an ``L x S`` array.
+    """
+    if x.mods.sinks is not None:
+        return False  # the sink takes part of the weight: dS != 0
+    if P is not None:
+        return bool(np.count_nonzero(P, axis=-1).max(initial=0) <= 1)
+    L, S = x.scores_shape[-2:]
+    rows = max(1, _COUNT_SCORES // max(1, math.prod(x.scores_shape[:-2]) * S))
+    for i0 in range(0, L, rows):
+        scores = np.zeros(x.scores_shape[:-2] + (min(rows, L - i0), S))
+        score_pipeline(x, scores, i0, 0)  # -inf where the key is hidden
+        if np.count_nonzero(scores > -np.inf, axis=-1).max(initial=0) > 1:
+            return False
+    return True
 
 
 def _attend(
