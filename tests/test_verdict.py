@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,12 @@ from numpy_attention.verify import (
     load_suite,
     write_suite,
 )
-from numpy_attention.verify.callables import assert_matches_reference, call_arguments
+from numpy_attention.verify.callables import (
+    VARIANT_ARGUMENTS,
+    assert_matches_reference,
+    call_arguments,
+    reference,
+)
 from numpy_attention.verify.precision import EMULATED_KINDS, baseline_errors, rounding
 from numpy_attention.verify.strategies import attention_inputs
 
@@ -260,6 +266,68 @@ def test_a_kernel_that_cannot_run_a_case_leaves_it_missing() -> None:
     assert not check_callable(kernel, dtype="float32", strict=True).passed
     rep = check_callable(kernel, dtype="float32", gaps=gaps, strict=True)
     assert rep.passed and rep.gap_cases == dropout
+
+
+def variant_kernel(q, k, v, d_out, scale, dtype, is_causal, causal_bottom_right, enable_gqa,
+                   ignore=(), **variants):  # fmt: skip
+    """This package's attention in float32 with the variant keywords it is given (minus ignore)."""
+    f = np.float32
+    kw = {n: a for n, a in variants.items() if n not in ignore and n in VARIANT_ARGUMENTS}
+    align = "bottom_right" if causal_bottom_right else "top_left"
+    out, cache = attention_forward(q.astype(f), k.astype(f), v.astype(f), is_causal=is_causal,
+                                   scale=scale, enable_gqa=enable_gqa, causal_align=align,
+                                   **kw)  # fmt: skip
+    g = attention_backward(d_out.astype(f), cache)
+    res = {"out": out, "lse": cache.lse, "dq": g.dq, "dk": g.dk, "dv": g.dv}
+    return res if g.d_sinks is None else {**res, "d_sinks": g.d_sinks}
+
+
+def test_check_callable_passes_each_variant_case_its_keywords() -> None:
+    """A config case's window, softcap, ... reach the candidate; one that drops them fails."""
+    from numpy_attention.verify import cases_from_config
+
+    specs = [{"name": "window", "L": 24, "S": 24, "E": 8, "window": [3, 0], "is_causal": True},
+             {"name": "softcap_sinks", "L": 9, "S": 17, "E": 8, "softcap": 5.0, "sinks": True},
+             {"name": "alibi_chunks", "L": 16, "S": 16, "E": 8, "Hq": 2, "alibi": True,
+              "chunk_size": 4, "sink_tokens": 1}]  # fmt: skip
+    cases = cases_from_config({"cases": specs})
+    seen = []
+    rep = check_callable(lambda **a: seen.append(a) or variant_kernel(**a), dtype="float32",
+                         cases=cases)  # fmt: skip
+    assert rep.passed and rep.counts["PASS"] == 16 and rep.counts["FAIL"] == 0, rep.table()
+    assert seen[0]["window"] == (3, 0)
+    assert seen[1]["softcap"] == 5.0 and seen[1]["sinks"].shape == (1,)
+    assert seen[2]["chunk_size"] == 4 and seen[2]["sink_tokens"] == 1
+    for ignored in ("window", "softcap", "sinks", "alibi_slopes", "chunk_size"):
+        bad = check_callable(partial(variant_kernel, ignore=(ignored,)), dtype="float32",
+                             cases=cases)  # fmt: skip
+        assert not bad.passed, ignored
+    # the suite's variant cases by name; the default run passes no variant keyword
+    names = [c.name for c in build_suite() if c.kind == "variant"]
+    assert check_callable(variant_kernel, dtype="float32", cases=names).passed
+    plain = []
+    check_callable(lambda **a: plain.append(a) or numpy_kernel(**a), dtype="float32")
+    assert plain and not any(set(a) & set(VARIANT_ARGUMENTS) for a in plain)
+
+
+def test_check_callable_refuses_a_case_it_cannot_call() -> None:
+    serving = next(c for c in build_suite() if c.kind not in ("sdpa", "variant"))
+    with pytest.raises(ValueError, match=f"case '{serving.name}' is of kind"):
+        check_callable(numpy_kernel, cases=[serving])
+    with pytest.raises(ValueError, match="no attention case named 'nope'"):
+        check_callable(numpy_kernel, cases=["nope"])
+
+
+def test_the_oracle_of_a_call_with_variants_applies_them() -> None:
+    case = _config_case(L=12, S=12, E=8, window=[2, 2], softcap=3.0, sinks=True, seed=5)
+    args = call_arguments(case.inputs, "float64")
+    want = reference(args)
+    for q in ("out", "lse", "dq", "dk", "dv", "d_sinks"):
+        np.testing.assert_allclose(want[q], case.expected[q], rtol=1e-13, atol=1e-13, err_msg=q)
+    assert_matches_reference(variant_kernel, {**args, "dtype": "float32"})
+    with pytest.raises(AssertionError):
+        assert_matches_reference(lambda **a: variant_kernel(**a, ignore=("window",)),
+                                 {**args, "dtype": "float32"})  # fmt: skip
 
 
 @settings(max_examples=40, deadline=None)

@@ -18,10 +18,18 @@ hypothesis property test shrinks a failure to a small case.
   True = kept; kept weights are multiplied by ``1/(1-p)``);
 - ``is_causal``, ``causal_bottom_right``, ``enable_gqa`` (bool),
   ``scale`` (float);
-- ``dtype``: the name of the dtype to compute in (``"bfloat16"``, ...).
+- ``dtype``: the name of the dtype to compute in (``"bfloat16"``, ...);
+- for a case with a variant (a ``"variant"`` case of the suite, or one of
+  :func:`~numpy_attention.verify.cases_from_config` with ``window``, ``softcap``,
+  ...), also the variant's own keywords, those of
+  :func:`~numpy_attention.attention.attention_forward` (FlashAttention's names):
+  ``window`` (``(left, right)``, None = unbounded), ``softcap`` (float),
+  ``alibi_slopes`` and ``sinks`` (float64 ``(Hq,)``), ``chunk_size`` and
+  ``sink_tokens`` (int). Only the keywords a case uses are passed, so a candidate
+  without variants is never called with them (the default cases have none).
 
 It returns a mapping from quantity names (``out``, ``weights``, ``lse``,
-``dq``, ``dk``, ``dv``, ``d_attn_mask``; ``docs/verify.md``, "The suite")
+``dq``, ``dk``, ``dv``, ``d_attn_mask``, ``d_sinks``; ``docs/verify.md``, "The suite")
 to arrays: NumPy arrays, torch tensors or JAX arrays of any real dtype
 (bfloat16 included). A quantity it leaves out, or returns as None, is
 ``MISSING``; raising :class:`NotImplementedError` leaves out the whole case.
@@ -48,6 +56,10 @@ __all__ = ["call_arguments", "reference", "to_numpy", "check_callable", "assert_
 #: The keyword arguments a candidate receives, in this order.
 ARGUMENTS = ("q", "k", "v", "attn_mask", "dropout_p", "dropout_mask", "is_causal",
              "causal_bottom_right", "scale", "enable_gqa", "d_out")  # fmt: skip
+#: The variant keywords a case may add (only those it uses), as attention_forward takes them.
+VARIANT_ARGUMENTS = ("window", "softcap", "alibi_slopes", "sinks", "chunk_size", "sink_tokens")
+#: The kinds of case a callable can be checked on: attention with or without variants.
+CALLABLE_KINDS = ("sdpa", "variant")
 
 
 def call_arguments(inputs: Mapping[str, Any], dtype: str) -> dict[str, Any]:
@@ -71,7 +83,26 @@ def call_arguments(inputs: Mapping[str, Any], dtype: str) -> dict[str, Any]:
     if args["scale"] is None:
         args["scale"] = 1.0 / float(np.sqrt(args["q"].shape[-1]))
     args["dtype"] = dtype_name(dtype)
+    args.update(_variant_arguments(inputs))
     return args
+
+
+def _variant_arguments(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the variant keywords of a case's inputs (a window side of -1 becomes None)."""
+    out: dict[str, Any] = {}
+    for name in VARIANT_ARGUMENTS:
+        a = inputs.get(name)
+        if a is None:
+            continue
+        if name == "window":
+            out[name] = tuple(None if int(w) < 0 else int(w) for w in np.asarray(a))
+        elif name in ("chunk_size", "sink_tokens"):
+            out[name] = int(a)
+        elif name == "softcap":
+            out[name] = float(a)
+        else:
+            out[name] = np.array(a, dtype=np.float64)
+    return out
 
 
 def reference(arguments: Mapping[str, Any]) -> dict[str, NDArray[np.floating]]:
@@ -86,14 +117,17 @@ def reference(arguments: Mapping[str, Any]) -> dict[str, NDArray[np.floating]]:
     """
     a = arguments
     align = "bottom_right" if a["causal_bottom_right"] else "top_left"
+    variants = {n: a[n] for n in VARIANT_ARGUMENTS if a.get(n) is not None}
     out, cache = attention_forward(
         a["q"], a["k"], a["v"], a.get("attn_mask"), a["dropout_p"], a["is_causal"], a["scale"],
-        a["enable_gqa"], dropout_mask=a.get("dropout_mask"), causal_align=align,
+        a["enable_gqa"], dropout_mask=a.get("dropout_mask"), causal_align=align, **variants,
     )  # fmt: skip
     g = attention_backward(np.asarray(a["d_out"], dtype=np.float64), cache)
     res = {"out": out, "weights": cache.P, "lse": cache.lse, "dq": g.dq, "dk": g.dk, "dv": g.dv}
     if g.d_attn_mask is not None:
         res["d_attn_mask"] = g.d_attn_mask
+    if g.d_sinks is not None:
+        res["d_sinks"] = g.d_sinks
     res = {n: np.asarray(x, dtype=np.float64) for n, x in res.items()}
     # Every row seeing at most one key (S = 1, masks): P is constant, dS = 0 exactly. Store that
     # 0, not float64 round-off (~1e-18), which would make a meaningless scale for the tolerance.
@@ -132,18 +166,23 @@ def _run(fn: Callable[..., Any], args: Mapping[str, Any]) -> dict[str, Any] | No
 
 
 def _select(cases: Iterable[Case | str] | None) -> list[Case]:
-    suite = [c for c in build_suite() if c.kind == "sdpa"]
+    suite = [c for c in build_suite() if c.kind in CALLABLE_KINDS]
     if cases is None:
-        return suite
+        return [c for c in suite if c.kind == "sdpa"]
     by_name = {c.name: c for c in suite}
     chosen = []
     for c in cases:
         if isinstance(c, Case):
+            if c.kind not in CALLABLE_KINDS:
+                raise ValueError(
+                    f"case {c.name!r} is of kind {c.kind!r}; a callable is checked on attention "
+                    f"cases, of kind {' or '.join(CALLABLE_KINDS)} (use check_path for the others)"
+                )
             chosen.append(c)
         elif c in by_name:
             chosen.append(by_name[c])
         else:
-            raise ValueError(f"no scaled dot-product attention case named {c!r}: {list(by_name)}")
+            raise ValueError(f"no attention case named {c!r}: {list(by_name)}")
     return chosen
 
 
@@ -166,8 +205,11 @@ def check_callable(
     dtype : {"float32", "float64", "float16", "bfloat16"}, optional
         The dtype the candidate computes in (passed to it as ``dtype``).
     cases : iterable of str or Case, optional
-        The cases to run (names, or :class:`~numpy_attention.verify.Case`\ s of
-        kind ``"sdpa"``); default every SDPA case of the suite.
+        The cases to run: names of the suite's SDPA and variant cases, or
+        :class:`~numpy_attention.verify.Case`\ s of kind ``"sdpa"`` or
+        ``"variant"`` (:func:`~numpy_attention.verify.cases_from_config`'s, at
+        your sizes); default every SDPA case of the suite (no variant keywords).
+        A variant case passes its keywords to ``fn``.
     policy : {"baseline", "absolute"}, optional
         See :func:`~numpy_attention.verify.check_results`.
     gaps : list, optional
@@ -182,7 +224,8 @@ def check_callable(
     Raises
     ------
     ValueError
-        An unknown dtype, policy or case name.
+        An unknown dtype, policy or case name; a case of another kind (layers,
+        serving: check their files with :func:`~numpy_attention.verify.check_path`).
     TypeError
         If ``fn`` returns something other than a mapping.
 
