@@ -21,9 +21,10 @@ hypothesis property test shrinks a failure to a small case.
 - ``dtype``: the name of the dtype to compute in (``"bfloat16"``, ...);
 - for a case with a variant (a ``"variant"`` case of the suite, or one of
   :func:`~numpy_attention.verify.cases_from_config` with ``window``, ``softcap``,
-  ...), also the variant's own keywords, those of
-  :func:`~numpy_attention.attention.attention_forward` (FlashAttention's names):
-  ``window`` (``(left, right)``, None = unbounded), ``softcap`` (float),
+  ...), also the variant's own keywords, named as
+  :func:`~numpy_attention.attention.attention_forward` names them
+  (FlashAttention's ``window_size`` is ``window``): ``window`` (``(left, right)``,
+  None = unbounded), ``softcap`` (float),
   ``alibi_slopes`` and ``sinks`` (float64 ``(Hq,)``), ``chunk_size`` and
   ``sink_tokens`` (int). Only the keywords a case uses are passed, so a candidate
   without variants is never called with them (the default cases have none).
