@@ -45,6 +45,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..attention import attention_backward, attention_forward
+from ..variants import window_from_flash
 from .cases import Case, build_suite
 from .compare import Comparison, compare_attention
 from .diagnosis import case_context
@@ -89,14 +90,14 @@ def call_arguments(inputs: Mapping[str, Any], dtype: str) -> dict[str, Any]:
 
 
 def _variant_arguments(inputs: Mapping[str, Any]) -> dict[str, Any]:
-    """Return the variant keywords of a case's inputs (a window side of -1 becomes None)."""
+    """Return the variant keywords of a case's inputs (the window's -1 sides: None)."""
     out: dict[str, Any] = {}
     for name in VARIANT_ARGUMENTS:
         a = inputs.get(name)
         if a is None:
             continue
         if name == "window":
-            out[name] = tuple(None if int(w) < 0 else int(w) for w in np.asarray(a))
+            out[name] = window_from_flash(tuple(int(w) for w in np.asarray(a)))[0]
         elif name in ("chunk_size", "sink_tokens"):
             out[name] = int(a)
         elif name == "softcap":
