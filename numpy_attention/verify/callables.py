@@ -97,7 +97,8 @@ def _variant_arguments(inputs: Mapping[str, Any]) -> dict[str, Any]:
         if a is None:
             continue
         if name == "window":
-            out[name] = window_from_flash(tuple(int(w) for w in np.asarray(a)))[0]
+            left, right = (int(w) for w in np.asarray(a))
+            out[name] = window_from_flash((left, right))[0]
         elif name in ("chunk_size", "sink_tokens"):
             out[name] = int(a)
         elif name == "softcap":
