@@ -12,6 +12,7 @@ from hypothesis import given, settings
 
 from numpy_attention.app.cli import main
 from numpy_attention.attention import attention_backward, attention_forward
+from numpy_attention.flash import flash_attention_backward, flash_attention_forward
 from numpy_attention.verify import (
     UnusableInput,
     build_suite,
@@ -27,6 +28,7 @@ from numpy_attention.verify.callables import (
     VARIANT_ARGUMENTS,
     assert_matches_reference,
     call_arguments,
+    gradient_terms,
     reference,
 )
 from numpy_attention.verify.precision import EMULATED_KINDS, baseline_errors, rounding
@@ -328,6 +330,55 @@ def test_the_oracle_of_a_call_with_variants_applies_them() -> None:
     with pytest.raises(AssertionError):
         assert_matches_reference(lambda **a: variant_kernel(**a, ignore=("window",)),
                                  {**args, "dtype": "float32"})  # fmt: skip
+
+
+def _peaked_arguments(dtype: str) -> dict:
+    """Every query is 30 logits above its second key: dq and dk are ~1e-13 of their terms."""
+    rng = np.random.default_rng(0)
+    q = np.zeros((1, 1, 2, 4))
+    q[..., 0] = 10.0
+    k = np.zeros((1, 1, 3, 4))
+    k[0, 0, :, 0] = [10.0, 7.0, 6.5]
+    k[..., 1:] = np.round(rng.normal(size=(1, 1, 3, 3)) * 16) / 128  # exact in bfloat16
+    v, d_out = (np.round(rng.normal(size=s) * 16) / 16 for s in ((1, 1, 3, 4), (1, 1, 2, 4)))
+    return dict(q=q, k=k, v=v, attn_mask=None, dropout_p=0.0, dropout_mask=None,
+                is_causal=False, causal_bottom_right=False, scale=1.0, enable_gqa=False,
+                d_out=d_out, dtype=dtype)  # fmt: skip
+
+
+def _flash_kernel(q, k, v, attn_mask, dropout_p, dropout_mask, is_causal, causal_bottom_right,
+                  scale, enable_gqa, d_out, dtype, times=1.0):  # fmt: skip
+    """The tiled path in ``dtype`` (float32 or float64): another order of the same sums."""
+    f = np.dtype(dtype)
+    out, c = flash_attention_forward(q.astype(f), k.astype(f), v.astype(f), attn_mask,
+                                     is_causal=is_causal, scale=scale)  # fmt: skip
+    g = flash_attention_backward(d_out.astype(f), c)
+    return {"out": out, "dq": g.dq * times, "dk": g.dk, "dv": g.dv}
+
+
+def test_a_gradient_far_below_its_terms_is_the_truth_and_judged_by_its_terms() -> None:
+    """Eq. (7.4): the oracle's dq is the genuine 1e-12 (not zeroed), and the tolerance is
+    relative to the terms it cancels from, so correct float64 and float32 kernels that sum
+    in another order pass, while a float64 dq twice too large still fails."""
+    args = _peaked_arguments("float64")
+    out, cache = attention_forward(args["q"], args["k"], args["v"], scale=1.0)
+    true_dq = attention_backward(args["d_out"], cache).dq
+    T = gradient_terms(args)
+    assert 0 < np.abs(true_dq).max() < 1e-12 * T["dq"]
+    np.testing.assert_array_equal(reference(args)["dq"], true_dq)  # the float64 truth itself
+    for dtype in ("float64", "float32"):
+        assert_matches_reference(_flash_kernel, {**args, "dtype": dtype})
+    assert_matches_reference(numpy_kernel, {**args, "dtype": "float32"})  # the dense one
+    with pytest.raises(AssertionError, match="dq"):
+        assert_matches_reference(partial(_flash_kernel, times=2.0), args)
+    # without Eq. (7.4) the tiled float64 dq (the same sums in another order) fails its own size
+    c = compare_attention(_flash_kernel(**args)["dq"], true_dq, dtype="float64", quantity="dq")
+    assert not c.passed
+    size = T["dq"] / 8
+    assert compare_attention(_flash_kernel(**args)["dq"], true_dq, dtype="float64",
+                             quantity="dq", magnitude=size).passed  # fmt: skip
+    with pytest.raises(ValueError, match="magnitude"):
+        compare_attention(true_dq, true_dq, magnitude=-1.0)
 
 
 @settings(max_examples=40, deadline=None)

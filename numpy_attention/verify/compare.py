@@ -95,6 +95,7 @@ def compare_attention(
     axes: tuple[str, ...] | None = None,
     baseline: float | None = None,
     context: dict[str, Any] | None = None,
+    magnitude: float | None = None,
 ) -> Comparison:
     r"""Compare an attention result with the reference; never raises on a mismatch.
 
@@ -131,6 +132,12 @@ def compare_attention(
     context : dict, optional
         The case's constants for the hints (scale, ``E``, ``dropout_p``,
         ``G``: :func:`~numpy_attention.verify.diagnosis.case_context`).
+    magnitude : float, optional
+        A size the absolute term (and the baseline's cap) is relative to at
+        least: ``max(max |desired|, magnitude)`` replaces ``max |desired|`` in
+        Eqs. (7.1) and (7.3). The oracle passes a fraction of the gradient's
+        terms (Eq. (7.4), :func:`~numpy_attention.verify.callables.gradient_terms`)
+        where the gradient cancels to far less than them.
 
     Returns
     -------
@@ -189,8 +196,8 @@ def compare_attention(
     a, d = a.astype(np.float64, copy=False), d.astype(np.float64, copy=False)
     if baseline is not None and name in LOW_PRECISION:
         b = check_real(baseline, "baseline", low=0.0)
-        return _measure(a, d, name, quantity, 0.0, 0.0, names, b, context)
-    return _measure(a, d, name, quantity, atol, rtol, names, None, context)
+        return _measure(a, d, name, quantity, 0.0, 0.0, names, b, context, magnitude)
+    return _measure(a, d, name, quantity, atol, rtol, names, None, context, magnitude)
 
 
 def _real(x: Any, name: str) -> NDArray[Any]:
@@ -205,11 +212,13 @@ def _real(x: Any, name: str) -> NDArray[Any]:
 def _measure(
     a: NDArray[np.float64], d: NDArray[np.float64], dtype: str, quantity: str, atol: float,
     rtol: float, axes: tuple[str, ...], baseline: float | None = None,
-    context: dict[str, Any] | None = None,
+    context: dict[str, Any] | None = None, magnitude: float | None = None,
 ) -> Comparison:  # fmt: skip
     """Eq. (7.1) (or (7.3)) elementwise, Eq. (7.2) for ``needed``, the worst element, hints."""
     finite = np.isfinite(d)
     scale = float(np.max(np.abs(d[finite]))) if finite.any() else 0.0
+    if magnitude is not None:  # at least a fraction of the terms the quantity sums (Eq. (7.4))
+        scale = max(scale, check_real(magnitude, "magnitude", low=0.0))
     scale = scale if scale > 0 else 1.0
     if baseline is not None:  # Eq. (7.3): one absolute bound, at most the quantity's scale
         bound_b = baseline_factor(quantity) * baseline + UNIT_ROUNDOFF[dtype] * scale
