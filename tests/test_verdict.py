@@ -381,6 +381,39 @@ def test_a_gradient_far_below_its_terms_is_the_truth_and_judged_by_its_terms() -
         compare_attention(true_dq, true_dq, magnitude=-1.0)
 
 
+def test_gradient_terms_are_eq_7_4_written_as_loops() -> None:
+    """Eq. (7.4) entry by entry, with GQA (2 query heads per KV head), a float bias broadcast
+    over the batch and dropout: dS's terms in absolute value, summed into dq, dk and dB."""
+    rng = np.random.default_rng(3)
+    B, Hq, Hk, L, S, E, p = 2, 4, 2, 3, 5, 2, 0.25
+    q, k, v = (
+        rng.normal(size=(B, Hq, L, E)),
+        rng.normal(size=(B, Hk, S, E)),
+        rng.normal(size=(B, Hk, S, E)),
+    )
+    d_out, bias = rng.normal(size=(B, Hq, L, E)), rng.normal(size=(1, Hq, L, S))
+    keep, scale = rng.random((B, Hq, L, S)) > p, -0.7
+    args = dict(q=q, k=k, v=v, attn_mask=bias, dropout_p=p, dropout_mask=keep, is_causal=False,
+                causal_bottom_right=False, scale=scale, enable_gqa=True, d_out=d_out,
+                dtype="float64")  # fmt: skip
+    ref = reference(args)
+    P, out = ref["weights"], ref["out"]
+    T_dq, T_dk, T_dB = np.zeros(q.shape), np.zeros(k.shape), np.zeros(bias.shape)
+    for b, h, i, j in np.ndindex(B, Hq, L, S):
+        g = h // (Hq // Hk)  # the KV head query head h reads
+        dP_ij = np.abs(d_out[b, h, i]) @ np.abs(v[b, g, j]) * keep[b, h, i, j] / (1 - p)
+        dS_ij = P[b, h, i, j] * (dP_ij + np.abs(d_out[b, h, i]) @ np.abs(out[b, h, i]))
+        T_dq[b, h, i] += abs(scale) * dS_ij * np.abs(k[b, g, j])
+        T_dk[b, g, j] += abs(scale) * dS_ij * np.abs(q[b, h, i])
+        T_dB[0, h, i, j] += dS_ij
+    T = gradient_terms(args)
+    assert T.keys() == {"dq", "dk", "d_attn_mask"}
+    np.testing.assert_allclose([T["dq"], T["dk"], T["d_attn_mask"]],
+                               [T_dq.max(), T_dk.max(), T_dB.max()], rtol=1e-13)  # fmt: skip
+    for n in T:  # a bound on each gradient
+        assert np.abs(ref[n]).max() <= T[n]
+
+
 @settings(max_examples=40, deadline=None)
 @given(attention_inputs(dtype="bfloat16"))
 def test_correct_kernel_matches_the_oracle_on_drawn_inputs(arguments) -> None:

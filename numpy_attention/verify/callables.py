@@ -167,9 +167,11 @@ def gradient_terms(arguments: Mapping[str, Any]) -> dict[str, float]:
     and float64's round-off of those terms (or a float32 kernel's) is far larger than the
     gradient's own size. Eq. (7.4) takes the same backward over absolute values:
 
-    .. math:: A = P \odot (|dO|\,|V|^\top \odot Z/(1-p) + (|dO| \odot |O|)\,\mathbf 1),\quad
-       T_{dq} = |\mathrm{scale}| \max |A\,|K||,\ T_{dk} = |\mathrm{scale}| \max |A^\top |Q||,
-       \ T_{dB} = \max A \text{ summed to } B\text{'s shape}
+    .. math:: \overline{dS} = P \odot (|dO|\,|V|^\top \odot Z/(1-p)
+       + (|dO| \odot |O|)\,\mathbf 1),\quad
+       T_{dq} = |\mathrm{scale}| \max \overline{dS}\,|K|,\quad
+       T_{dk} = |\mathrm{scale}| \max \overline{dS}^\top |Q|,\quad
+       T_{dB} = \max \overline{dS} \text{ summed to } B\text{'s shape}
 
     Examples
     --------
@@ -184,14 +186,14 @@ def gradient_terms(arguments: Mapping[str, Any]) -> dict[str, float]:
     # dP = dO v^T (Eq. (2.10)), dropout (2.11); D = rowsum(dO * out) (2.12): their terms' sizes
     dP = _dropout(_per_query_head(dO, np.swapaxes(np.abs(x.v), -1, -2), G), cache.keep,
                   cache.dropout_p)  # fmt: skip
-    A = cache.P * (dP + np.sum(dO * np.abs(out), axis=-1, keepdims=True))  # |dS|'s terms (2.13)
-    A_T = np.swapaxes(A, -1, -2)
+    dS_bar = cache.P * (dP + np.sum(dO * np.abs(out), axis=-1, keepdims=True))  # (2.13)'s terms
+    dS_bar_T = np.swapaxes(dS_bar, -1, -2)
     terms = {  # dq = scale dS k, dk = scale dS^T q (2.14), dB = dS summed to B's shape (2.15)
-        "dq": abs(x.scale) * sum_to_shape(_per_query_head(A, np.abs(x.k), G), x.q.shape),
-        "dk": abs(x.scale) * sum_to_shape(_per_kv_head(A_T, np.abs(x.q), G), x.k.shape),
+        "dq": abs(x.scale) * sum_to_shape(_per_query_head(dS_bar, np.abs(x.k), G), x.q.shape),
+        "dk": abs(x.scale) * sum_to_shape(_per_kv_head(dS_bar_T, np.abs(x.q), G), x.k.shape),
     }
     if x.bias is not None:
-        terms["d_attn_mask"] = sum_to_shape(A, x.bias.shape)
+        terms["d_attn_mask"] = sum_to_shape(dS_bar, x.bias.shape)
     return {n: float(np.max(t, initial=0.0)) for n, t in terms.items()}
 
 
