@@ -19,6 +19,7 @@ from optional import TORCH_MISSING
 
 import numpy_attention.verify.precision as precision
 from numpy_attention.attention import attention_backward, attention_forward
+from numpy_attention.masks import Positions
 from numpy_attention.verify import cases as cases_module
 from numpy_attention.verify import cases_from_config, compare_attention, emulate_sdpa
 from numpy_attention.verify.precision import baseline_errors
@@ -74,16 +75,34 @@ def test_float64_emulation_is_the_truth_of_every_variant(case) -> None:
         _assert_truth(got[q], want, f"{case.name} {q}")
 
 
+@pytest.mark.parametrize("key_block", [256, 2])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-def test_float64_blocked_emulation_is_the_truth_of_every_variant(case, monkeypatch) -> None:
+def test_float64_blocked_emulation_is_the_truth_of_every_variant(case, key_block,
+                                                                 monkeypatch) -> None:  # fmt: skip
     """The blocked emulation of long cases, one query row a block (positions, ALiBi distances
-    and the sinks' gradient sum must follow the row offset), is the truth in float64."""
+    and the sinks' gradient sum must follow the row offset), is the truth in float64; with key
+    blocks of 2 it skips the ones a row cannot see (ALiBi and the masks must follow the kept
+    keys' indices, dk and dv land on their rows)."""
     monkeypatch.setattr(precision, "_BLOCK_SCORES", 1)
+    monkeypatch.setattr(precision, "_KEY_BLOCK", key_block)
     got = precision._emulate_blocked(case.inputs, "float64")
     assert set(got) == set(case.expected) - {"weights"}, case.name
     for q, want in case.expected.items():
         if q != "weights":
             _assert_truth(got[q], want, f"{case.name} {q}")
+
+
+def test_blocked_emulation_reads_only_the_key_blocks_a_row_sees(monkeypatch) -> None:
+    """A window (2, 0) over 64 keys, blocks of 4 keys: a row reads 1 or 2 blocks (plus the
+    sink tokens' block), not 16; a row that sees no key (L > S, bottom-right) keeps one."""
+    monkeypatch.setattr(precision, "_KEY_BLOCK", 4)
+    window = Positions(is_causal=True, window=(2, 0), sink_tokens=1)
+    assert [len(precision._visible_keys(window, i, i + 1, 64)) for i in (0, 5, 40)] == [4, 8, 12]
+    assert set(precision._visible_keys(window, 40, 41, 64)) == {0, 1, 2, 3, 36, 37, 38, 39, 40,
+                                                                  41, 42, 43}  # fmt: skip
+    tall = Positions(is_causal=True, offset=-3)  # L = 7, S = 4 bottom-right: rows 0-2 see none
+    assert list(precision._visible_keys(tall, 0, 3, 4)) == [0, 1, 2, 3]
+    assert len(precision._visible_keys(Positions(), 0, 9, 64)) == 64  # no mask: every key
 
 
 def test_variant_cases_have_a_stored_baseline_blocked_as_dense(monkeypatch) -> None:

@@ -189,9 +189,11 @@ def _variants(inputs: Mapping[str, Any], r: Rounding, L: int, S: int) -> _Varian
 
 def _scores(
     qi: NDArray[np.floating], kT: NDArray[np.floating], i0: int, scale: float, r: Rounding,
-    var: _Variants, bias: Any = None, keys: Any = None,
+    var: _Variants, bias: Any = None, keys: Any = None, cols: NDArray[np.intp] | None = None,
 ) -> tuple[NDArray[np.floating], NDArray[np.floating] | None]:  # fmt: skip
     """Return the masked scores of queries ``i0:`` (``qi``) and the cap's ``tanh`` (or None).
+
+    ``kT`` holds the keys ``cols`` (default all of them, ``0..S-1``), in that order.
 
     Each step rounded to the dtype, in the truth's order: ``S = q k^T``, ``* scale``, the cap
     ``c tanh(S / c)`` (``/ c``, ``tanh``, ``* c``, Eq. (8.2)), ``+ bias`` (the float mask),
@@ -205,7 +207,8 @@ def _scores(
         s = r(y * var.softcap)
     if bias is not None:
         s = r(s + bias)
-    i, j = np.arange(i0, i0 + qi.shape[-2])[:, None], np.arange(kT.shape[-1])[None, :]
+    i = np.arange(i0, i0 + qi.shape[-2])[:, None]
+    j = (np.arange(kT.shape[-1]) if cols is None else cols)[None, :]
     if var.alibi is not None:
         s = r(s + r(-var.alibi * np.abs(i + var.pos.offset - j)))
     allowed = var.pos.mask(i, j)
@@ -362,6 +365,9 @@ def _round_up(x: float) -> float:
 BLOCKED_FROM = 2**24
 #: The scores of one block of query rows in :func:`_emulate_blocked`.
 _BLOCK_SCORES = 2**21
+#: The keys of one key block in :func:`_visible_keys`: blocks that a block of rows cannot see
+#: (causal, window, chunk) are left out of its scores, as the tiled functions skip them.
+_KEY_BLOCK = 256
 
 
 def _blockable(inputs: Mapping[str, Any]) -> bool:
@@ -372,17 +378,30 @@ def _blockable(inputs: Mapping[str, Any]) -> bool:
     return scores >= BLOCKED_FROM and no_mask and float(inputs["dropout_p"]) == 0
 
 
+def _visible_keys(pos: Positions, i0: int, i1: int, S: int) -> NDArray[np.intp]:
+    """Return the keys of the key blocks that queries ``i0:i1`` see any of (at least one block).
+
+    A left-out key is hidden from every row of the block: its score would be ``-inf``, its
+    weight and ``dS`` exactly 0, so the sums lose only zeros.
+    """
+    starts = [j0 for j0 in range(0, S, _KEY_BLOCK)
+              if pos.block(i0, i1, j0, min(S, j0 + _KEY_BLOCK)) != "none"]  # fmt: skip
+    if not starts:  # no key at all: keep one hidden block, the rows come out dead (0, -inf)
+        starts = [0]
+    return np.concatenate([np.arange(j0, min(S, j0 + _KEY_BLOCK)) for j0 in starts])
+
+
 def _emulate_blocked(inputs: Mapping[str, Any], dtype: str) -> dict[str, NDArray[np.floating]]:
     """:func:`emulate_sdpa` without ``weights``, a block of query rows at a time.
 
     The same steps and roundings, variants included: every row's ``out``, ``lse`` and ``dq``
     are those of the dense emulation; ``dk``, ``dv`` and ``d_sinks`` sum the blocks' products
     in the accumulator before the one rounding the dense emulation applies (only the
-    summation order differs).
+    summation order differs). Each block of rows reads only the key blocks it sees any of
+    (:func:`_visible_keys`): a window's long rows cost its span, not ``S``.
     """
     r, (q, k, v, dO), scale, var, G, (kk, vv) = _rounded_inputs(inputs, dtype)
     L, S = q.shape[-2], k.shape[-2]
-    kT, vT = np.swapaxes(kk, -1, -2), np.swapaxes(vv, -1, -2)
     heads = max(math.prod(q.shape[:-2]), math.prod(k.shape[:-2]))
     rows = max(1, _BLOCK_SCORES // max(S * heads, 1))
     outs, lses, dqs = [], [], []
@@ -392,16 +411,18 @@ def _emulate_blocked(inputs: Mapping[str, Any], dtype: str) -> dict[str, NDArray
     for i0 in range(0, L, rows):
         i1 = min(L, i0 + rows)
         qi, dOi = q[..., i0:i1, :], dO[..., i0:i1, :]
-        s, y = _scores(qi, kT, i0, scale, r, var)
+        cols = _visible_keys(var.pos, i0, i1, S)
+        kc, vc = kk[..., cols, :], vv[..., cols, :]  # the keys this block sees
+        s, y = _scores(qi, np.swapaxes(kc, -1, -2), i0, scale, r, var, cols=cols)
         P, P_sink, lse = _softmax_sinks(s, var.sinks, r)
-        outs.append(r(P @ vv))
+        outs.append(r(P @ vc))
         lses.append(r(lse))
-        dv_sum = dv_sum + np.swapaxes(P, -1, -2) @ dOi
-        dP = r(dOi @ vT)
+        dv_sum = _add_rows(dv_sum, np.swapaxes(P, -1, -2) @ dOi, cols, S)
+        dP = r(dOi @ np.swapaxes(vc, -1, -2))
         D = np.sum(dP * P, axis=-1, keepdims=True)
         dS = _scores_backward(r(P * (dP - D)), y, var, r)
-        dqs.append(r(r(dS @ kk) * scale))
-        dk_sum = dk_sum + np.swapaxes(dS, -1, -2) @ qi
+        dqs.append(r(r(dS @ kc) * scale))
+        dk_sum = _add_rows(dk_sum, np.swapaxes(dS, -1, -2) @ qi, cols, S)
         if P_sink is not None:
             ds_sum = ds_sum + _per_head(r(-P_sink * D[..., 0]))
         del s, y, P, dP, dS
@@ -415,6 +436,14 @@ def _emulate_blocked(inputs: Mapping[str, Any], dtype: str) -> dict[str, NDArray
     if var.sinks is not None:
         res["d_sinks"] = r(ds_sum)
     return {n: np.asarray(a, dtype=np.float64) for n, a in res.items()}
+
+
+def _add_rows(total: Any, part: NDArray[np.floating], cols: NDArray[np.intp], S: int) -> Any:
+    """Add ``part`` (``(..., len(cols), E)``) into rows ``cols`` of a ``(..., S, E)`` sum."""
+    if isinstance(total, float):  # the first block: an exact zero of the accumulator's dtype
+        total = np.zeros((*part.shape[:-2], S, part.shape[-1]), dtype=part.dtype)
+    total[..., cols, :] += part  # cols are distinct: no two terms land on one row
+    return total
 
 
 def baseline_errors(
