@@ -139,6 +139,10 @@ def _check_mask(
     return m.astype(cdtype, copy=False), None
 
 
+#: The last axes of q, k and v (the letter legend); with GQA the head axis is required too.
+_AXES = {"q": ("Hq", "L", "E"), "k": ("Hkv", "S", "E"), "v": ("Hkv", "S", "Ev")}
+
+
 def _check_arrays(q: ArrayLike, k: ArrayLike, v: ArrayLike, min_ndim: int) -> dict[str, Array]:
     """``q``, ``k``, ``v`` as float arrays with matching ``E`` and ``S``."""
     arrays = {n: as_float_array(a, n) for n, a in (("q", q), ("k", k), ("v", v))}
@@ -147,8 +151,7 @@ def _check_arrays(q: ArrayLike, k: ArrayLike, v: ArrayLike, min_ndim: int) -> di
             extra = " with enable_gqa=True" if min_ndim == 3 else ""
             raise ValueError(
                 f"{n} must have at least {min_ndim} dimensions{extra} "
-                f"(..., {'H, ' if min_ndim == 3 else ''}{'L' if n == 'q' else 'S'}, width), "
-                f"got shape {a.shape}"
+                f"(..., {', '.join(_AXES[n][3 - min_ndim :])}), got shape {a.shape}"
             )
     qa, ka, va = arrays["q"], arrays["k"], arrays["v"]
     if qa.shape[-1] != ka.shape[-1]:

@@ -379,7 +379,8 @@ def _check_biases(p: CrossAttentionParams, dims: _Dims) -> None:
 def _check_x(x: ArrayLike, name: str) -> Array:
     a = as_float_array(x, name)
     if a.ndim != 3:
-        raise ValueError(f"{name} must have shape (B, length, width), got shape {a.shape}")
+        want = {"x_q": "(B, L, Dq)", "x_kv": "(B, S, Dkv)"}.get(name, "(B, T, Dm)")
+        raise ValueError(f"{name} must have shape {want}, got shape {a.shape}")
     return a
 
 

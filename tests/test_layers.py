@@ -380,7 +380,8 @@ def _bad_cases():
         (lambda p, q, kv: (p, q[..., :2], kv, {}), ValueError, r"x_q has width Dq=2.*w_q"),
         (lambda p, q, kv: (p, q, kv[..., :3], {}), ValueError, r"params\.w_k.*x_kv of width 3"),
         (lambda p, q, kv: (p, q, kv[:1], {}), ValueError, r"x_q and x_kv.*batch size"),
-        (lambda p, q, kv: (p, q[0], kv, {}), ValueError, r"x_q must have shape \(B, length"),
+        (lambda p, q, kv: (p, q[0], kv, {}), ValueError, r"x_q must have shape \(B, L, Dq\)"),
+        (lambda p, q, kv: (p, q, kv[0], {}), ValueError, r"x_kv must have shape \(B, S, Dkv\)"),
         (
             lambda p, q, kv: (replace(p, num_heads=3), q, kv, {}),
             ValueError,
