@@ -30,7 +30,8 @@ sinks as an extra logit column of the softmax. bfloat16 is rounded by
 - :data:`BASELINE_FACTORS`, :data:`UNIT_ROUNDOFF`, :func:`rounding`.
 - :func:`emulate_sdpa`: the naive same-dtype forward and backward of one case.
 - :func:`baseline_errors`: ``err_naive`` per dtype and quantity for a case, as the
-  suite's manifest stores them.
+  suite's manifest stores them; a padded batch and packed (varlen) sequences are
+  emulated as SDPA too (the padding read as 0; one sequence at a time).
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ __all__ = [
 ]
 
 #: The kinds of case :func:`emulate_sdpa` models, so that :func:`baseline_errors` gives them a
-#: baseline: scaled dot-product attention, with or without the variants of docs/variants.md.
-EMULATED_KINDS = ("sdpa", "variant")
+#: baseline: scaled dot-product attention, with or without the variants of docs/variants.md, a
+#: padded batch (its NaN padding read as 0) and packed sequences (one attention per sequence).
+EMULATED_KINDS = ("sdpa", "variant", "padded", "varlen")
 
 #: The two ways ``check`` judges a quantity (``docs/verify.md``, "Tolerance policy").
 POLICIES = ("baseline", "absolute")
@@ -345,6 +347,40 @@ def emulate_sdpa(inputs: Mapping[str, Any], dtype: str) -> dict[str, NDArray[np.
     return {n: np.asarray(a, dtype=np.float64) for n, a in res.items()}
 
 
+def _emulate_padded(inputs: Mapping[str, Any], dtype: str) -> dict[str, NDArray[np.floating]]:
+    """Emulate a padded batch as SDPA with its padding mask, the NaN padding read as 0.
+
+    A naive kernel that read the NaN would leak it; the mask hides those keys anyway.
+    """
+    real = {n: np.where(np.isnan(inputs[n]), 0.0, inputs[n]) for n in ("k", "v")}
+    return emulate_sdpa({**inputs, **real}, dtype)
+
+
+def _emulate_varlen(inputs: Mapping[str, Any], dtype: str) -> dict[str, NDArray[np.floating]]:
+    """Emulate packed sequences ``q (Tq, Hq, E)``, ``k (Tk, Hkv, E)`` one sequence at a time.
+
+    :func:`emulate_sdpa` on each sequence as ``(1, H, L_b, E)`` (its own causal offset
+    ``S_b - L_b``), packed back; a sequence without queries or keys has nothing to emulate
+    (out 0, lse ``-inf``, gradients 0).
+    """
+    q, k, v, dO = (np.asarray(inputs[n], dtype=np.float64) for n in ("q", "k", "v", "d_out"))
+    cu_q, cu_k = inputs["cu_seqlens_q"], inputs["cu_seqlens_k"]
+    res = {"out": np.zeros_like(dO), "lse": np.full(q.shape[1::-1], -np.inf),
+           "dq": np.zeros_like(q), "dk": np.zeros_like(k), "dv": np.zeros_like(v)}  # fmt: skip
+    heads_first = {n: np.swapaxes(x, 0, 1)[None] for n, x in (("q", q), ("k", k), ("v", v),
+                                                               ("d_out", dO))}  # fmt: skip
+    for b in range(len(cu_q) - 1):
+        rows, keys = slice(int(cu_q[b]), int(cu_q[b + 1])), slice(int(cu_k[b]), int(cu_k[b + 1]))
+        if rows.start == rows.stop or keys.start == keys.stop:
+            continue
+        part = {n: x[..., keys if n in ("k", "v") else rows, :] for n, x in heads_first.items()}
+        got = emulate_sdpa({**inputs, **part, "dropout_p": 0.0}, dtype)
+        res["out"][rows], res["lse"][:, rows] = np.swapaxes(got["out"][0], 0, 1), got["lse"][0]
+        res["dq"][rows] = np.swapaxes(got["dq"][0], 0, 1)
+        res["dk"][keys], res["dv"][keys] = (np.swapaxes(got[n][0], 0, 1) for n in ("dk", "dv"))
+    return res
+
+
 def _max_error(got: NDArray[np.floating], want: NDArray[np.floating]) -> float:
     """``max |got - want|`` over the entries finite in both (0 if none)."""
     ok = np.isfinite(want) & np.isfinite(got)
@@ -456,9 +492,10 @@ def baseline_errors(
     inputs, expected : mapping
         A case's inputs and float64 expected results.
     kind : str, optional
-        The case's kind; ``"sdpa"`` and ``"variant"`` cases have an emulated
-        baseline (:data:`EMULATED_KINDS`); the others (layers, serving) return
-        ``{}`` and are judged by the absolute policy.
+        The case's kind; ``"sdpa"``, ``"variant"``, ``"padded"`` and
+        ``"varlen"`` cases have an emulated baseline (:data:`EMULATED_KINDS`);
+        the others (layers, KV cache, merge, rotary) return ``{}`` and are
+        judged by the absolute policy.
 
     Returns
     -------
@@ -478,7 +515,8 @@ def baseline_errors(
     if kind not in EMULATED_KINDS:
         return {}
     out = {}
-    emulate = _emulate_blocked if _blockable(inputs) else emulate_sdpa
+    serving = {"padded": _emulate_padded, "varlen": _emulate_varlen}
+    emulate = serving.get(kind) or (_emulate_blocked if _blockable(inputs) else emulate_sdpa)
     for dtype in DTYPES:
         got = emulate(inputs, dtype)
         out[dtype] = {q: _round_up(_max_error(got[q], d)) for q, d in expected.items() if q in got}
