@@ -74,8 +74,7 @@ def test_suite_inputs_are_exact_in_bfloat16_and_float16() -> None:
 
 def test_baseline_error_grows_as_precision_falls_and_is_stored() -> None:
     """A naive bfloat16 attention errs more than float16, float16 more than float32; stored
-    for the SDPA, variant, padded and varlen cases, not for the layer and the other serving
-    cases (KV cache, merge, rotary)."""
+    for the SDPA, variant and serving cases, not for the layer cases."""
     man, _ = load_suite()
     for e in man["cases"]:
         b = e.get("baseline_error")
@@ -84,7 +83,8 @@ def test_baseline_error_grows_as_precision_falls_and_is_stored() -> None:
             continue
         if e["name"].startswith("single_key"):  # out = v, dv = d_out: exact in every dtype
             continue
-        assert b["bfloat16"]["dv"] > b["float16"]["dv"] > b["float32"]["dv"] > 0, e["name"]
+        q = "dv" if "dv" in b["bfloat16"] else "out"  # KV cache, merge and rotary: no dv
+        assert b["bfloat16"][q] > b["float16"][q] > b["float32"][q] > 0, e["name"]
 
 
 def test_emulated_float32_matches_real_float32_arithmetic() -> None:
@@ -154,59 +154,61 @@ def test_baseline_policy_is_tighter_than_absolute_on_small_cases() -> None:
     assert 0.99 < r.cosine < 1
 
 
-def _padded_and_varlen_cases() -> list:
+def _serving_cases() -> list:
     from numpy_attention.verify.cases import _serving_cases
 
-    return [c for c in _serving_cases() if c.kind in ("padded", "varlen")]
+    return _serving_cases()
 
 
-def test_float64_emulation_of_padded_and_varlen_cases_is_the_truth() -> None:
-    """rounding('float64') is the identity: the padded batch (its NaN padding read as 0) and
-    each packed sequence (its own causal offset and window, zero-length ones, a sequence with
-    queries and no key) emulated in float64 give the stored truth, NaN-free."""
-    from numpy_attention.verify.precision import _emulate_padded, _emulate_varlen
+def test_float64_emulation_of_every_serving_case_is_the_truth() -> None:
+    """rounding('float64') is the identity: the padded batch (its NaN padding read as 0), each
+    packed sequence (its own causal offset and window, zero-length ones, queries without a
+    key), the paged rotary decoding step (the cache written, NaN slots kept), the split-KV
+    merge (empty chunks) and rotary emulated in float64 give the stored truth, NaN where it is."""
+    from numpy_attention.verify.precision import _SERVING_EMULATIONS
 
-    cases = _padded_and_varlen_cases()
-    assert {c.kind for c in cases} == {"padded", "varlen"} and len(cases) == 5
+    cases = _serving_cases()
+    assert {c.kind for c in cases} == set(_SERVING_EMULATIONS) and len(cases) == 10
     for c in cases:
-        got = (_emulate_padded if c.kind == "padded" else _emulate_varlen)(c.inputs, "float64")
+        got = _SERVING_EMULATIONS[c.kind](c.inputs, "float64")
+        assert set(got) == set(c.expected), c.name
         for q, want in c.expected.items():
-            inf = np.isinf(want)
-            np.testing.assert_array_equal(got[q][inf], want[inf], err_msg=f"{c.name} {q}")
-            scale = max(float(np.max(np.abs(want[~inf]), initial=0.0)), 1.0)
-            assert np.max(np.abs(got[q][~inf] - want[~inf]), initial=0.0) <= 1e-12 * scale, (
+            fin = np.isfinite(want)
+            assert np.array_equal(np.isfinite(got[q]), fin), (c.name, q)
+            np.testing.assert_array_equal(got[q][np.isinf(want)], want[np.isinf(want)])
+            scale = max(float(np.max(np.abs(want[fin]), initial=0.0)), 1.0)
+            assert np.max(np.abs(got[q][fin] - want[fin]), initial=0.0) <= 1e-12 * scale, (
                 c.name, q)  # fmt: skip
 
 
-def test_padded_and_varlen_cases_get_a_baseline_that_torch_passes_and_2_percent_fails() -> None:
-    """The manifest stores baseline_error for the padded and varlen cases; PyTorch through the
-    adapter (fused SDPA per batch row, eager attention per packed sequence) passes it in
-    bfloat16 and float16, and an error of 2 % of max |out|, which the absolute bfloat16
-    tolerance lets through, fails it."""
+def test_serving_cases_get_a_baseline_that_torch_passes_and_2_percent_fails() -> None:
+    """The manifest stores baseline_error for every serving case; PyTorch through the adapter
+    (fused SDPA per batch row, eager attention per packed sequence and per cache row, its
+    merge and rotary in the dtype) passes it in bfloat16 and float16, and an error of 2 % of
+    max |out|, which the absolute bfloat16 tolerance lets through, fails it."""
     torch = pytest.importorskip("torch", reason=TORCH_MISSING)
     import importlib.util
+
+    from numpy_attention.verify.suite import manifest
 
     spec = importlib.util.spec_from_file_location(
         "torch_adapter", Path(__file__).resolve().parents[1] / "examples/torch_adapter.py"
     )
     adapter = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(adapter)
-    from numpy_attention.verify.suite import manifest
-
-    cases = _padded_and_varlen_cases()
+    cases = _serving_cases()
     stored = {e["name"]: e.get("baseline_error") for e in manifest(cases)["cases"]}
     for c in cases:
-        run = adapter.run_padded if c.kind == "padded" else adapter.run_varlen
         for dtype in ("bfloat16", "float16"):
             base = stored[c.name][dtype]
             assert set(base) == set(c.expected), c.name
-            got = run(dict(c.inputs), getattr(torch, dtype))
+            got = adapter.RUNNERS[c.kind](dict(c.inputs), getattr(torch, dtype))
             for q, want in c.expected.items():
                 r = compare_attention(np.asarray(got[q], np.float64), want, dtype=dtype,
                                       quantity=q, baseline=base[q])  # fmt: skip
                 assert r.passed and r.policy == "baseline", (c.name, dtype, q, str(r))
         want = c.expected["out"]
-        off = want + 0.02 * np.max(np.abs(want)) * np.sign(want)
+        off = want + 0.02 * np.max(np.abs(want[np.isfinite(want)])) * np.sign(want)
         assert compare_attention(off, want, dtype="bfloat16").passed, c.name
         b = stored[c.name]["bfloat16"]["out"]
         assert not compare_attention(off, want, dtype="bfloat16", baseline=b).passed, c.name

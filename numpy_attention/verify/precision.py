@@ -30,8 +30,9 @@ sinks as an extra logit column of the softmax. bfloat16 is rounded by
 - :data:`BASELINE_FACTORS`, :data:`UNIT_ROUNDOFF`, :func:`rounding`.
 - :func:`emulate_sdpa`: the naive same-dtype forward and backward of one case.
 - :func:`baseline_errors`: ``err_naive`` per dtype and quantity for a case, as the
-  suite's manifest stores them; a padded batch and packed (varlen) sequences are
-  emulated as SDPA too (the padding read as 0; one sequence at a time).
+  suite's manifest stores them; the serving cases too (padded, varlen and the paged
+  decoding step through :func:`emulate_sdpa`; the split-KV merge and rotary a rounded step
+  at a time).
 """
 
 from __future__ import annotations
@@ -61,8 +62,9 @@ __all__ = [
 
 #: The kinds of case :func:`emulate_sdpa` models, so that :func:`baseline_errors` gives them a
 #: baseline: scaled dot-product attention, with or without the variants of docs/variants.md, a
-#: padded batch (its NaN padding read as 0) and packed sequences (one attention per sequence).
-EMULATED_KINDS = ("sdpa", "variant", "padded", "varlen")
+#: padded batch (its NaN padding read as 0), packed sequences (one attention per sequence), a
+#: decoding step over a paged rotary KV cache, a split-KV merge, and rotary embedding alone.
+EMULATED_KINDS = ("sdpa", "variant", "padded", "varlen", "kvcache", "merge", "rotary")
 
 #: The two ways ``check`` judges a quantity (``docs/verify.md``, "Tolerance policy").
 POLICIES = ("baseline", "absolute")
@@ -381,6 +383,98 @@ def _emulate_varlen(inputs: Mapping[str, Any], dtype: str) -> dict[str, NDArray[
     return res
 
 
+def _rotate_rounded(
+    x: NDArray[np.floating], cos: NDArray[np.floating], sin: NDArray[np.floating],
+    interleaved: bool, sign: float, r: Rounding,
+) -> NDArray[np.floating]:  # fmt: skip
+    """Rotary embedding (``sign`` 1) or its backward (-1), Eqs. (9.6)-(9.8), each op rounded.
+
+    ``y_1 = x_1 cos - x_2 sin``, ``y_2 = x_2 cos + x_1 sin`` as a naive same-dtype kernel
+    writes it (the torch adapter's ``rotate``): two products and a sum, each rounded.
+    """
+    R = 2 * cos.shape[-1]
+    first = slice(0, R, 2) if interleaved else slice(0, R // 2)
+    second = slice(1, R, 2) if interleaved else slice(R // 2, R)
+    x1, x2 = x[..., first], x[..., second]
+    y = np.array(x, copy=True)  # the features beyond R pass through
+    y[..., first] = r(r(x1 * cos) - sign * r(x2 * sin))
+    y[..., second] = r(r(x2 * cos) + sign * r(x1 * sin))
+    return y
+
+
+def _emulate_rotary(inputs: Mapping[str, Any], dtype: str) -> dict[str, NDArray[np.floating]]:
+    """Emulate rotary embedding ``x (B, L, H, E)`` at tables ``(L, R/2)``, and its gradient."""
+    r = rounding(dtype)
+    x, dO, c, s = (r(inputs[n]) for n in ("x", "d_out", "cos", "sin"))
+    il = bool(inputs["interleaved"])
+    c, s = c[:, None], s[:, None]  # one row per position, shared by the heads
+    out, dx = _rotate_rounded(x, c, s, il, 1.0, r), _rotate_rounded(dO, c, s, il, -1.0, r)
+    res = {"out": out, "dx": dx}
+    return {n: np.asarray(a, dtype=np.float64) for n, a in res.items()}
+
+
+def _emulate_merge(inputs: Mapping[str, Any], dtype: str) -> dict[str, NDArray[np.floating]]:
+    """Emulate a split-KV merge (Eqs. (9.12)-(9.14)) and its backward, each step rounded.
+
+    As the torch adapter writes it: ``m = max_r lse^(r)``, ``e = exp(lse^(r) - m)``,
+    ``lse = m + log(sum_r e)``, ``pi = e / sum_r e``, ``out = sum_r pi O^(r)`` (an empty
+    chunk's ``O^(r)``, NaN, read as 0); ``dO^(r) = pi dO``,
+    ``dlse^(r) = pi (dO . O^(r) - dO . out + dlse)``.
+    """
+    r = rounding(dtype)
+    lses, dO, g = (r(inputs[n]) for n in ("lses", "d_out", "d_lse"))
+    outs = r(np.where(np.isinf(lses)[..., None], 0.0, inputs["outs"]))
+    m = np.max(lses, axis=0)
+    m = np.where(np.isfinite(m), m, 0)
+    e = r(np.exp(r(lses - m)))
+    total = r(np.sum(e, axis=0))
+    safe = np.where(total > 0, total, 1)
+    with np.errstate(divide="ignore"):
+        lse = np.where(total > 0, r(m + r(np.log(safe))), -np.inf)
+    pi = r(e / safe)
+    out = r(np.sum(r(pi[..., None] * outs), axis=0))
+    d_outs = r(pi[..., None] * dO)
+    dots = r(np.sum(r(dO * outs), axis=-1)) - r(np.sum(r(dO * out), axis=-1))
+    d_lses = r(pi * r(r(dots) + g))
+    res = {"out": out, "lse": lse, "d_outs": d_outs, "d_lses": d_lses}
+    return {n: np.asarray(a, dtype=np.float64) for n, a in res.items()}
+
+
+def _emulate_kvcache(inputs: Mapping[str, Any], dtype: str) -> dict[str, NDArray[np.floating]]:
+    """Emulate a decoding step over a paged rotary cache, one sequence at a time.
+
+    As FlashAttention's ``flash_attn_with_kvcache`` (and the torch adapter): the new keys are
+    rotated at positions ``n_b + i`` and written with the new values into the cache's pages
+    (Eq. (9.9)), the queries rotated at theirs (``n_b + i`` causal, ``n_b`` otherwise,
+    Eq. (9.11)), then :func:`emulate_sdpa` over the row's ``n_b + L_new`` keys, bottom-right.
+    """
+    r = rounding(dtype)
+    q, kn, vn, c, s = (r(inputs[n]) for n in ("q", "k_new", "v_new", "rotary_cos", "rotary_sin"))
+    kc, vc = (np.array(r(inputs[n]), copy=True) for n in ("k_cache", "v_cache"))
+    table, il = inputs["block_table"], bool(inputs["rotary_interleaved"])
+    causal, page = bool(inputs["is_causal"]), kc.shape[1]
+    L, Hq, L_new = q.shape[1], q.shape[2], kn.shape[1]
+    outs, lses = [], []
+    for b, n in enumerate(np.asarray(inputs["cache_seqlens"]).tolist()):
+        new = n + np.arange(L_new)  # the new tokens' slots
+        slot = table[b, new // page], new % page
+        kc[slot] = _rotate_rounded(kn[b], c[new][:, None], s[new][:, None], il, 1.0, r)
+        vc[slot] = vn[b]
+        at = n + np.arange(L) if causal else np.full(L, n)  # the queries' positions
+        qb = _rotate_rounded(q[b], c[at][:, None], s[at][:, None], il, 1.0, r)
+        pos = np.arange(n + L_new)  # the row's keys after the write
+        kb, vb = (x[table[b, pos // page], pos % page] for x in (kc, vc))
+        heads = {m: np.swapaxes(x, 0, 1)[None] for m, x in (("q", qb), ("k", kb), ("v", vb))}
+        sdpa = {"d_out": np.zeros((1, Hq, L, vb.shape[-1])), "scale": inputs["scale"],
+                "dropout_p": 0.0, "is_causal": causal, "causal_bottom_right": True,
+                "enable_gqa": Hq != kb.shape[1]}  # fmt: skip
+        got = emulate_sdpa({**heads, **sdpa}, dtype)
+        outs.append(np.swapaxes(got["out"][0], 0, 1))
+        lses.append(got["lse"][0])
+    res = {"out": np.stack(outs), "lse": np.stack(lses), "k_cache_out": kc, "v_cache_out": vc}
+    return {n: np.asarray(a, dtype=np.float64) for n, a in res.items()}
+
+
 def _max_error(got: NDArray[np.floating], want: NDArray[np.floating]) -> float:
     """``max |got - want|`` over the entries finite in both (0 if none)."""
     ok = np.isfinite(want) & np.isfinite(got)
@@ -482,6 +576,13 @@ def _add_rows(total: Any, part: NDArray[np.floating], cols: NDArray[np.intp], S:
     return total
 
 
+#: The serving kinds' emulations (each reduces to :func:`emulate_sdpa` or rounds its own steps).
+_SERVING_EMULATIONS: dict[str, Callable[[Mapping[str, Any], str], dict[str, Any]]] = {
+    "padded": _emulate_padded, "varlen": _emulate_varlen, "kvcache": _emulate_kvcache,
+    "merge": _emulate_merge, "rotary": _emulate_rotary,
+}  # fmt: skip
+
+
 def baseline_errors(
     inputs: Mapping[str, Any], expected: Mapping[str, NDArray[np.floating]], kind: str = "sdpa"
 ) -> dict[str, dict[str, float]]:
@@ -492,10 +593,9 @@ def baseline_errors(
     inputs, expected : mapping
         A case's inputs and float64 expected results.
     kind : str, optional
-        The case's kind; ``"sdpa"``, ``"variant"``, ``"padded"`` and
-        ``"varlen"`` cases have an emulated baseline (:data:`EMULATED_KINDS`);
-        the others (layers, KV cache, merge, rotary) return ``{}`` and are
-        judged by the absolute policy.
+        The case's kind; the SDPA, variant and serving kinds have an emulated
+        baseline (:data:`EMULATED_KINDS`); the layer kinds return ``{}`` and
+        are judged by the absolute policy.
 
     Returns
     -------
@@ -515,8 +615,8 @@ def baseline_errors(
     if kind not in EMULATED_KINDS:
         return {}
     out = {}
-    serving = {"padded": _emulate_padded, "varlen": _emulate_varlen}
-    emulate = serving.get(kind) or (_emulate_blocked if _blockable(inputs) else emulate_sdpa)
+    emulate = _SERVING_EMULATIONS.get(kind)
+    emulate = emulate or (_emulate_blocked if _blockable(inputs) else emulate_sdpa)
     for dtype in DTYPES:
         got = emulate(inputs, dtype)
         out[dtype] = {q: _round_up(_max_error(got[q], d)) for q, d in expected.items() if q in got}
