@@ -214,6 +214,22 @@ def test_serving_cases_get_a_baseline_that_torch_passes_and_2_percent_fails() ->
         assert not compare_attention(off, want, dtype="bfloat16", baseline=b).passed, c.name
 
 
+def test_lse_is_judged_relative_to_at_least_1() -> None:
+    """lse = m + log(l): l's relative round-off is lse's absolute error, so Eq. (7.1)'s scale
+    for lse is at least 1. One key at a score of 3.7e-4: a correct float32 kernel (exp, then log,
+    under the Cauchy-Schwarz bound) errs by 5e-8, 1.3e-4 of lse, and passes; 1e-4 more fails."""
+    q, k, v = (np.full((1, 1, 1, 1), x) for x in (31 / 1024, 101 / 8192, 1.0))
+    f = np.float32
+    _, c64 = attention_forward(q, k, v, scale=1.0)
+    _, c32 = attention_forward(q.astype(f), k.astype(f), v.astype(f), scale=1.0)
+    want, got = c64.lse, c32.lse.astype(np.float64)
+    assert np.abs(got - want).max() > 1e-4 * np.abs(want).max() > 0
+    assert compare_attention(got, want, dtype="float32", quantity="lse").passed
+    assert not compare_attention(want + 1e-4, want, dtype="float32", quantity="lse").passed
+    # the floor is lse's alone: the same numbers as out are judged relative to their own size
+    assert not compare_attention(got, want, dtype="float32", quantity="out").passed
+
+
 def test_float32_is_judged_by_the_absolute_policy_even_with_a_baseline() -> None:
     d = np.ones((1, 1, 2, 2))
     r = compare_attention(d * (1 + 1e-6), d, dtype="float32", baseline=0.0)
@@ -480,6 +496,62 @@ def test_gradient_terms_are_eq_7_4_written_as_loops() -> None:
 @given(attention_inputs(dtype="bfloat16"))
 def test_correct_kernel_matches_the_oracle_on_drawn_inputs(arguments) -> None:
     assert_matches_reference(numpy_kernel, arguments)
+
+
+def drawn_variant_kernel(q, k, v, attn_mask, dropout_p, dropout_mask, is_causal,
+                         causal_bottom_right, scale, enable_gqa, d_out, dtype, bug=None,
+                         **variants):  # fmt: skip
+    """This package's attention with the drawn variants, in float32 (or a planted bug)."""
+    f = np.float32
+    if bug == "window_one_wider" and variants.get("window", (None,))[0] is not None:
+        variants["window"] = (variants["window"][0] + 1, variants["window"][1])
+    out, cache = attention_forward(q.astype(f), k.astype(f), v.astype(f), attn_mask, dropout_p,
+                                   is_causal, scale, enable_gqa, dropout_mask=dropout_mask,
+                                   causal_align="bottom_right" if causal_bottom_right else
+                                   "top_left", **variants)  # fmt: skip
+    g = attention_backward(d_out.astype(f), cache)
+    res = {"out": out, "lse": cache.lse, "dq": g.dq, "dk": g.dk, "dv": g.dv}
+    return res if g.d_sinks is None else {**res, "d_sinks": g.d_sinks}
+
+
+@settings(max_examples=40, deadline=None)
+@given(attention_inputs(dtype="float64", variants=VARIANT_ARGUMENTS))
+def test_float64_emulation_is_the_oracle_on_drawn_variant_arguments(arguments) -> None:
+    """The baseline's emulation (rounding the identity in float64) gives the oracle on every
+    drawn combination of the variants, dropout and masks: the window's None sides included."""
+    want, got = reference(arguments), emulate_sdpa(arguments, "float64")
+    for q, w in want.items():
+        fin = np.isfinite(w)
+        assert np.array_equal(np.isfinite(got[q]), fin), q
+        scale = max(float(np.max(np.abs(w[fin]), initial=0.0)), 1.0)
+        assert np.max(np.abs(got[q][fin] - w[fin]), initial=0.0) <= 1e-12 * scale, q
+
+
+@settings(max_examples=40, deadline=None)
+@given(attention_inputs(dtype="bfloat16", variants=VARIANT_ARGUMENTS))
+def test_correct_variant_kernel_matches_the_oracle_on_drawn_inputs(arguments) -> None:
+    assert_matches_reference(drawn_variant_kernel, arguments)
+
+
+def test_property_test_finds_a_window_one_key_wider() -> None:
+    """With variants=("window",) hypothesis finds a kernel whose window sees one key too many,
+    and attention_inputs refuses a variant it does not know, naming the known ones."""
+    from hypothesis import find
+
+    def fails(arguments) -> bool:
+        try:
+            assert_matches_reference(
+                partial(drawn_variant_kernel, bug="window_one_wider"), arguments
+            )
+        except AssertionError:
+            return True
+        return False
+
+    found = find(attention_inputs(dtype="float32", variants=("window",)), fails,
+                 settings=settings(deadline=None, database=None))  # fmt: skip
+    assert found["window"][0] is not None and found["q"].size <= 16
+    with pytest.raises(ValueError, match=r"unknown name\(s\) \['alibi'\]; known: \['window'"):
+        attention_inputs(variants=("window", "alibi"))
 
 
 def test_property_test_finds_and_shrinks_a_planted_bug() -> None:

@@ -169,7 +169,9 @@ def compare_attention(
 
     (Eq. (7.1) of ``docs/verify.md``: ``cand`` is ``actual``, ``ref`` is
     ``desired``, ``iota`` an entry); infinities must match exactly (a fully
-    masked row's ``lse`` is ``-inf``) and NaN matches only NaN.
+    masked row's ``lse`` is ``-inf``) and NaN matches only NaN. For ``lse``
+    the maximum is at least 1: ``lse = m + log l``, and the relative round-off
+    of ``l`` is an absolute error of ``lse``.
 
     Examples
     --------
@@ -219,6 +221,8 @@ def _measure(
     scale = float(np.max(np.abs(d[finite]))) if finite.any() else 0.0
     if magnitude is not None:  # at least a fraction of the terms the quantity sums (Eq. (7.4))
         scale = max(scale, check_real(magnitude, "magnitude", low=0.0))
+    if quantity == "lse":  # log(l): l's relative round-off u is an absolute u in lse (Eq. (7.1))
+        scale = max(scale, 1.0)
     scale = scale if scale > 0 else 1.0
     if baseline is not None:  # Eq. (7.3): one absolute bound, at most the quantity's scale
         bound_b = baseline_factor(quantity) * baseline + UNIT_ROUNDOFF[dtype] * scale

@@ -172,8 +172,9 @@ def _variants(inputs: Mapping[str, Any], r: Rounding, L: int, S: int) -> _Varian
     window: tuple[int | None, int | None] | None = None
     w = inputs.get("window")
     if w is not None:
-        left, right = (int(x) for x in np.ravel(w))
-        window = (None if left < 0 else left, None if right < 0 else right)
+        # the suite's (left, right) with -1 unbounded, or attention_forward's with None
+        left, right = (None if x is None or int(x) < 0 else int(x) for x in np.ravel(w))
+        window = (left, right)
     chunk, cap = inputs.get("chunk_size"), inputs.get("softcap")
     slopes, sinks = inputs.get("alibi_slopes"), inputs.get("sinks")
     pos = Positions(
