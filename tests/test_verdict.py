@@ -492,10 +492,44 @@ def test_gradient_terms_are_eq_7_4_written_as_loops() -> None:
         assert np.abs(ref[n]).max() <= T[n]
 
 
-@settings(max_examples=40, deadline=None)
-@given(attention_inputs(dtype="bfloat16"))
-def test_correct_kernel_matches_the_oracle_on_drawn_inputs(arguments) -> None:
-    assert_matches_reference(numpy_kernel, arguments)
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_correct_kernel_matches_the_oracle_on_drawn_inputs(dtype: str) -> None:
+    """The dense float32 kernel (float32 draws found the lse floor of Eq. (7.1))."""
+
+    @settings(max_examples=40, deadline=None)
+    @given(attention_inputs(dtype=dtype))
+    def check(arguments) -> None:
+        assert_matches_reference(numpy_kernel, arguments)
+
+    check()
+
+
+def tiled_kernel(q, k, v, attn_mask, dropout_p, dropout_mask, is_causal, causal_bottom_right,
+                 scale, enable_gqa, d_out, dtype, **variants):  # fmt: skip
+    """The tiled path with blocks of 2 queries and 3 keys, in float64 or else float32."""
+    f = np.float64 if dtype == "float64" else np.float32
+    align = "bottom_right" if causal_bottom_right else "top_left"
+    out, c = flash_attention_forward(q.astype(f), k.astype(f), v.astype(f), attn_mask, is_causal,
+                                     scale, enable_gqa, causal_align=align, dropout_p=dropout_p,
+                                     dropout_mask=dropout_mask, block_q=2, block_k=3,
+                                     **variants)  # fmt: skip
+    g = flash_attention_backward(d_out.astype(f), c)
+    res = {"out": out, "lse": c.lse, "dq": g.dq, "dk": g.dk, "dv": g.dv,
+           "d_attn_mask": g.d_attn_mask, "d_sinks": g.d_sinks}  # fmt: skip
+    return {n: a for n, a in res.items() if a is not None}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "bfloat16"])
+def test_tiled_kernel_matches_the_oracle_on_drawn_variant_inputs(dtype: str) -> None:
+    """The oracle (dense) and the tiled path (another summation order, blocks skipped) agree
+    on every drawn combination of masks, dropout, GQA and the six variants, in each policy."""
+
+    @settings(max_examples=30, deadline=None)
+    @given(attention_inputs(dtype=dtype, variants=VARIANT_ARGUMENTS))
+    def check(arguments) -> None:
+        assert_matches_reference(tiled_kernel, arguments)
+
+    check()
 
 
 def drawn_variant_kernel(q, k, v, attn_mask, dropout_p, dropout_mask, is_causal,
