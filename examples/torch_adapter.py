@@ -366,8 +366,12 @@ def run_padded(a: dict, dtype: torch.dtype) -> dict:
 
 
 def run_varlen(a: dict, dtype: torch.dtype) -> dict:
-    """Packed sequences ``(T, H, E)``: one attention per sequence, ``lse`` as ``(Hq, Tq)``."""
+    """Packed sequences ``(T, H, E)``: one attention per sequence, ``lse`` as ``(Hq, Tq)``.
+
+    With FlashAttention's varlen variants (window, softcap, ALiBi, sinks), per sequence.
+    """
     q, k, v = (tensor(a[n], dtype, grad=True) for n in ("q", "k", "v"))
+    sinks = tensor(a["sinks"], dtype, grad=True) if "sinks" in a else None
     cu_q, cu_k = a["cu_seqlens_q"].tolist(), a["cu_seqlens_k"].tolist()
     Hq, Ev = q.shape[1], v.shape[2]
     outs, lses = [], []
@@ -375,18 +379,21 @@ def run_varlen(a: dict, dtype: torch.dtype) -> dict:
         qb = q[cu_q[b] : cu_q[b + 1]].transpose(0, 1)  # (Hq, L_b, E)
         kb, vb = (x[cu_k[b] : cu_k[b + 1]].transpose(0, 1) for x in (k, v))
         L, S = qb.shape[1], kb.shape[1]
-        if L and not S:  # no key at all: output 0, lse -inf (the suite's convention)
+        if L and not S:  # no key at all: output 0, lse -inf (or the sink alone)
             outs.append(torch.zeros(L, Hq, Ev, dtype=dtype))
-            lses.append(torch.full((Hq, L), -torch.inf, dtype=dtype))
+            none = torch.full((Hq, L), -torch.inf, dtype=dtype)
+            lses.append(none if sinks is None else sinks.detach()[:, None].expand(Hq, L))
         elif L:
             sub = {n: a[n] for n in ("scale", "is_causal", "causal_bottom_right", "enable_gqa",
-                                     "window") if n in a}  # fmt: skip
-            o, _, lse = eager_attention(sub, qb, kb, vb)
+                                     "window", "softcap", "alibi_slopes") if n in a}  # fmt: skip
+            o, _, lse = eager_attention(sub, qb, kb, vb, sinks)
             outs.append(o.transpose(0, 1))
             lses.append(lse.detach())
     out = torch.cat(outs)
     out.backward(tensor(a["d_out"], dtype))
     res = {"out": out, "lse": torch.cat(lses, dim=1), "dq": q.grad, "dk": k.grad, "dv": v.grad}
+    if sinks is not None:
+        res["d_sinks"] = sinks.grad
     return {n: to_numpy(t) for n, t in res.items()}
 
 

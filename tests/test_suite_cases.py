@@ -506,6 +506,11 @@ def test_config_cases_have_the_shapes_variants_and_path_asked_for(tmp_path: Path
     np.testing.assert_allclose(tiled.expected["out"], out, rtol=1e-12, atol=1e-13)
 
 
+def _packed(**fields: Any) -> dict[str, Any]:
+    base = {"name": "x", "E": 8, "lengths_q": [2, 3], "lengths_k": [4, 3]}
+    return {"cases": [{**base, **fields}]}
+
+
 def _bad(**fields: Any) -> dict[str, Any]:
     return {"cases": [{"name": "x", "L": 4, "S": 6, "E": 8, **fields}]}
 
@@ -531,11 +536,83 @@ def _bad(**fields: Any) -> dict[str, Any]:
     ({"cases": _bad()["cases"], "extra": 1}, r"unknown field\(s\) \['extra'\]"),
     (_bad(L=16384, S=16384, path="dense"), r"weights would hold .* set path 'tiled'"),
     (_bad(S=2**24, E=64), r"k would hold"),
+    (_packed(L=4), r"lengths_q and lengths_k replace B, L and S; drop \['L'\]"),
+    (_packed(lengths_k=[3]), r"lengths_q has 2 sequences, lengths_k 1"),
+    (_packed(lengths_q=[2, -1]), r"cases\[0\]\.lengths_q: length must be >= 0"),
+    (_packed(lengths_q="2"), r"lengths_q must be a non-empty list"),
+    (_packed(chunk_size=2), r"varlen variants .* drop \['chunk_size'\]"),
+    (_packed(path="tiled"), r"computed one sequence at a time"),
+    (_packed(lengths_q=[9000], lengths_k=[9000], Hq=2), r"more than the 134217728"),
+    ({"cases": [{"name": "x", "E": 8, "lengths_q": [1]}]}, r"lengths_k is required"),
 ])  # fmt: skip
 def test_config_errors_name_the_field(config: dict[str, Any], message: str) -> None:
     """Each invalid config is a ValueError naming the field and what it should be."""
     with pytest.raises(ValueError, match=message):
         cases_from_config(config)
+
+
+PACKED = {"name": "packed_user", "Hq": 4, "Hkv": 2, "E": 16, "Ev": 8, "scale": 0.3,
+          "lengths_q": [5, 0, 1, 40, 1], "lengths_k": [7, 3, 0, 40, 65], "is_causal": True,
+          "causal_align": "bottom_right", "window": [8, 0], "softcap": 20.0, "alibi": True,
+          "sinks": True, "dtypes": ["bfloat16"]}  # fmt: skip
+
+
+def test_config_packed_case_equals_dense_attention_per_sequence() -> None:
+    """lengths_q / lengths_k give a varlen case at the user's sizes, with FlashAttention's varlen
+    variants: each sequence's rows are attention_forward over its own keys (ALiBi's distance
+    and the window from its own bottom-right offset), a query without keys gets out 0 and
+    lse = the sink logit, and d_sinks sums over the sequences."""
+    (c,) = cases_from_config({"cases": [PACKED]})
+    a = c.inputs
+    assert c.kind == "varlen" and c.flags["config"]["lengths_q"] == PACKED["lengths_q"]
+    cq, ck = a["cu_seqlens_q"], a["cu_seqlens_k"]
+    assert cq.tolist() == [0, 5, 5, 6, 46, 47] and a["q"].shape == (47, 4, 16)
+    kw = {"window": (8, 0), "softcap": 20.0, "alibi_slopes": a["alibi_slopes"],
+          "sinks": a["sinks"]}  # fmt: skip
+    d_sinks = np.zeros(4)
+    for b in range(len(cq) - 1):
+        rq, rk = slice(cq[b], cq[b + 1]), slice(ck[b], ck[b + 1])
+        if rq.stop == rq.start:
+            continue
+        if rk.stop == rk.start:
+            assert not c.expected["out"][rq].any()
+            np.testing.assert_array_equal(c.expected["lse"][:, rq], a["sinks"][:, None])
+            continue
+        out, cache = attention_forward(
+            *(np.swapaxes(a[n][r], 0, 1) for n, r in (("q", rq), ("k", rk), ("v", rk))),
+            is_causal=True, causal_align="bottom_right", scale=0.3, enable_gqa=True, **kw,
+        )  # fmt: skip
+        g = attention_backward(np.swapaxes(a["d_out"][rq], 0, 1), cache)
+        d_sinks += g.d_sinks
+        np.testing.assert_allclose(c.expected["out"][rq], np.swapaxes(out, 0, 1), atol=1e-13)
+        np.testing.assert_allclose(c.expected["lse"][:, rq], cache.lse, atol=1e-13)
+        np.testing.assert_allclose(c.expected["dq"][rq], np.swapaxes(g.dq, 0, 1), atol=1e-13)
+        np.testing.assert_allclose(c.expected["dk"][rk], np.swapaxes(g.dk, 0, 1), atol=1e-13)
+    np.testing.assert_allclose(c.expected["d_sinks"], d_sinks, atol=1e-13)
+
+
+def test_torch_passes_a_packed_config_case_in_bfloat16_under_its_baseline(tmp_path) -> None:
+    """vectors' packed case, through the torch adapter (eager attention per sequence with the
+    window, softcap, ALiBi and sinks) and check: every quantity passes the stored baseline."""
+    pytest.importorskip("torch")
+    from numpy_attention.verify import load_results
+    from numpy_attention.verify.grading import manifest_baselines
+
+    spec = importlib.util.spec_from_file_location(
+        "torch_adapter", ROOT / "examples/torch_adapter.py"
+    )
+    adapter = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(adapter)
+    write_suite(tmp_path / "suite", cases_from_config({"cases": [PACKED]}))
+    assert (
+        adapter.main([str(tmp_path / "suite"), str(tmp_path / "res"), "--dtype", "bfloat16"]) == 0
+    )
+    man, expected = load_suite(tmp_path / "suite")
+    results, unknown = load_results(tmp_path / "res", expected)
+    report = check_results(results, expected, dtype="bfloat16", strict=True, unknown=unknown,
+                           baselines=manifest_baselines(man))  # fmt: skip
+    assert report.passed and report.counts["PASS"] == 6, report.table()
+    assert {r.comparison.policy for r in report.rows if r.comparison} == {"baseline"}
 
 
 def test_config_file_that_is_not_json_is_a_value_error(tmp_path: Path) -> None:

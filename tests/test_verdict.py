@@ -96,6 +96,12 @@ def test_emulated_float32_matches_real_float32_arithmetic() -> None:
         assert np.max(np.abs(got[q] - real[q])) < 1e-5 * np.max(np.abs(c.expected[q]))
 
 
+def _config_case_list(*entries):
+    from numpy_attention.verify import cases_from_config
+
+    return cases_from_config({"cases": list(entries)})
+
+
 def _config_case(**fields):
     from numpy_attention.verify import cases_from_config
 
@@ -164,11 +170,15 @@ def test_float64_emulation_of_every_serving_case_is_the_truth() -> None:
     """rounding('float64') is the identity: the padded batch (its NaN padding read as 0), each
     packed sequence (its own causal offset and window, zero-length ones, queries without a
     key), the paged rotary decoding step (the cache written, NaN slots kept), the split-KV
-    merge (empty chunks) and rotary emulated in float64 give the stored truth, NaN where it is."""
+    merge (empty chunks) and rotary emulated in float64 give the stored truth, NaN where it is;
+    so does a packed config case with ALiBi, softcap and sinks."""
     from numpy_attention.verify.precision import _SERVING_EMULATIONS
 
     cases = _serving_cases()
     assert {c.kind for c in cases} == set(_SERVING_EMULATIONS) and len(cases) == 10
+    packed = {"name": "packed", "Hq": 2, "E": 8, "lengths_q": [3, 1, 4], "lengths_k": [5, 0, 6],
+              "is_causal": True, "alibi": True, "sinks": True, "softcap": 5.0}  # fmt: skip
+    cases += _config_case_list(packed)  # d_sinks summed over sequences; a row sees the sink only
     for c in cases:
         got = _SERVING_EMULATIONS[c.kind](c.inputs, "float64")
         assert set(got) == set(c.expected), c.name

@@ -28,9 +28,13 @@ CONFIG_FIELDS: dict[str, Any] = {
     "name": None, "seed": None, "B": 1, "Hq": 1, "Hkv": None, "L": None, "S": None, "E": None,
     "Ev": None, "scale": None, "is_causal": False, "causal_align": "top_left", "window": None,
     "softcap": None, "alibi": False, "sinks": False, "chunk_size": None, "sink_tokens": 0,
-    "dtypes": list(DTYPES), "path": "auto",
+    "dtypes": list(DTYPES), "path": "auto", "lengths_q": None, "lengths_k": None,
 }  # fmt: skip
 _REQUIRED = ("name", "L", "S", "E")
+#: A packed (varlen) case: ``lengths_q`` and ``lengths_k`` replace ``B``, ``L`` and ``S``.
+_REQUIRED_PACKED = ("name", "E", "lengths_q", "lengths_k")
+#: A packed case is computed one sequence at a time, dense: at most this many scores in all.
+_PACKED_SCORES = 2**27
 #: ``path: "auto"`` computes by the tiled functions from this many scores (B Hq L S) on.
 _TILED_FROM = 2**22
 #: The largest config file read (a config is a few lines).
@@ -84,9 +88,12 @@ def _spec(entry: Any, where: str, seed: int) -> dict[str, Any]:
     unknown = sorted(set(entry) - set(CONFIG_FIELDS))
     if unknown:
         raise ValueError(f"{where} has unknown field(s) {unknown}; known: {sorted(CONFIG_FIELDS)}")
-    for n in _REQUIRED:
+    packed = entry.get("lengths_q") is not None or entry.get("lengths_k") is not None
+    for n in _REQUIRED_PACKED if packed else _REQUIRED:
         if entry.get(n) is None:
-            raise ValueError(f"{where}.{n} is required")
+            raise ValueError(f"{where}.{n} is required" + " (a packed case)" * packed)
+    if packed:
+        return _packed_spec(entry, where, seed)
     c = {**CONFIG_FIELDS, **entry}
     name = c["name"]
     if not isinstance(name, str) or not CASE_NAME.fullmatch(name):
@@ -101,6 +108,42 @@ def _spec(entry: Any, where: str, seed: int) -> dict[str, Any]:
     if c["Hq"] % c["Hkv"]:
         raise ValueError(f"{where}: Hq = {c['Hq']} must be a multiple of Hkv = {c['Hkv']}")
     return _spec_options(c, where)
+
+
+def _packed_spec(entry: Mapping[str, Any], where: str, seed: int) -> dict[str, Any]:
+    """Validate a packed (varlen) case: its lengths, then the fields it shares with the rest."""
+    given = sorted(n for n in ("B", "L", "S") if entry.get(n) is not None)
+    if given:
+        raise ValueError(f"{where}: lengths_q and lengths_k replace B, L and S; drop {given}")
+    lengths = {}
+    for n in ("lengths_q", "lengths_k"):
+        x = entry[n]
+        if not isinstance(x, list) or not x:
+            raise ValueError(f"{where}.{n} must be a non-empty list of lengths >= 0, got {x!r}")
+        lengths[n] = [_field(where, n, check_int, b, "length", minimum=0) for b in x]
+    lq, lk = lengths["lengths_q"], lengths["lengths_k"]
+    if len(lq) != len(lk):
+        raise ValueError(f"{where}: lengths_q has {len(lq)} sequences, lengths_k {len(lk)}")
+    local = sorted(n for n in ("chunk_size", "sink_tokens") if entry.get(n))
+    if local:
+        raise ValueError(f"{where}: a packed case takes FlashAttention's varlen variants (window, "
+                         f"softcap, alibi, sinks); drop {local}")  # fmt: skip
+    if entry.get("path", "auto") == "tiled":
+        raise ValueError(f"{where}.path: a packed case is computed one sequence at a time, dense")
+    c = _spec({**entry, "lengths_q": None, "lengths_k": None, "B": 1, "L": max(1, max(lq)),
+               "S": max(1, max(lk)), "path": "tiled"}, where, seed)  # fmt: skip (no weights)
+    c.update(lengths_q=lq, lengths_k=lk, B=None, L=None, S=None, path="auto", tiled=False)
+    scores = c["Hq"] * sum(a * b for a, b in zip(lq, lk, strict=True))
+    if scores > _PACKED_SCORES:
+        raise ValueError(f"{where}: the sequences hold {scores} scores (Hq sum L_b S_b), "
+                         f"more than the {_PACKED_SCORES} a packed case computes")  # fmt: skip
+    sizes = {"q": sum(lq) * c["Hq"] * c["E"], "k": sum(lk) * c["Hkv"] * c["E"],
+             "v": sum(lk) * c["Hkv"] * c["Ev"]}  # fmt: skip
+    for n, size in sizes.items():
+        if 8 * size > MAX_ARRAY_BYTES:
+            raise ValueError(f"{where}: {n} would hold {8 * size} bytes in float64, more "
+                             f"than the {MAX_ARRAY_BYTES} the reader takes per array")  # fmt: skip
+    return c
 
 
 def _spec_options(c: dict[str, Any], where: str) -> dict[str, Any]:
@@ -158,6 +201,8 @@ def _case(c: dict[str, Any]) -> Case:
         variants["alibi_slopes"] = True
     if c["sinks"]:
         variants["sinks"] = True
+    if c["lengths_q"] is not None:
+        return _packed_case(c, variants)
     shape = ", ".join(f"{n} = {c[n]}" for n in ("B", "Hq", "Hkv", "L", "S", "E", "Ev"))
     desc = f"User-sized case ({shape})" + (", causal " + c["causal_align"]) * c["is_causal"]
     desc += "".join(f", {n} {v}" for n, v in variants.items() if v is not True)
@@ -167,6 +212,27 @@ def _case(c: dict[str, Any]) -> Case:
         (c["B"], c["Hkv"], c["S"], c["E"]), c["Ev"], is_causal=c["is_causal"],
         causal_align=c["causal_align"], enable_gqa=c["Hq"] != c["Hkv"], scale=c["scale"],
         variants=variants, tiled=c["tiled"],
+    )  # fmt: skip
+    config = {n: c[n] for n in CONFIG_FIELDS}
+    config["window"] = None if c["window"] is None else list(c["window"])
+    case.flags.update(dtypes=list(c["dtypes"]), config=config)
+    return case
+
+
+def _packed_case(c: dict[str, Any], variants: dict[str, Any]) -> Case:
+    """Build a packed (varlen) case: ``flash_attn_varlen_func``'s layout, one truth per sequence."""
+    from .serving_cases import varlen_case  # it imports this package's cases module
+
+    shape = ", ".join(f"{n} = {c[n]}" for n in ("Hq", "Hkv", "E", "Ev"))
+    desc = (f"User-sized packed sequences (lengths_q {c['lengths_q']}, lengths_k "
+            f"{c['lengths_k']}, {shape})")  # fmt: skip
+    desc += (", causal " + c["causal_align"]) * c["is_causal"]
+    desc += "".join(f", {n} {v}" for n, v in variants.items() if v is not True)
+    desc += "".join(f", {n}" for n, v in variants.items() if v is True) + "."
+    case = varlen_case(
+        c["name"], desc, c["seed"], c["lengths_q"], c["lengths_k"], (c["Hq"], c["Hkv"]),
+        (c["E"], c["Ev"]), is_causal=c["is_causal"], causal_align=c["causal_align"],
+        scale=c["scale"], variants=variants,
     )  # fmt: skip
     config = {n: c[n] for n in CONFIG_FIELDS}
     config["window"] = None if c["window"] is None else list(c["window"])
@@ -187,12 +253,16 @@ def cases_from_config(config: str | os.PathLike[str] | Mapping[str, Any]) -> lis
         ``causal_align``, ``window`` (``[left, right]``, null = unbounded side), ``softcap``,
         ``alibi`` and ``sinks`` (true: drawn), ``chunk_size``, ``sink_tokens``, ``dtypes``
         (the dtypes you will check in, recorded), ``path`` (``"auto"``, ``"dense"``,
-        ``"tiled"``; auto tiles from ``2**22`` scores on).
+        ``"tiled"``; auto tiles from ``2**22`` scores on). ``lengths_q`` and
+        ``lengths_k`` instead of ``B``, ``L``, ``S``: a packed (varlen) case, one
+        sequence per pair of lengths, with the varlen variants (window, softcap,
+        alibi, sinks).
 
     Returns
     -------
     cases : list of Case
-        Kind ``"sdpa"``, or ``"variant"`` with a variant; tiled cases have no ``weights``.
+        Kind ``"sdpa"``, ``"variant"`` with a variant, or ``"varlen"`` (packed); tiled and
+        packed cases have no ``weights``.
         Pass them to :func:`~numpy_attention.verify.write_suite`. The same config always
         gives the same arrays.
 

@@ -364,7 +364,7 @@ def _emulate_varlen(inputs: Mapping[str, Any], dtype: str) -> dict[str, NDArray[
 
     :func:`emulate_sdpa` on each sequence as ``(1, H, L_b, E)`` (its own causal offset
     ``S_b - L_b``), packed back; a sequence without queries or keys has nothing to emulate
-    (out 0, lse ``-inf``, gradients 0).
+    (out 0, lse ``-inf`` or, with sinks, the sink logit, gradients 0).
     """
     q, k, v, dO = (np.asarray(inputs[n], dtype=np.float64) for n in ("q", "k", "v", "d_out"))
     cu_q, cu_k = inputs["cu_seqlens_q"], inputs["cu_seqlens_k"]
@@ -375,12 +375,16 @@ def _emulate_varlen(inputs: Mapping[str, Any], dtype: str) -> dict[str, NDArray[
     for b in range(len(cu_q) - 1):
         rows, keys = slice(int(cu_q[b]), int(cu_q[b + 1])), slice(int(cu_k[b]), int(cu_k[b + 1]))
         if rows.start == rows.stop or keys.start == keys.stop:
+            if rows.start < rows.stop and inputs.get("sinks") is not None:  # the sink alone
+                res["lse"][:, rows] = rounding(dtype)(np.asarray(inputs["sinks"]))[:, None]
             continue
         part = {n: x[..., keys if n in ("k", "v") else rows, :] for n, x in heads_first.items()}
         got = emulate_sdpa({**inputs, **part, "dropout_p": 0.0}, dtype)
         res["out"][rows], res["lse"][:, rows] = np.swapaxes(got["out"][0], 0, 1), got["lse"][0]
         res["dq"][rows] = np.swapaxes(got["dq"][0], 0, 1)
         res["dk"][keys], res["dv"][keys] = (np.swapaxes(got[n][0], 0, 1) for n in ("dk", "dv"))
+        if "d_sinks" in got:  # the sinks' gradient sums over the sequences, as the truth's
+            res["d_sinks"] = res.get("d_sinks", 0.0) + got["d_sinks"]
     return res
 
 

@@ -36,7 +36,7 @@ from ..serving import (
     varlen_attention_backward,
     varlen_attention_forward,
 )
-from .cases import Case, _exact, _normal, _variant_flags, _variant_inputs
+from .cases import Case, _draw_variants, _exact, _normal, _variant_flags, _variant_inputs
 
 __all__ = ["padded_case", "varlen_case", "kvcache_case", "merge_case", "rotary_case"]
 
@@ -101,8 +101,12 @@ def varlen_case(
     name: str, description: str, seed: int, lengths_q: list[int], lengths_k: list[int],
     heads: tuple[int, int], widths: tuple[int, int], *, is_causal: bool = False,
     causal_align: str = "bottom_right", window: tuple[int | None, int | None] | None = None,
+    scale: float | None = None, variants: dict[str, Any] | None = None,
 ) -> Case:  # fmt: skip
     """Packed sequences: ``q (Tq, Hq, E)``, ``k (Tk, Hkv, E)``, ``v (Tk, Hkv, Ev)``.
+
+    ``variants``: more Variants keywords, per sequence (``alibi_slopes=True``,
+    ``sinks=True``: drawn after the arrays, so a case without them keeps its bytes).
 
     Examples
     --------
@@ -116,10 +120,12 @@ def varlen_case(
     q, k, v = _normal(rng, Tq, Hq, E), _normal(rng, Tk, Hkv, E), _normal(rng, Tk, Hkv, Ev)
     cu_q, cu_k = _cu(lengths_q), _cu(lengths_k)
     d_out = _normal(rng, Tq, Hq, Ev)
-    scale, kw = 1.0 / math.sqrt(E), {} if window is None else {"window": window}
+    scale = 1.0 / math.sqrt(E) if scale is None else float(scale)
+    kw = _draw_variants(rng, {**({} if window is None else {"window": window}),
+                              **(variants or {})}, Hq)  # fmt: skip
     out, cache = varlen_attention_forward(
         q, k, v, cu_q, cu_k, scale=scale, is_causal=is_causal, causal_align=causal_align,
-        enable_gqa=Hq != Hkv, window=window,
+        enable_gqa=Hq != Hkv, **kw,
     )  # fmt: skip
     g = varlen_attention_backward(d_out, cache)
     inputs = {"q": q, "k": k, "v": v, "cu_seqlens_q": cu_q, "cu_seqlens_k": cu_k,
@@ -127,6 +133,8 @@ def varlen_case(
               "causal_bottom_right": np.array(causal_align == "bottom_right"),
               "enable_gqa": np.array(Hq != Hkv), **_variant_inputs(kw)}  # fmt: skip
     expected = {"out": out, "lse": cache.lse, "dq": g.dq, "dk": g.dk, "dv": g.dv}
+    if g.d_sinks is not None:
+        expected["d_sinks"] = g.d_sinks
     flags: dict[str, Any] = {"scale": scale, "is_causal": is_causal, "causal_align": causal_align,
                              "enable_gqa": Hq != Hkv, "lengths_q": lengths_q,
                              "lengths_k": lengths_k}  # fmt: skip
