@@ -130,8 +130,19 @@ def _packed_spec(entry: Mapping[str, Any], where: str, seed: int) -> dict[str, A
                          f"softcap, alibi, sinks); drop {local}")  # fmt: skip
     if entry.get("path", "auto") == "tiled":
         raise ValueError(f"{where}.path: a packed case is computed one sequence at a time, dense")
-    c = _spec({**entry, "lengths_q": None, "lengths_k": None, "B": 1, "L": max(1, max(lq)),
-               "S": max(1, max(lk)), "path": "tiled"}, where, seed)  # fmt: skip (no weights)
+    c = _spec(
+        {
+            **entry,
+            "lengths_q": None,
+            "lengths_k": None,
+            "B": 1,
+            "L": max(1, max(lq)),
+            "S": max(1, max(lk)),
+            "path": "tiled",
+        },
+        where,
+        seed,
+    )  # path "tiled": the size check counts no weights
     c.update(lengths_q=lq, lengths_k=lk, B=None, L=None, S=None, path="auto", tiled=False)
     scores = c["Hq"] * sum(a * b for a, b in zip(lq, lk, strict=True))
     if scores > _PACKED_SCORES:
