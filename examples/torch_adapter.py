@@ -417,25 +417,35 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: b
 
 
 def run_kvcache(a: dict, dtype: torch.dtype) -> dict:
-    """Run a decoding step over a paged cache (flash_attn_with_kvcache), row by row."""
+    """Run a decoding step over a paged cache (flash_attn_with_kvcache), row by row.
+
+    Rotary when the case has tables; window, softcap, ALiBi and sinks per row.
+    """
     kc, vc = tensor(a["k_cache"], dtype).clone(), tensor(a["v_cache"], dtype).clone()
     q, k_new, v_new = (tensor(a[n], dtype) for n in ("q", "k_new", "v_new"))
-    cos, sin = tensor(a["rotary_cos"], dtype), tensor(a["rotary_sin"], dtype)
+    rotary = "rotary_cos" in a
+    if rotary:
+        cos, sin = tensor(a["rotary_cos"], dtype), tensor(a["rotary_sin"], dtype)
+    sinks = tensor(a["sinks"], dtype) if "sinks" in a else None
     table, page, inter = a["block_table"], kc.shape[1], bool(a["rotary_interleaved"])
     B, L = q.shape[:2]
     outs, lses = [], []
     for b, n in enumerate(a["cache_seqlens"].tolist()):
         new = np.arange(n, n + L)  # the new tokens' positions
         blk, off = table[b, new // page], new % page
-        kc[blk, off] = rotate(k_new[b], cos[new][:, None], sin[new][:, None], inter)
+        kc[blk, off] = (
+            rotate(k_new[b], cos[new][:, None], sin[new][:, None], inter) if rotary else k_new[b]
+        )
         vc[blk, off] = v_new[b]
         at = new if bool(a["is_causal"]) else np.full(L, n)  # FlashAttention's query positions
-        qb = rotate(q[b], cos[at][:, None], sin[at][:, None], inter).transpose(0, 1)
+        qb = rotate(q[b], cos[at][:, None], sin[at][:, None], inter) if rotary else q[b]
+        qb = qb.transpose(0, 1)
         pos = np.arange(n + L)
         kb, vb = (c[table[b, pos // page], pos % page].transpose(0, 1) for c in (kc, vc))
         sub = {"scale": a["scale"], "is_causal": a["is_causal"], "causal_bottom_right": True,
-               "enable_gqa": True}  # fmt: skip
-        o, _, lse = eager_attention(sub, qb, kb, vb)
+               "enable_gqa": True, **{m: a[m] for m in ("window", "softcap", "alibi_slopes")
+                                      if m in a}}  # fmt: skip
+        o, _, lse = eager_attention(sub, qb, kb, vb, sinks)
         outs.append(o.transpose(0, 1))
         lses.append(lse)
     res = {"out": torch.stack(outs), "lse": torch.stack(lses), "k_cache_out": kc,

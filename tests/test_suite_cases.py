@@ -506,6 +506,10 @@ def test_config_cases_have_the_shapes_variants_and_path_asked_for(tmp_path: Path
     np.testing.assert_allclose(tiled.expected["out"], out, rtol=1e-12, atol=1e-13)
 
 
+def _kv(**fields: Any) -> dict[str, Any]:
+    return {"cases": [{"name": "x", "E": 4, "cache_seqlens": [3, 0], **fields}]}
+
+
 def _packed(**fields: Any) -> dict[str, Any]:
     base = {"name": "x", "E": 8, "lengths_q": [2, 3], "lengths_k": [4, 3]}
     return {"cases": [{**base, **fields}]}
@@ -543,6 +547,16 @@ def _bad(**fields: Any) -> dict[str, Any]:
     (_packed(chunk_size=2), r"varlen variants .* drop \['chunk_size'\]"),
     (_packed(path="tiled"), r"computed one sequence at a time"),
     (_packed(lengths_q=[9000], lengths_k=[9000], Hq=2), r"more than the 134217728"),
+    (_kv(S=9), r"cache_seqlens replaces B and S .* drop \['S'\]"),
+    (_kv(lengths_q=[1], lengths_k=[2]), r"do not go together"),
+    (_kv(cache_seqlens=[3, -2]), r"cases\[0\]\.cache_seqlens: length must be >= 0"),
+    (_kv(rotary_dim=6), r"rotary_dim must be even and at most E = 4"),
+    (_kv(rotary_dim=3, E=8), r"rotary_dim must be even"),
+    (_kv(page_size=0), r"cases\[0\]\.page_size"),
+    (_kv(sink_tokens=1), r"flash_attn_with_kvcache's variants .* drop \['sink_tokens'\]"),
+    (_kv(rotary_interleaved="no"), r"cases\[0\]\.rotary_interleaved"),
+    (_bad(page_size=8), r"\['page_size'\] belong to a KV cache case"),
+    (_kv(cache_seqlens=[2**20], Hq=64, Hkv=1, L=4), r"more than the 134217728 a KV cache"),
     ({"cases": [{"name": "x", "E": 8, "lengths_q": [1]}]}, r"lengths_k is required"),
 ])  # fmt: skip
 def test_config_errors_name_the_field(config: dict[str, Any], message: str) -> None:
@@ -591,9 +605,57 @@ def test_config_packed_case_equals_dense_attention_per_sequence() -> None:
     np.testing.assert_allclose(c.expected["d_sinks"], d_sinks, atol=1e-13)
 
 
+KVCACHE = [
+    {"name": "decode_rotary", "Hq": 4, "Hkv": 2, "E": 16, "L": 3, "cache_seqlens": [5, 0, 40],
+     "page_size": 8, "rotary_dim": 8, "is_causal": True, "window": [6, 0], "softcap": 20.0,
+     "alibi": True, "sinks": True},
+    {"name": "decode_plain", "Hq": 8, "Hkv": 1, "E": 32, "Ev": 16, "cache_seqlens": [0, 100, 37],
+     "scale": 0.25},
+]  # fmt: skip
+
+
+def test_config_kvcache_cases_equal_dense_attention_over_the_written_cache() -> None:
+    """cache_seqlens gives flash_attn_with_kvcache's decoding step at the user's sizes: the new
+    keys (rotated, if rotary_dim) land in their pages of a shuffled block table, the rest stays
+    NaN, and each row's out and lse are attention_forward over its n_b + L keys (bottom-right,
+    with the window, softcap, ALiBi and sinks); no rotary leaves q and the keys as drawn."""
+    from numpy_attention.serving import rotary_embedding
+
+    for c in cases_from_config({"cases": KVCACHE}):
+        a, f = c.inputs, c.flags
+        assert c.kind == "kvcache" and f["config"]["cache_seqlens"] == a["cache_seqlens"].tolist()
+        assert ("rotary_cos" in a) == (f["rotary_dim"] is not None)
+        page, table, L = f["page_size"], a["block_table"], a["q"].shape[1]
+        kw = {n: tuple(v) if n == "window" else v for n, v in f.get("variants", {}).items()}
+        kw.update({n: a[n] for n in ("alibi_slopes", "sinks") if n in a})
+        for b, n in enumerate(a["cache_seqlens"].tolist()):
+            new, pos = np.arange(n, n + L), np.arange(n + L)
+            qb, kn = a["q"][b], a["k_new"][b]
+            if "rotary_cos" in a:  # rotate-half here; causal: the queries at n_b + i
+                cs = (a["rotary_cos"][new][:, None], a["rotary_sin"][new][:, None])
+                qb, kn = rotary_embedding(qb, *cs), rotary_embedding(kn, *cs)
+            slots = table[b, new // page], new % page
+            np.testing.assert_allclose(c.expected["k_cache_out"][slots], kn, atol=1e-15)
+            np.testing.assert_array_equal(c.expected["v_cache_out"][slots], a["v_new"][b])
+            kb, vb = (c.expected[x][table[b, pos // page], pos % page]
+                      for x in ("k_cache_out", "v_cache_out"))  # fmt: skip
+            out, cache = attention_forward(*(np.swapaxes(x, 0, 1) for x in (qb, kb, vb)),
+                                           is_causal=f["is_causal"], causal_align="bottom_right",
+                                           enable_gqa=True, scale=f["scale"], **kw)  # fmt: skip
+            np.testing.assert_allclose(c.expected["out"][b], np.swapaxes(out, 0, 1), atol=1e-13)
+            np.testing.assert_allclose(c.expected["lse"][b], cache.lse, atol=1e-13)
+        assert np.isnan(c.expected["k_cache_out"]).any()
+        again = cases_from_config({"cases": [f["config"]]})[0]  # the recorded config rebuilds it
+        np.testing.assert_array_equal(again.expected["out"], c.expected["out"])
+    (packed,) = cases_from_config({"cases": [PACKED]})
+    again = cases_from_config({"cases": [packed.flags["config"]]})[0]
+    np.testing.assert_array_equal(again.expected["dq"], packed.expected["dq"])
+
+
 def test_torch_passes_a_packed_config_case_in_bfloat16_under_its_baseline(tmp_path) -> None:
-    """vectors' packed case, through the torch adapter (eager attention per sequence with the
-    window, softcap, ALiBi and sinks) and check: every quantity passes the stored baseline."""
+    """vectors' packed and KV cache cases, through the torch adapter (eager attention per
+    sequence or cache row with the window, softcap, ALiBi and sinks; rotary in the dtype) and
+    check: every quantity passes the stored baseline."""
     pytest.importorskip("torch")
     from numpy_attention.verify import load_results
     from numpy_attention.verify.grading import manifest_baselines
@@ -603,7 +665,7 @@ def test_torch_passes_a_packed_config_case_in_bfloat16_under_its_baseline(tmp_pa
     )
     adapter = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(adapter)
-    write_suite(tmp_path / "suite", cases_from_config({"cases": [PACKED]}))
+    write_suite(tmp_path / "suite", cases_from_config({"cases": [PACKED, *KVCACHE]}))
     assert (
         adapter.main([str(tmp_path / "suite"), str(tmp_path / "res"), "--dtype", "bfloat16"]) == 0
     )
@@ -611,7 +673,7 @@ def test_torch_passes_a_packed_config_case_in_bfloat16_under_its_baseline(tmp_pa
     results, unknown = load_results(tmp_path / "res", expected)
     report = check_results(results, expected, dtype="bfloat16", strict=True, unknown=unknown,
                            baselines=manifest_baselines(man))  # fmt: skip
-    assert report.passed and report.counts["PASS"] == 6, report.table()
+    assert report.passed and report.counts["PASS"] == 6 + 4 + 4, report.table()
     assert {r.comparison.policy for r in report.rows if r.comparison} == {"baseline"}
 
 

@@ -171,14 +171,18 @@ def test_float64_emulation_of_every_serving_case_is_the_truth() -> None:
     packed sequence (its own causal offset and window, zero-length ones, queries without a
     key), the paged rotary decoding step (the cache written, NaN slots kept), the split-KV
     merge (empty chunks) and rotary emulated in float64 give the stored truth, NaN where it is;
-    so does a packed config case with ALiBi, softcap and sinks."""
+    so do a packed and a KV cache config case with a window, ALiBi, softcap and sinks."""
     from numpy_attention.verify.precision import _SERVING_EMULATIONS
 
     cases = _serving_cases()
     assert {c.kind for c in cases} == set(_SERVING_EMULATIONS) and len(cases) == 10
     packed = {"name": "packed", "Hq": 2, "E": 8, "lengths_q": [3, 1, 4], "lengths_k": [5, 0, 6],
               "is_causal": True, "alibi": True, "sinks": True, "softcap": 5.0}  # fmt: skip
-    cases += _config_case_list(packed)  # d_sinks summed over sequences; a row sees the sink only
+    decode = {"name": "decode", "Hq": 4, "Hkv": 2, "E": 8, "L": 2, "cache_seqlens": [3, 0, 9],
+              "page_size": 4, "is_causal": True, "window": [3, 0], "alibi": True, "sinks": True,
+              "softcap": 5.0}  # fmt: skip
+    # d_sinks summed over sequences, a row that sees the sink only; a KV cache without rotary
+    cases += _config_case_list(packed, decode)
     for c in cases:
         got = _SERVING_EMULATIONS[c.kind](c.inputs, "float64")
         assert set(got) == set(c.expected), c.name

@@ -29,12 +29,18 @@ CONFIG_FIELDS: dict[str, Any] = {
     "Ev": None, "scale": None, "is_causal": False, "causal_align": "top_left", "window": None,
     "softcap": None, "alibi": False, "sinks": False, "chunk_size": None, "sink_tokens": 0,
     "dtypes": list(DTYPES), "path": "auto", "lengths_q": None, "lengths_k": None,
+    "cache_seqlens": None, "page_size": 16, "rotary_dim": None, "rotary_interleaved": False,
 }  # fmt: skip
 _REQUIRED = ("name", "L", "S", "E")
 #: A packed (varlen) case: ``lengths_q`` and ``lengths_k`` replace ``B``, ``L`` and ``S``.
 _REQUIRED_PACKED = ("name", "E", "lengths_q", "lengths_k")
-#: A packed case is computed one sequence at a time, dense: at most this many scores in all.
+#: A decoding step over a paged KV cache: ``cache_seqlens`` replaces ``B`` and ``S``.
+_REQUIRED_KVCACHE = ("name", "E", "cache_seqlens")
+#: Packed and KV cache cases are computed one sequence at a time, dense: at most this many
+#: scores in all.
 _PACKED_SCORES = 2**27
+#: The fields only a KV cache case reads.
+_KVCACHE_ONLY = ("page_size", "rotary_dim", "rotary_interleaved")
 #: ``path: "auto"`` computes by the tiled functions from this many scores (B Hq L S) on.
 _TILED_FROM = 2**22
 #: The largest config file read (a config is a few lines).
@@ -89,9 +95,17 @@ def _spec(entry: Any, where: str, seed: int) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"{where} has unknown field(s) {unknown}; known: {sorted(CONFIG_FIELDS)}")
     packed = entry.get("lengths_q") is not None or entry.get("lengths_k") is not None
+    if entry.get("cache_seqlens") is not None:
+        if packed:
+            raise ValueError(f"{where}: cache_seqlens (a KV cache case) and lengths_q/lengths_k "
+                             "(a packed case) do not go together")  # fmt: skip
+        return _kvcache_spec(entry, where, seed)
     for n in _REQUIRED_PACKED if packed else _REQUIRED:
         if entry.get(n) is None:
             raise ValueError(f"{where}.{n} is required" + " (a packed case)" * packed)
+    others = sorted(n for n in _KVCACHE_ONLY if entry.get(n, CONFIG_FIELDS[n]) != CONFIG_FIELDS[n])
+    if others:
+        raise ValueError(f"{where}: {others} belong to a KV cache case (give cache_seqlens)")
     if packed:
         return _packed_spec(entry, where, seed)
     c = {**CONFIG_FIELDS, **entry}
@@ -157,6 +171,54 @@ def _packed_spec(entry: Mapping[str, Any], where: str, seed: int) -> dict[str, A
     return c
 
 
+def _kvcache_spec(entry: Mapping[str, Any], where: str, seed: int) -> dict[str, Any]:
+    """Validate a decoding step over a paged cache: ``cache_seqlens``, ``L`` new tokens."""
+    given = sorted(n for n in ("B", "S") if entry.get(n) is not None)
+    if given:
+        raise ValueError(f"{where}: cache_seqlens replaces B and S (L is the new tokens, "
+                         f"default 1); drop {given}")  # fmt: skip
+    n_b = entry["cache_seqlens"]
+    if not isinstance(n_b, list) or not n_b:
+        raise ValueError(f"{where}.cache_seqlens must be a non-empty list of lengths >= 0, "
+                         f"got {n_b!r}")  # fmt: skip
+    seqlens = [_field(where, "cache_seqlens", check_int, x, "length", minimum=0) for x in n_b]
+    local = sorted(n for n in ("chunk_size", "sink_tokens") if entry.get(n))
+    if local or entry.get("path", "auto") == "tiled":
+        raise ValueError(f"{where}: a KV cache case takes flash_attn_with_kvcache's variants "
+                         f"(window, softcap, alibi, sinks) and no tiled path; drop "
+                         f"{local or ['path']}")  # fmt: skip
+    L = 1 if entry.get("L") is None else entry["L"]
+    S = max(seqlens) + (L if isinstance(L, int) else 1)
+    rest = {n: v for n, v in entry.items() if n not in _KVCACHE_ONLY}
+    c = _spec(
+        {**rest, "B": 1, "L": L, "S": S, "cache_seqlens": None, "path": "tiled"},  # no weights
+        where,
+        seed,
+    )  # path "tiled": the size check counts no weights
+    page = _field(where, "page_size", check_int, entry.get("page_size", 16), "page_size",
+                  minimum=1)  # fmt: skip
+    R = entry.get("rotary_dim")
+    if R is not None:
+        R = _field(where, "rotary_dim", check_int, R, "rotary_dim", minimum=2)
+        if R % 2 or R > c["E"]:
+            raise ValueError(f"{where}.rotary_dim must be even and at most E = {c['E']}, got {R}")
+    il = _field(where, "rotary_interleaved", check_bool, entry.get("rotary_interleaved", False),
+                "rotary_interleaved")  # fmt: skip
+    c.update(cache_seqlens=seqlens, page_size=page, rotary_dim=R, rotary_interleaved=il,
+             B=None, S=None, path="auto", tiled=False)  # fmt: skip
+    L = c["L"]
+    scores = c["Hq"] * L * sum(n + L for n in seqlens)
+    if scores > _PACKED_SCORES:
+        raise ValueError(f"{where}: the rows hold {scores} scores (Hq L sum (n_b + L)), more "
+                         f"than the {_PACKED_SCORES} a KV cache case computes")  # fmt: skip
+    blocks = len(seqlens) * -(-(max(seqlens) + L) // page) + 1
+    cache = blocks * page * c["Hkv"] * max(c["E"], c["Ev"])
+    if 8 * cache > MAX_ARRAY_BYTES:
+        raise ValueError(f"{where}: the caches would hold {8 * cache} bytes in float64, more "
+                         f"than the {MAX_ARRAY_BYTES} the reader takes per array")  # fmt: skip
+    return c
+
+
 def _spec_options(c: dict[str, Any], where: str) -> dict[str, Any]:
     """Validate the scale, the flags and the variants of one case (see :func:`_spec`)."""
     if c["scale"] is not None:
@@ -214,6 +276,8 @@ def _case(c: dict[str, Any]) -> Case:
         variants["sinks"] = True
     if c["lengths_q"] is not None:
         return _packed_case(c, variants)
+    if c["cache_seqlens"] is not None:
+        return _kvcache_case(c, variants)
     shape = ", ".join(f"{n} = {c[n]}" for n in ("B", "Hq", "Hkv", "L", "S", "E", "Ev"))
     desc = f"User-sized case ({shape})" + (", causal " + c["causal_align"]) * c["is_causal"]
     desc += "".join(f", {n} {v}" for n, v in variants.items() if v is not True)
@@ -251,6 +315,32 @@ def _packed_case(c: dict[str, Any], variants: dict[str, Any]) -> Case:
     return case
 
 
+def _kvcache_case(c: dict[str, Any], variants: dict[str, Any]) -> Case:
+    """Build a decoding step: ``L`` new tokens per row appended to a shuffled paged cache."""
+    from .serving_cases import kvcache_case  # it imports this package's cases module
+
+    page, n_b, L = c["page_size"], c["cache_seqlens"], c["L"]
+    shape = ", ".join(f"{n} = {c[n]}" for n in ("L", "Hq", "Hkv", "E", "Ev"))
+    desc = (f"User-sized decoding step over a paged KV cache (cache_seqlens {n_b}, page_size "
+            f"{page}, {shape})")  # fmt: skip
+    if c["rotary_dim"] is not None:
+        layout = "interleaved" if c["rotary_interleaved"] else "rotate-half"
+        desc += f", {layout} rotary R = {c['rotary_dim']}"
+    desc += ", causal" * c["is_causal"]
+    desc += "".join(f", {n} {v}" for n, v in variants.items() if v is not True)
+    desc += "".join(f", {n}" for n, v in variants.items() if v is True) + "."
+    case = kvcache_case(
+        c["name"], desc, c["seed"], n_b, L, (c["Hq"], c["Hkv"]), (c["E"], c["Ev"]), page=page,
+        max_blocks=-(-(max(n_b) + L) // page), rotary_dim=c["rotary_dim"],
+        interleaved=c["rotary_interleaved"], is_causal=c["is_causal"], scale=c["scale"],
+        variants=variants,
+    )  # fmt: skip
+    config = {n: c[n] for n in CONFIG_FIELDS}
+    config["window"] = None if c["window"] is None else list(c["window"])
+    case.flags.update(dtypes=list(c["dtypes"]), config=config)
+    return case
+
+
 def cases_from_config(config: str | os.PathLike[str] | Mapping[str, Any]) -> list[Case]:
     r"""Build deterministic golden cases at the shapes, dtypes and variants a config names.
 
@@ -267,13 +357,15 @@ def cases_from_config(config: str | os.PathLike[str] | Mapping[str, Any]) -> lis
         ``"tiled"``; auto tiles from ``2**22`` scores on). ``lengths_q`` and
         ``lengths_k`` instead of ``B``, ``L``, ``S``: a packed (varlen) case, one
         sequence per pair of lengths, with the varlen variants (window, softcap,
-        alibi, sinks).
+        alibi, sinks). ``cache_seqlens`` instead of ``B`` and ``S`` (with ``L`` new
+        tokens, default 1; ``page_size`` 16, ``rotary_dim`` none, ``rotary_interleaved``):
+        a decoding step over a paged KV cache, with the same variants.
 
     Returns
     -------
     cases : list of Case
-        Kind ``"sdpa"``, ``"variant"`` with a variant, or ``"varlen"`` (packed); tiled and
-        packed cases have no ``weights``.
+        Kind ``"sdpa"``, ``"variant"`` with a variant, ``"varlen"`` (packed) or
+        ``"kvcache"``; tiled, packed and KV cache cases have no ``weights``.
         Pass them to :func:`~numpy_attention.verify.write_suite`. The same config always
         gives the same arrays.
 

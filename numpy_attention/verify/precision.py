@@ -446,34 +446,42 @@ def _emulate_merge(inputs: Mapping[str, Any], dtype: str) -> dict[str, NDArray[n
 
 
 def _emulate_kvcache(inputs: Mapping[str, Any], dtype: str) -> dict[str, NDArray[np.floating]]:
-    """Emulate a decoding step over a paged rotary cache, one sequence at a time.
+    """Emulate a decoding step over a paged (rotary) cache, one sequence at a time.
 
     As FlashAttention's ``flash_attn_with_kvcache`` (and the torch adapter): the new keys are
     rotated at positions ``n_b + i`` and written with the new values into the cache's pages
     (Eq. (9.9)), the queries rotated at theirs (``n_b + i`` causal, ``n_b`` otherwise,
-    Eq. (9.11)), then :func:`emulate_sdpa` over the row's ``n_b + L_new`` keys, bottom-right.
+    Eq. (9.11)), then :func:`emulate_sdpa` over the row's ``n_b + L_new`` keys, bottom-right,
+    with the row's window, softcap, ALiBi and sinks.
     """
     r = rounding(dtype)
-    q, kn, vn, c, s = (r(inputs[n]) for n in ("q", "k_new", "v_new", "rotary_cos", "rotary_sin"))
+    q, kn, vn = (r(inputs[n]) for n in ("q", "k_new", "v_new"))
+    rotary = "rotary_cos" in inputs  # else no rotary: the rotation is the identity
+    c, s = (r(inputs[n]) if rotary else np.zeros((0, 0)) for n in ("rotary_cos", "rotary_sin"))
     kc, vc = (np.array(r(inputs[n]), copy=True) for n in ("k_cache", "v_cache"))
+    variants = {n: inputs[n] for n in ("window", "softcap", "alibi_slopes", "sinks") if n in inputs}
     table, il = inputs["block_table"], bool(inputs["rotary_interleaved"])
     causal, page = bool(inputs["is_causal"]), kc.shape[1]
     L, Hq, L_new = q.shape[1], q.shape[2], kn.shape[1]
+
+    def rot(x: NDArray[np.floating], at: NDArray[np.intp]) -> NDArray[np.floating]:
+        """Rotate ``x (L, H, E)`` at positions ``at`` (Eq. (9.6)); without rotary, ``x``."""
+        return _rotate_rounded(x, c[at][:, None], s[at][:, None], il, 1.0, r) if rotary else x
+
     outs, lses = [], []
     for b, n in enumerate(np.asarray(inputs["cache_seqlens"]).tolist()):
         new = n + np.arange(L_new)  # the new tokens' slots
         slot = table[b, new // page], new % page
-        kc[slot] = _rotate_rounded(kn[b], c[new][:, None], s[new][:, None], il, 1.0, r)
+        kc[slot] = rot(kn[b], new)
         vc[slot] = vn[b]
-        at = n + np.arange(L) if causal else np.full(L, n)  # the queries' positions
-        qb = _rotate_rounded(q[b], c[at][:, None], s[at][:, None], il, 1.0, r)
+        qb = rot(q[b], n + np.arange(L) if causal else np.full(L, n))  # the queries' positions
         pos = np.arange(n + L_new)  # the row's keys after the write
         kb, vb = (x[table[b, pos // page], pos % page] for x in (kc, vc))
         heads = {m: np.swapaxes(x, 0, 1)[None] for m, x in (("q", qb), ("k", kb), ("v", vb))}
         sdpa = {"d_out": np.zeros((1, Hq, L, vb.shape[-1])), "scale": inputs["scale"],
                 "dropout_p": 0.0, "is_causal": causal, "causal_bottom_right": True,
                 "enable_gqa": Hq != kb.shape[1]}  # fmt: skip
-        got = emulate_sdpa({**heads, **sdpa}, dtype)
+        got = emulate_sdpa({**heads, **sdpa, **variants}, dtype)
         outs.append(np.swapaxes(got["out"][0], 0, 1))
         lses.append(got["lse"][0])
     res = {"out": np.stack(outs), "lse": np.stack(lses), "k_cache_out": kc, "v_cache_out": vc}

@@ -163,9 +163,14 @@ def _paged_cache(
 def kvcache_case(
     name: str, description: str, seed: int, seqlens: list[int], L: int,
     heads: tuple[int, int], widths: tuple[int, int], *, page: int, max_blocks: int,
-    rotary_dim: int, interleaved: bool, is_causal: bool = True,
+    rotary_dim: int | None, interleaved: bool, is_causal: bool = True,
+    scale: float | None = None, variants: dict[str, Any] | None = None,
 ) -> Case:  # fmt: skip
     """Build a decoding step: L new queries, keys, values appended to a paged rotary cache.
+
+    ``rotary_dim`` None: no rotary (no ``rotary_cos``, ``rotary_sin`` inputs). ``variants``:
+    window, softcap, ALiBi, sinks per row (``alibi_slopes=True``, ``sinks=True``: drawn after
+    the arrays, so a case without them keeps its bytes).
 
     Examples
     --------
@@ -179,21 +184,28 @@ def kvcache_case(
     kc, vc, table = _paged_cache(rng, B, page, max_blocks, Hkv, widths, seqlens)
     q, k_new = _normal(rng, B, L, Hq, E), _normal(rng, B, L, Hkv, E)
     v_new = _normal(rng, B, L, Hkv, Ev)
-    cos, sin = (_exact(t) for t in rotary_cos_sin(np.arange(page * max_blocks), rotary_dim))
+    rotary: dict[str, Any] = {}
+    if rotary_dim is not None:
+        cos, sin = (_exact(t) for t in rotary_cos_sin(np.arange(page * max_blocks), rotary_dim))
+        rotary = {"rotary_cos": cos, "rotary_sin": sin}
     n = np.array(seqlens, dtype=np.int64)
-    scale = 1.0 / math.sqrt(E)
+    scale = 1.0 / math.sqrt(E) if scale is None else float(scale)
+    kw = _draw_variants(rng, variants or {}, Hq)
     out, lse, kc_out, vc_out = kvcache_attention(
-        q, kc, vc, n, k_new=k_new, v_new=v_new, block_table=table, rotary_cos=cos,
-        rotary_sin=sin, rotary_interleaved=interleaved, scale=scale, is_causal=is_causal,
+        q, kc, vc, n, k_new=k_new, v_new=v_new, block_table=table, **rotary,
+        rotary_interleaved=interleaved, scale=scale, is_causal=is_causal, **kw,
     )  # fmt: skip
     inputs = {"q": q, "k_cache": kc, "v_cache": vc, "cache_seqlens": n, "k_new": k_new,
-              "v_new": v_new, "block_table": table, "rotary_cos": cos, "rotary_sin": sin,
+              "v_new": v_new, "block_table": table, **rotary,
               "rotary_interleaved": np.array(interleaved), "scale": np.array(scale),
-              "is_causal": np.array(is_causal)}  # fmt: skip
+              "is_causal": np.array(is_causal), **_variant_inputs(kw)}  # fmt: skip
     expected = {"out": out, "lse": lse, "k_cache_out": kc_out, "v_cache_out": vc_out}
-    flags = {"scale": scale, "is_causal": is_causal, "causal_align": "bottom_right",
-             "page_size": page, "rotary_dim": rotary_dim, "rotary_interleaved": interleaved,
-             "cache_seqlens": seqlens, "unused_slots": "NaN"}  # fmt: skip
+    flags: dict[str, Any] = {"scale": scale, "is_causal": is_causal,
+                             "causal_align": "bottom_right", "page_size": page,
+                             "rotary_dim": rotary_dim, "rotary_interleaved": interleaved,
+                             "cache_seqlens": seqlens, "unused_slots": "NaN"}  # fmt: skip
+    if kw:
+        flags["variants"] = _variant_flags(kw)
     return Case(name, "kvcache", description, inputs, _f64(expected), flags)
 
 
