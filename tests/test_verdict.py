@@ -166,14 +166,20 @@ def _serving_cases() -> list:
     return _serving_cases()
 
 
-def test_float64_emulation_of_every_serving_case_is_the_truth() -> None:
+@pytest.mark.parametrize("blocked", [False, True])
+def test_float64_emulation_of_every_serving_case_is_the_truth(blocked, monkeypatch) -> None:
     """rounding('float64') is the identity: the padded batch (its NaN padding read as 0), each
     packed sequence (its own causal offset and window, zero-length ones, queries without a
     key), the paged rotary decoding step (the cache written, NaN slots kept), the split-KV
     merge (empty chunks) and rotary emulated in float64 give the stored truth, NaN where it is;
     so do a packed and a KV cache config case with a window, ALiBi, softcap and sinks."""
+    import numpy_attention.verify.precision as precision
     from numpy_attention.verify.precision import _SERVING_EMULATIONS
 
+    if blocked:  # long packed sequences are emulated a block of rows at a time: here every one
+        monkeypatch.setattr(precision, "BLOCKED_FROM", 1)
+        monkeypatch.setattr(precision, "_BLOCK_SCORES", 1)
+        monkeypatch.setattr(precision, "_KEY_BLOCK", 2)
     cases = _serving_cases()
     assert {c.kind for c in cases} == set(_SERVING_EMULATIONS) and len(cases) == 10
     packed = {"name": "packed", "Hq": 2, "E": 8, "lengths_q": [3, 1, 4], "lengths_k": [5, 0, 6],

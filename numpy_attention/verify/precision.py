@@ -379,7 +379,8 @@ def _emulate_varlen(inputs: Mapping[str, Any], dtype: str) -> dict[str, NDArray[
                 res["lse"][:, rows] = rounding(dtype)(np.asarray(inputs["sinks"]))[:, None]
             continue
         part = {n: x[..., keys if n in ("k", "v") else rows, :] for n, x in heads_first.items()}
-        got = emulate_sdpa({**inputs, **part, "dropout_p": 0.0}, dtype)
+        sub = {**inputs, **part, "dropout_p": 0.0}
+        got = (_emulate_blocked if _blockable(sub) else emulate_sdpa)(sub, dtype)  # long rows
         res["out"][rows], res["lse"][:, rows] = np.swapaxes(got["out"][0], 0, 1), got["lse"][0]
         res["dq"][rows] = np.swapaxes(got["dq"][0], 0, 1)
         res["dk"][keys], res["dv"][keys] = (np.swapaxes(got[n][0], 0, 1) for n in ("dk", "dv"))
