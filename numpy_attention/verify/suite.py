@@ -153,12 +153,14 @@ def manifest(cases: Iterable[Case]) -> dict[str, Any]:
             **_VARIANT_CONVENTIONS,
         },
         "tolerance_rule": "|actual - expected| <= atol * max|expected| + rtol * |expected| "
-        "elementwise; infinities must match exactly; 'gradient' applies to quantities whose "
-        "name starts with 'd', 'forward' to the others",
+        "elementwise (for lse, max(max|expected|, 1) in place of max|expected|); infinities "
+        "must match exactly; 'gradient' applies to quantities whose name starts with 'd', "
+        "'forward' to the others",
         "tolerances": _tolerance_table(),
         "baseline_rule": "policy 'baseline' (float16, bfloat16): max|actual - expected| <= "
         f"k * baseline_error + u * max|expected|, k = {BASELINE_FACTORS['forward']:g} forward, "
-        f"{BASELINE_FACTORS['gradient']:g} gradients, u the dtype's unit roundoff; "
+        f"{BASELINE_FACTORS['gradient']:g} gradients, u the dtype's unit roundoff (lse: "
+        "max(max|expected|, 1) as above); "
         "baseline_error: the largest error of a naive implementation in the dtype (float32 "
         "accumulation, every result rounded to the dtype) against the float64 expected values",
         "cases": [_entry(c) for c in cases],
