@@ -275,22 +275,34 @@ def _case(c: dict[str, Any]) -> Case:
     if c["sinks"]:
         variants["sinks"] = True
     if c["lengths_q"] is not None:
-        return _packed_case(c, variants)
-    if c["cache_seqlens"] is not None:
-        return _kvcache_case(c, variants)
+        case = _packed_case(c, variants)
+    elif c["cache_seqlens"] is not None:
+        case = _kvcache_case(c, variants)
+    else:
+        case = _sdpa_config_case(c, variants)
+    config = {n: c[n] for n in CONFIG_FIELDS}  # recorded: it rebuilds the case
+    config["window"] = None if c["window"] is None else list(c["window"])
+    case.flags.update(dtypes=list(c["dtypes"]), config=config)
+    return case
+
+
+def _described(variants: dict[str, Any]) -> str:
+    """Describe the variants for a case's description: values, then the drawn ones by name."""
+    given = "".join(f", {n} {v}" for n, v in variants.items() if v is not True)
+    return given + "".join(f", {n}" for n, v in variants.items() if v is True) + "."
+
+
+def _sdpa_config_case(c: dict[str, Any], variants: dict[str, Any]) -> Case:
+    """Build an SDPA or variant case: ``(B, H, L, E)``, dense or tiled."""
     shape = ", ".join(f"{n} = {c[n]}" for n in ("B", "Hq", "Hkv", "L", "S", "E", "Ev"))
     desc = f"User-sized case ({shape})" + (", causal " + c["causal_align"]) * c["is_causal"]
-    desc += "".join(f", {n} {v}" for n, v in variants.items() if v is not True)
-    desc += "".join(f", {n}" for n, v in variants.items() if v is True) + "."
+    desc += _described(variants)
     case = _sdpa_case(
         c["name"], desc, c["seed"], (c["B"], c["Hq"], c["L"], c["E"]),
         (c["B"], c["Hkv"], c["S"], c["E"]), c["Ev"], is_causal=c["is_causal"],
         causal_align=c["causal_align"], enable_gqa=c["Hq"] != c["Hkv"], scale=c["scale"],
         variants=variants, tiled=c["tiled"],
     )  # fmt: skip
-    config = {n: c[n] for n in CONFIG_FIELDS}
-    config["window"] = None if c["window"] is None else list(c["window"])
-    case.flags.update(dtypes=list(c["dtypes"]), config=config)
     return case
 
 
@@ -302,16 +314,12 @@ def _packed_case(c: dict[str, Any], variants: dict[str, Any]) -> Case:
     desc = (f"User-sized packed sequences (lengths_q {c['lengths_q']}, lengths_k "
             f"{c['lengths_k']}, {shape})")  # fmt: skip
     desc += (", causal " + c["causal_align"]) * c["is_causal"]
-    desc += "".join(f", {n} {v}" for n, v in variants.items() if v is not True)
-    desc += "".join(f", {n}" for n, v in variants.items() if v is True) + "."
+    desc += _described(variants)
     case = varlen_case(
         c["name"], desc, c["seed"], c["lengths_q"], c["lengths_k"], (c["Hq"], c["Hkv"]),
         (c["E"], c["Ev"]), is_causal=c["is_causal"], causal_align=c["causal_align"],
         scale=c["scale"], variants=variants,
     )  # fmt: skip
-    config = {n: c[n] for n in CONFIG_FIELDS}
-    config["window"] = None if c["window"] is None else list(c["window"])
-    case.flags.update(dtypes=list(c["dtypes"]), config=config)
     return case
 
 
@@ -327,17 +335,13 @@ def _kvcache_case(c: dict[str, Any], variants: dict[str, Any]) -> Case:
         layout = "interleaved" if c["rotary_interleaved"] else "rotate-half"
         desc += f", {layout} rotary R = {c['rotary_dim']}"
     desc += ", causal" * c["is_causal"]
-    desc += "".join(f", {n} {v}" for n, v in variants.items() if v is not True)
-    desc += "".join(f", {n}" for n, v in variants.items() if v is True) + "."
+    desc += _described(variants)
     case = kvcache_case(
         c["name"], desc, c["seed"], n_b, L, (c["Hq"], c["Hkv"]), (c["E"], c["Ev"]), page=page,
         max_blocks=-(-(max(n_b) + L) // page), rotary_dim=c["rotary_dim"],
         interleaved=c["rotary_interleaved"], is_causal=c["is_causal"], scale=c["scale"],
         variants=variants,
     )  # fmt: skip
-    config = {n: c[n] for n in CONFIG_FIELDS}
-    config["window"] = None if c["window"] is None else list(c["window"])
-    case.flags.update(dtypes=list(c["dtypes"]), config=config)
     return case
 
 
