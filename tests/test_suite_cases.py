@@ -538,8 +538,11 @@ def _bad(**fields: Any) -> dict[str, Any]:
     ({"cases": []}, r"config\.cases must be a non-empty list"),
     ({"cases": [_bad()["cases"][0]] * 2}, r"names must be unique"),
     ({"cases": _bad()["cases"], "extra": 1}, r"unknown field\(s\) \['extra'\]"),
-    (_bad(L=16384, S=16384, path="dense"), r"weights would hold .* set path 'tiled'"),
-    (_bad(S=2**24, E=64), r"k would hold"),
+    (_bad(L=16384, S=16384, path="dense"),
+     r"would hold 2052\.1 MiB .* weights 2048\.0 of them.* set its path 'tiled'"),
+    (_bad(S=2**24, E=64), r"more than the limit of 256 MiB .* raise the limit to 16385 MiB "
+                          r"\(--max-mib on both vectors and check; max_bytes in Python\)"),
+    (_packed(lengths_q=[2**20], lengths_k=[1], Hq=8, E=64), r"'x': 8\d{3}\.\d MiB, out 4096"),
     (_packed(L=4), r"lengths_q and lengths_k replace B, L and S; drop \['L'\]"),
     (_packed(lengths_k=[3]), r"lengths_q has 2 sequences, lengths_k 1"),
     (_packed(lengths_q=[2, -1]), r"cases\[0\]\.lengths_q: length must be >= 0"),
@@ -557,12 +560,27 @@ def _bad(**fields: Any) -> dict[str, Any]:
     (_kv(rotary_interleaved="no"), r"cases\[0\]\.rotary_interleaved"),
     (_bad(page_size=8), r"\['page_size'\] belong to a KV cache case"),
     (_kv(cache_seqlens=[2**20], Hq=64, Hkv=1, L=4), r"more than the 134217728 a KV cache"),
+    (_kv(cache_seqlens=[2**20], Hq=8, Hkv=8, E=64), r"k_cache_out 4096\.\d of them"),
     ({"cases": [{"name": "x", "E": 8, "lengths_q": [1]}]}, r"lengths_k is required"),
 ])  # fmt: skip
 def test_config_errors_name_the_field(config: dict[str, Any], message: str) -> None:
     """Each invalid config is a ValueError naming the field and what it should be."""
     with pytest.raises(ValueError, match=message):
         cases_from_config(config)
+
+
+@pytest.mark.parametrize(("max_bytes", "error"), [(0, ValueError), (1.5, TypeError),
+                                                  (True, TypeError)])  # fmt: skip
+def test_max_bytes_must_be_a_positive_integer(tmp_path: Path, max_bytes, error) -> None:
+    """cases_from_config, load_suite and check_path refuse a limit that is no byte count."""
+    from numpy_attention.verify import check_path
+
+    with pytest.raises(error, match="max_bytes"):
+        cases_from_config(CONFIG, max_bytes=max_bytes)
+    with pytest.raises(error, match="max_bytes"):
+        load_suite(tmp_path, max_bytes=max_bytes)
+    with pytest.raises(error, match="max_bytes"):
+        check_path(tmp_path, tmp_path, max_bytes=max_bytes)
 
 
 PACKED = {"name": "packed_user", "Hq": 4, "Hkv": 2, "E": 16, "Ev": 8, "scale": 0.3,
@@ -725,6 +743,25 @@ def test_torch_passes_the_config_cases_in_float64(tmp_path: Path) -> None:
     assert report.passed and not unknown, report.table()
 
 
+@pytest.mark.parametrize("config", [
+    CONFIG,
+    {"cases": [{"name": "dense_gqa_sinks", "B": 2, "Hq": 4, "Hkv": 2, "L": 9, "S": 13, "E": 8,
+                "Ev": 4, "sinks": True, "path": "dense"}]},
+    {"cases": [PACKED]},
+    {"cases": KVCACHE},
+])  # fmt: skip
+def test_the_size_limit_is_exactly_the_expected_arrays_bytes(config: dict[str, Any]) -> None:
+    """max_bytes is checked against the bytes predicted before anything is computed: a limit
+    of exactly the built cases' expected bytes is accepted, one byte less is refused (so the
+    prediction is neither over nor under, for dense, tiled, packed and KV cache cases)."""
+    built = cases_from_config(config)
+    total = sum(a.nbytes for c in built for a in c.expected.values())
+    again = cases_from_config(config, max_bytes=total)
+    np.testing.assert_array_equal(again[0].expected["out"], built[0].expected["out"])
+    with pytest.raises(ValueError, match=rf"raise the limit to {-(-total // 2**20)} MiB"):
+        cases_from_config(config, max_bytes=total - 1)
+
+
 def test_vectors_config_writes_the_configs_cases(tmp_path: Path) -> None:
     """`vectors --config FILE --out DIR`: the config's cases, readable by check; exit 0."""
     import subprocess
@@ -760,3 +797,37 @@ def test_vectors_config_errors_are_one_line_and_exit_2(tmp_path: Path, text, mes
                          text=True, cwd=ROOT)  # fmt: skip
     assert run.returncode == 2 and message in run.stderr, run.stderr
     assert len(run.stderr.strip().splitlines()) == 1 and not (tmp_path / "s").exists()
+
+
+def test_max_mib_lets_vectors_and_check_take_cases_beyond_the_default(tmp_path: Path) -> None:
+    """A config larger than the limit: vectors refuses it naming the MiB to give; written with
+    that --max-mib, check refuses the suite at a lower limit (exit 2, one line naming the MiB
+    again) and grades it at the same limit (its own expected values pass: exit 0). The same
+    flow as a 300 MiB case against the default 256 MiB, scaled down to a 1 MiB limit."""
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "cfg.json"  # expected: out 256 KiB, dq 256 KiB, dk, dv 512 KiB each
+    big = {"name": "big", "Hq": 2, "L": 2048, "S": 4096, "E": 8, "path": "tiled",
+           "dtypes": ["bfloat16"]}  # fmt: skip
+    cfg.write_text(json.dumps({"cases": [big]}))
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "numpy_attention", *args],
+                              capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+
+    suite, res = tmp_path / "s", tmp_path / "r"
+    run = cli("vectors", "--config", str(cfg), "--out", str(suite), "--max-mib", "1")
+    assert run.returncode == 2 and not suite.exists(), run.stderr
+    assert "raise the limit to 2 MiB (--max-mib" in run.stderr, run.stderr
+    run = cli("vectors", "--config", str(cfg), "--out", str(suite), "--max-mib", "2")
+    assert run.returncode == 0, run.stderr
+    res.mkdir()
+    _, expected = load_suite(suite, max_bytes=2**21)
+    np.savez(res / "big.npz", **expected["big"])
+    run = cli("check", str(res), "--suite", str(suite), "--dtype", "float64", "--max-mib", "1")
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert "more than the 1048576 this check reads" in run.stderr, run.stderr
+    assert "raise the limit to 2 MiB (--max-mib" in run.stderr, run.stderr
+    run = cli("check", str(res), "--suite", str(suite), "--dtype", "float64", "--max-mib", "2")
+    assert run.returncode == 0 and "FAIL" not in run.stdout, run.stdout + run.stderr

@@ -247,7 +247,7 @@ def _run_vectors(args: argparse.Namespace) -> int:
     cases = None
     if args.config is not None:  # the user's cases only (docs/verify.md, "User-sized cases")
         try:
-            cases = cases_from_config(args.config)
+            cases = cases_from_config(args.config, max_bytes=args.max_mib * 2**20)
         except (TypeError, ValueError) as e:
             return _fail("numpy-attention vectors", f"--config {args.config}: {e}")
     try:
@@ -268,7 +268,7 @@ def _run_check(args: argparse.Namespace) -> int:
 
     try:
         report = check_path(args.results, args.suite, dtype=args.dtype, strict=args.strict,
-                            policy=args.policy)  # fmt: skip
+                            policy=args.policy, max_bytes=args.max_mib * 2**20)  # fmt: skip
     except (UnusableInput, OSError) as e:
         return _fail("numpy-attention check", str(getattr(e, "strerror", None) or e))
     code = report.exit_code()
@@ -292,7 +292,23 @@ def _add_vectors(sub: Any) -> None:
         "--config", metavar="FILE", help="write the cases a JSON config describes (your shapes, "
         "dtypes and variants; format: docs/verify.md, 'User-sized cases') instead of the suite"
     )  # fmt: skip
+    _add_max_mib(vec, "refuse a config whose expected arrays would hold more than N MiB in all")
     vec.set_defaults(func=_run_vectors)
+
+
+def _add_max_mib(parser: Any, what: str) -> None:
+    """``--max-mib N``: the limit on a suite's expected arrays, the same for vectors and check."""
+    from ..verify import MAX_SUITE_BYTES
+
+    def mib(text: str) -> int:
+        if not text.isdecimal() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"must be a whole number of MiB >= 1, got {text!r}")
+        return int(text)
+
+    default = MAX_SUITE_BYTES // 2**20
+    parser.add_argument("--max-mib", type=mib, default=default, metavar="N",
+                        help=f"{what} (default {default}; give vectors and check the same "
+                        "N for a suite of large cases)")  # fmt: skip
 
 
 def _add_check(sub: Any) -> None:
@@ -328,6 +344,7 @@ def _add_check(sub: Any) -> None:
         help="baseline (default): float16/bfloat16 judged against a naive implementation in the "
         "same dtype, Eq. (7.3); absolute: the fixed tolerances of Eq. (7.1)",
     )
+    _add_max_mib(chk, "refuse a suite whose manifest declares more than N MiB of expected arrays")
     chk.set_defaults(func=_run_check)
 
 

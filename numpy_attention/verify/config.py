@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from .._validate import check_bool, check_int, check_real
-from ._files import MAX_ARRAY_BYTES
 from .cases import CASE_NAME, Case, _sdpa_case
+from .suite import MAX_SUITE_BYTES
 from .tolerance import DTYPES
 
 __all__ = ["cases_from_config", "CONFIG_FIELDS"]
@@ -162,12 +162,6 @@ def _packed_spec(entry: Mapping[str, Any], where: str, seed: int) -> dict[str, A
     if scores > _PACKED_SCORES:
         raise ValueError(f"{where}: the sequences hold {scores} scores (Hq sum L_b S_b), "
                          f"more than the {_PACKED_SCORES} a packed case computes")  # fmt: skip
-    sizes = {"q": sum(lq) * c["Hq"] * c["E"], "k": sum(lk) * c["Hkv"] * c["E"],
-             "v": sum(lk) * c["Hkv"] * c["Ev"]}  # fmt: skip
-    for n, size in sizes.items():
-        if 8 * size > MAX_ARRAY_BYTES:
-            raise ValueError(f"{where}: {n} would hold {8 * size} bytes in float64, more "
-                             f"than the {MAX_ARRAY_BYTES} the reader takes per array")  # fmt: skip
     return c
 
 
@@ -211,11 +205,6 @@ def _kvcache_spec(entry: Mapping[str, Any], where: str, seed: int) -> dict[str, 
     if scores > _PACKED_SCORES:
         raise ValueError(f"{where}: the rows hold {scores} scores (Hq L sum (n_b + L)), more "
                          f"than the {_PACKED_SCORES} a KV cache case computes")  # fmt: skip
-    blocks = len(seqlens) * -(-(max(seqlens) + L) // page) + 1
-    cache = blocks * page * c["Hkv"] * max(c["E"], c["Ev"])
-    if 8 * cache > MAX_ARRAY_BYTES:
-        raise ValueError(f"{where}: the caches would hold {8 * cache} bytes in float64, more "
-                         f"than the {MAX_ARRAY_BYTES} the reader takes per array")  # fmt: skip
     return c
 
 
@@ -243,25 +232,56 @@ def _spec_options(c: dict[str, Any], where: str) -> dict[str, Any]:
                          f"got {dtypes!r}")  # fmt: skip
     if c["path"] not in ("auto", "dense", "tiled"):
         raise ValueError(f"{where}.path must be 'auto', 'dense' or 'tiled', got {c['path']!r}")
-    _check_sizes(c, where)
+    B, Hq, L, S = c["B"], c["Hq"], c["L"], c["S"]
+    c["tiled"] = c["path"] == "tiled" or (c["path"] == "auto" and B * Hq * L * S >= _TILED_FROM)
     return c
 
 
-def _check_sizes(c: dict[str, Any], where: str) -> None:
-    """Refuse arrays the suite's reader would refuse (more than MAX_ARRAY_BYTES each)."""
-    B, Hq, Hkv, L, S, E, Ev = (c[n] for n in ("B", "Hq", "Hkv", "L", "S", "E", "Ev"))
-    tiled = c["path"] == "tiled" or (c["path"] == "auto" and B * Hq * L * S >= _TILED_FROM)
-    c["tiled"] = tiled
-    sizes = {"q": B * Hq * L * E, "k": B * Hkv * S * E, "v": B * Hkv * S * Ev}
-    if not tiled:
-        sizes["weights"] = B * Hq * L * S
-    for n, size in sizes.items():
-        if 8 * size > MAX_ARRAY_BYTES:
-            raise ValueError(
-                f"{where}: {n} would hold {8 * size} bytes in float64, more than the "
-                f"{MAX_ARRAY_BYTES} the suite's reader takes per array; lower B, heads, L, S or "
-                "E" + ("" if tiled else ", or set path 'tiled' (no weights)")
-            )
+def _expected_bytes(c: dict[str, Any]) -> dict[str, int]:
+    """Return the float64 bytes of each expected array of a spec's case, before it is built.
+
+    These are what ``check`` reads (the inputs are the candidate's to read); a test holds
+    them equal to the built case's arrays.
+    """
+    Hq, Hkv, E, Ev = c["Hq"], c["Hkv"], c["E"], c["Ev"]
+    if c["lengths_q"] is not None:  # packed: q (Tq, Hq, E), lse (Hq, Tq)
+        Tq, Tk = sum(c["lengths_q"]), sum(c["lengths_k"])
+        n = {"out": Tq * Hq * Ev, "lse": Hq * Tq, "dq": Tq * Hq * E, "dk": Tk * Hkv * E,
+             "dv": Tk * Hkv * Ev}  # fmt: skip
+    elif c["cache_seqlens"] is not None:  # a decoding step: no gradient, the caches written
+        B, L, page = len(c["cache_seqlens"]), c["L"], c["page_size"]
+        slots = (B * -(-(max(c["cache_seqlens"]) + L) // page) + 1) * page * Hkv
+        n = {"out": B * L * Hq * Ev, "lse": B * Hq * L, "k_cache_out": slots * E,
+             "v_cache_out": slots * Ev}  # fmt: skip
+    else:
+        B, L, S = c["B"], c["L"], c["S"]
+        n = {"out": B * Hq * L * Ev, "lse": B * Hq * L, "dq": B * Hq * L * E,
+             "dk": B * Hkv * S * E, "dv": B * Hkv * S * Ev}  # fmt: skip
+        if not c["tiled"]:
+            n["weights"] = B * Hq * L * S
+    if c["sinks"] and c["cache_seqlens"] is None:
+        n["d_sinks"] = Hq
+    return {q: 8 * size for q, size in n.items()}
+
+
+def _check_total(specs: list[dict[str, Any]], max_bytes: int) -> None:
+    """Refuse a config whose expected arrays exceed ``max_bytes`` (what ``check`` will read)."""
+    sizes = [_expected_bytes(c) for c in specs]
+    total = sum(sum(n.values()) for n in sizes)
+    if total <= max_bytes:
+        return
+    i = max(range(len(specs)), key=lambda j: sum(sizes[j].values()))
+    big = max(sizes[i], key=sizes[i].__getitem__)
+    tiled = "" if big != "weights" else ", or set its path 'tiled' (no weights)"
+    mib = 2**20
+    raise ValueError(
+        f"config.cases: the expected arrays would hold {total / mib:.1f} MiB in float64, more "
+        f"than the limit of {max_bytes / mib:g} MiB that check reads (the largest, cases[{i}] "
+        f"{specs[i]['name']!r}: {sum(sizes[i].values()) / mib:.1f} MiB, {big} "
+        f"{sizes[i][big] / mib:.1f} of them); raise the limit to {-(-total // mib)} MiB "
+        f"(--max-mib on both vectors and check; max_bytes in Python), or lower B, heads, L, S "
+        f"or E{tiled}"
+    )
 
 
 def _case(c: dict[str, Any]) -> Case:
@@ -345,7 +365,9 @@ def _kvcache_case(c: dict[str, Any], variants: dict[str, Any]) -> Case:
     return case
 
 
-def cases_from_config(config: str | os.PathLike[str] | Mapping[str, Any]) -> list[Case]:
+def cases_from_config(
+    config: str | os.PathLike[str] | Mapping[str, Any], *, max_bytes: int = MAX_SUITE_BYTES
+) -> list[Case]:
     r"""Build deterministic golden cases at the shapes, dtypes and variants a config names.
 
     Parameters
@@ -364,6 +386,11 @@ def cases_from_config(config: str | os.PathLike[str] | Mapping[str, Any]) -> lis
         alibi, sinks). ``cache_seqlens`` instead of ``B`` and ``S`` (with ``L`` new
         tokens, default 1; ``page_size`` 16, ``rotary_dim`` none, ``rotary_interleaved``):
         a decoding step over a paged KV cache, with the same variants.
+    max_bytes : int, optional
+        The most bytes the cases' expected arrays may hold in all, checked before anything
+        is computed (default 256 MiB, :data:`~numpy_attention.verify.MAX_SUITE_BYTES`).
+        ``check`` reads a suite up to the same default: give both the same limit
+        (``--max-mib``; :func:`~numpy_attention.verify.check_path`'s ``max_bytes``).
 
     Returns
     -------
@@ -379,8 +406,8 @@ def cases_from_config(config: str | os.PathLike[str] | Mapping[str, Any]) -> lis
         If ``config`` is neither a path nor a mapping.
     ValueError
         An unreadable file; a missing, unknown or invalid field (each named, as
-        ``cases[i].field``); two cases of one name; an array larger than the suite's reader
-        takes (``MAX_ARRAY_BYTES``).
+        ``cases[i].field``); two cases of one name; expected arrays of more than
+        ``max_bytes`` in all.
 
     Examples
     --------
@@ -395,6 +422,7 @@ def cases_from_config(config: str | os.PathLike[str] | Mapping[str, Any]) -> lis
     ...
     ValueError: cases[0].S: S must be >= 1, got 0
     """
+    max_bytes = check_int(max_bytes, "max_bytes", minimum=1)
     data = _load(config)
     unknown = sorted(set(data) - {"seed", "cases"})
     if unknown:
@@ -408,4 +436,5 @@ def cases_from_config(config: str | os.PathLike[str] | Mapping[str, Any]) -> lis
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ValueError(f"config.cases: names must be unique, {twice} appear twice")
+    _check_total(specs, max_bytes)
     return [_case(s) for s in specs]

@@ -25,7 +25,7 @@ from .compare import Comparison, compare_attention
 from .diagnosis import axis_names, case_context, case_hints, n_specific
 from .gaps import Gap, parse_gaps, read_gaps
 from .precision import LOW_PRECISION, POLICIES
-from .suite import load_results, load_suite
+from .suite import MAX_SUITE_BYTES, load_results, load_suite
 from .tolerance import Tolerance, dtype_name, group_of, tolerance_table
 
 __all__ = [
@@ -346,6 +346,7 @@ def check_path(
     dtype: Any = "float32",
     strict: bool = False,
     policy: str = "baseline",
+    max_bytes: int = MAX_SUITE_BYTES,
 ) -> CheckReport:
     r"""Grade the results in ``results`` against the suite in ``suite``: ``numpy-attention check``.
 
@@ -366,6 +367,10 @@ def check_path(
         Count missing cases and quantities as failures, except declared gaps.
     policy : {"baseline", "absolute"}, optional
         See :func:`check_results`. Default ``"baseline"``.
+    max_bytes : int, optional
+        The most bytes of expected arrays the suite may declare (default 256 MiB,
+        ``MAX_SUITE_BYTES``; ``--max-mib``): see :func:`load_suite`. Results
+        are read only at the expected shapes.
 
     Returns
     -------
@@ -397,7 +402,7 @@ def check_path(
     strict = check_bool(strict, "strict")
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
-    man, expected = load_suite(suite)
+    man, expected = load_suite(suite, max_bytes=max_bytes)
     found, unknown = load_results(results, expected)
     if not found:
         raise UnusableInput(

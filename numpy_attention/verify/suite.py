@@ -32,9 +32,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .._validate import check_bool
+from .._validate import check_bool, check_int
 from ._files import (
-    MAX_ARRAY_BYTES,
     NpzReader,
     UnusableInput,
     inside,
@@ -60,7 +59,8 @@ __all__ = [
 SUITE_FORMAT = "numpy-attention-vectors"
 #: Bumped whenever a case, an input or an expected value changes.
 SUITE_VERSION = 2
-#: A suite's expected arrays may hold at most this much in total (256 MiB; ours: 12 MiB).
+#: The default limit on a suite's expected arrays, in total (256 MiB; ours: 12 MiB). A reader's
+#: ``max_bytes`` (``--max-mib``) raises it; a manifest never can.
 MAX_SUITE_BYTES = 256 * 2**20
 #: Largest ``manifest.json`` read (ours: 180 KiB).
 _MAX_MANIFEST_BYTES = 16 * 2**20
@@ -313,6 +313,8 @@ def _holds(path: Path, members: set[str] | None) -> bool:
 
 def load_suite(
     suite: str | os.PathLike[str] | None = None,
+    *,
+    max_bytes: int = MAX_SUITE_BYTES,
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     r"""Read a suite directory, or build the suite in memory.
 
@@ -320,6 +322,11 @@ def load_suite(
     ----------
     suite : str or os.PathLike, optional
         Directory written by :func:`write_suite`. None: build it in memory.
+    max_bytes : int, optional
+        The most bytes of expected arrays the manifest may declare, in total
+        (default :data:`MAX_SUITE_BYTES`, 256 MiB): raise it for a suite of
+        user-sized cases written with the same limit
+        (:func:`~numpy_attention.verify.cases_from_config`).
 
     Returns
     -------
@@ -335,7 +342,7 @@ def load_suite(
         of this format and version, or malformed in any field (types, missing
         keys, case names, files outside the directory, tolerances that are
         NaN, infinite, negative or above 1, declared arrays larger than
-        :data:`MAX_SUITE_BYTES` in total); a case file that is missing, not a
+        ``max_bytes`` in total); a case file that is missing, not a
         regular file, corrupt, or whose arrays differ from what the manifest
         declares.
 
@@ -345,6 +352,7 @@ def load_suite(
     >>> man["version"] == SUITE_VERSION, expected["gqa"]["dk"].shape
     (True, (2, 2, 7, 8))
     """
+    max_bytes = check_int(max_bytes, "max_bytes", minimum=1)
     if suite is None:
         cases = build_suite()
         return manifest(cases), {c.name: dict(c.expected) for c in cases}
@@ -356,7 +364,7 @@ def load_suite(
             f"suite {root} is not a directory: name the directory written by "
             "'numpy-attention vectors --out DIR'"
         )
-    man = _read_manifest(root)
+    man = _read_manifest(root, max_bytes)
     expected = {}
     for entry in man["cases"]:
         path = inside(root, entry["file"], "suite file")
@@ -381,7 +389,7 @@ def _load_json(path: Path) -> Any:
         raise UnusableInput(f"{path} cannot be read ({e.strerror or e})") from None
 
 
-def _read_manifest(root: Path) -> dict[str, Any]:
+def _read_manifest(root: Path, max_bytes: int) -> dict[str, Any]:
     """Return the manifest of the suite in ``root``, every field checked."""
     path = root / "manifest.json"
     if not os.path.lexists(path):
@@ -408,9 +416,12 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     total = sum(
         _check_case_entry(entry, f"{path}: cases[{i}]", seen) for i, entry in enumerate(cases)
     )
-    if total > MAX_SUITE_BYTES:
-        raise UnusableInput(f"{path} declares {total} bytes of expected arrays, more than the "
-                            f"{MAX_SUITE_BYTES} this check reads")  # fmt: skip
+    if total > max_bytes:
+        raise UnusableInput(
+            f"{path} declares {total} bytes of expected arrays, more than the {max_bytes} this "
+            f"check reads; for a suite you wrote, raise the limit to {-(-total // 2**20)} MiB "
+            "(--max-mib, or max_bytes in Python)"
+        )
     _check_tolerances(man.get("tolerances"), path)
     return man
 
@@ -442,11 +453,7 @@ def _check_case_entry(entry: Any, where: str, seen: set[str]) -> int:
                 f"{where}.quantities.{q[:40]} must be {{'shape': [non-negative integers], "
                 f"'dtype': 'float64'}}, got {_kind(desc)}"
             )
-        nbytes = 8 * math.prod(shape)
-        if nbytes > MAX_ARRAY_BYTES:
-            raise UnusableInput(f"{where}.quantities.{q} declares shape {shape}: more than the "
-                                f"{MAX_ARRAY_BYTES} bytes this check reads per array")  # fmt: skip
-        total += nbytes
+        total += 8 * math.prod(shape)  # exact: Python integers
     return total
 
 
@@ -505,7 +512,7 @@ def _read_expected(z: NpzReader, quantities: dict[str, Any]) -> dict[str, NDArra
         if shape != want or dtype.kind != "f" or dtype.itemsize != 8:
             raise UnusableInput(f"suite file {z.path}: array {key!r} is {dtype} of shape {shape}, "
                                 f"the manifest says float64 of shape {want}")  # fmt: skip
-        out[q] = z.read(key)
+        out[q] = z.read(key, max_bytes=8 * math.prod(want))  # within the manifest's total
     missing = [q for q in quantities if q not in out]
     if missing:
         raise UnusableInput(f"suite file {z.path} has no array 'expected_{missing[0]}'")
