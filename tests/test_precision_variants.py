@@ -24,6 +24,7 @@ from numpy_attention.verify import cases as cases_module
 from numpy_attention.verify import cases_from_config, compare_attention, emulate_sdpa
 from numpy_attention.verify.precision import baseline_errors
 from numpy_attention.verify.suite import manifest
+from numpy_attention.verify.tolerance import DTYPES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,7 +113,11 @@ def test_variant_cases_have_a_stored_baseline_blocked_as_dense(monkeypatch) -> N
     for case in CASES:
         b = entries[case.name]["baseline_error"]
         assert set(b["bfloat16"]) == set(case.expected), case.name
-        assert b["bfloat16"]["dv"] > b["float16"]["dv"] > b["float32"]["dv"] > 0, case.name
+        user = "dtypes" in case.flags  # a config's case: the low-precision dtypes it names
+        assert set(b) == ({"bfloat16", "float16"} if user else set(DTYPES)), case.name
+        chain = [b[d]["dv"] for d in ("bfloat16", "float16", "float32") if d in b]
+        assert chain == sorted(chain, reverse=True) and len(set(chain)) == len(chain), case.name
+        assert chain[-1] > 0, case.name
     monkeypatch.setattr(precision, "BLOCKED_FROM", 1)
     monkeypatch.setattr(precision, "_BLOCK_SCORES", 3 * 4 * 11)
     for case in CASES:

@@ -762,6 +762,48 @@ def test_the_size_limit_is_exactly_the_expected_arrays_bytes(config: dict[str, A
         cases_from_config(config, max_bytes=total - 1)
 
 
+def test_a_config_case_stores_baselines_in_the_low_precision_dtypes_it_names(
+    tmp_path: Path,
+) -> None:
+    """dtypes ["bfloat16", "float32"]: the manifest stores the bfloat16 baseline only (float32
+    is judged by fixed tolerances), equal to the one computed in every dtype; check refuses
+    float16 (exit 2, naming the case, its dtypes and the way out) but grades float32,
+    bfloat16, and float16 under --policy absolute."""
+    from numpy_attention.app.cli import main
+    from numpy_attention.verify.precision import baseline_errors
+
+    entry = {"name": "named", "Hq": 2, "L": 9, "S": 13, "E": 8, "dtypes": ["bfloat16", "float32"]}
+    (case,) = cases_from_config({"cases": [entry]})
+    (stored,) = manifest([case])["cases"]
+    full = baseline_errors(case.inputs, case.expected, case.kind)
+    assert stored["baseline_error"] == {"bfloat16": full["bfloat16"]}
+    write_suite(tmp_path / "s", [case])
+    (tmp_path / "r").mkdir()
+    np.savez(tmp_path / "r" / "named.npz", **case.expected)
+    suite_args = [str(tmp_path / "r"), "--suite", str(tmp_path / "s")]
+    assert main(["check", *suite_args, "--dtype", "float16"]) == 2
+    for more in (["--dtype", "float32"], ["--dtype", "bfloat16"],
+                 ["--dtype", "float16", "--policy", "absolute"]):  # fmt: skip
+        assert main(["check", *suite_args, *more]) == 0, more
+
+
+def test_check_names_the_dtypes_a_case_was_written_for(tmp_path: Path, capsys) -> None:
+    """The refusal is one line: the case, the dtypes its config named, what to do."""
+    from numpy_attention.app.cli import main
+
+    (case,) = cases_from_config({"cases": [{"name": "bf", "L": 3, "S": 5, "E": 4,
+                                            "dtypes": ["bfloat16"]}]})  # fmt: skip
+    write_suite(tmp_path / "s", [case])
+    (tmp_path / "r").mkdir()
+    np.savez(tmp_path / "r" / "bf.npz", **case.expected)
+    code = main(["check", str(tmp_path / "r"), "--suite", str(tmp_path / "s"), "--dtype",
+                 "float16"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "case 'bf' was written for the dtypes ['bfloat16']" in err, err
+    assert "with 'float16' in its dtypes, or check with --policy absolute" in err, err
+
+
 def test_vectors_config_writes_the_configs_cases(tmp_path: Path) -> None:
     """`vectors --config FILE --out DIR`: the config's cases, readable by check; exit 0."""
     import subprocess

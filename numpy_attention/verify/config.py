@@ -379,7 +379,8 @@ def cases_from_config(
         (default: the config's seed plus the case's index), ``scale``, ``is_causal``,
         ``causal_align``, ``window`` (``[left, right]``, null = unbounded side), ``softcap``,
         ``alibi`` and ``sinks`` (true: drawn), ``chunk_size``, ``sink_tokens``, ``dtypes``
-        (the dtypes you will check in, recorded), ``path`` (``"auto"``, ``"dense"``,
+        (the dtypes you will check in, recorded; the baselines are emulated in the
+        float16 and bfloat16 among them only), ``path`` (``"auto"``, ``"dense"``,
         ``"tiled"``; auto tiles from ``2**22`` scores on). ``lengths_q`` and
         ``lengths_k`` instead of ``B``, ``L``, ``S``: a packed (varlen) case, one
         sequence per pair of lengths, with the varlen variants (window, softcap,

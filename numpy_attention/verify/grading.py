@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -339,6 +340,18 @@ def manifest_contexts(man: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {e["name"]: case_context(e) for e in man.get("cases", [])}
 
 
+def _refuse_undeclared_dtype(man: dict[str, Any], found: Mapping[str, Any], dtype: str) -> None:
+    """Refuse to judge a user-sized case in a dtype its config did not name (no baseline)."""
+    for e in man["cases"]:
+        named = e.get("flags", {}).get("dtypes") if isinstance(e.get("flags"), dict) else None
+        if e["name"] in found and isinstance(named, list) and dtype not in named:
+            raise UnusableInput(
+                f"case {e['name']!r} was written for the dtypes {named!r} (its config's "
+                f"'dtypes'), so it has no {dtype} baseline; write it again with {dtype!r} in "
+                "its dtypes, or check with --policy absolute"
+            )
+
+
 def check_path(
     results: str | os.PathLike[str],
     suite: str | os.PathLike[str] | None = None,
@@ -384,7 +397,9 @@ def check_path(
         that is empty, missing, not a directory or not a regular file; a
         malformed manifest, case file or gaps declaration; results that are
         not valid ``.npz`` files, hold Python objects, declare arrays beyond
-        the size limits, or contain no case or no quantity of the suite.
+        the size limits, or contain no case or no quantity of the suite; a
+        user-sized case graded in float16 or bfloat16 under the baseline policy
+        when its config's ``dtypes`` did not name that dtype (it has no baseline).
     ValueError
         If ``dtype`` or ``policy`` is not one of those listed.
 
@@ -409,6 +424,8 @@ def check_path(
             f"no case of the suite found in {results} (expected files or keys named "
             f"after the cases, e.g. '{next(iter(expected), 'plain')}')"
         )
+    if policy == "baseline" and dtype in LOW_PRECISION:
+        _refuse_undeclared_dtype(man, found, dtype)
     tolerances = (man.get("tolerances") or {}).get(dtype)
     report = check_results(found, expected, dtype=dtype, tolerances=tolerances,
                            unknown=unknown, strict=strict, policy=policy,

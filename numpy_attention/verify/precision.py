@@ -38,7 +38,7 @@ sinks as an extra logit column of the softmax. bfloat16 is rounded by
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -598,8 +598,9 @@ _SERVING_EMULATIONS: dict[str, Callable[[Mapping[str, Any], str], dict[str, Any]
 
 
 def baseline_errors(
-    inputs: Mapping[str, Any], expected: Mapping[str, NDArray[np.floating]], kind: str = "sdpa"
-) -> dict[str, dict[str, float]]:
+    inputs: Mapping[str, Any], expected: Mapping[str, NDArray[np.floating]], kind: str = "sdpa",
+    dtypes: Sequence[str] = DTYPES,
+) -> dict[str, dict[str, float]]:  # fmt: skip
     r"""Return ``err_naive`` of Eq. (7.3) per dtype and quantity: what the manifest stores.
 
     Parameters
@@ -610,6 +611,9 @@ def baseline_errors(
         The case's kind; the SDPA, variant and serving kinds have an emulated
         baseline (:data:`EMULATED_KINDS`); the layer kinds return ``{}`` and
         are judged by the absolute policy.
+    dtypes : sequence of str, optional
+        The dtypes to emulate (default all four; only float16 and bfloat16
+        are read by the baseline policy, and each costs as much as the others).
 
     Returns
     -------
@@ -626,12 +630,14 @@ def baseline_errors(
     >>> b["bfloat16"]["out"] > b["float16"]["out"] > b["float32"]["out"] > 0
     True
     """
+    if any(d not in DTYPES for d in dtypes):
+        raise ValueError(f"dtypes must be a sequence of {list(DTYPES)}, got {dtypes!r}")
     if kind not in EMULATED_KINDS:
         return {}
     out = {}
     emulate = _SERVING_EMULATIONS.get(kind)
     emulate = emulate or (_emulate_blocked if _blockable(inputs) else emulate_sdpa)
-    for dtype in DTYPES:
+    for dtype in dtypes:
         got = emulate(inputs, dtype)
         out[dtype] = {q: _round_up(_max_error(got[q], d)) for q, d in expected.items() if q in got}
     return out
