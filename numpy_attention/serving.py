@@ -36,6 +36,7 @@ from numpy.typing import ArrayLike, NDArray
 from ._arrays import Array, as_float_array, broadcasts_to, compute_dtype
 from ._validate import check_bool, check_grad, check_instance, check_int, check_real
 from .attention import AttentionCache, attention_backward, attention_forward
+from .flash import FlashCache, flash_attention_backward, flash_attention_forward
 
 __all__ = [
     "rotary_cos_sin",
@@ -472,15 +473,15 @@ class VarlenCache:
 
     Attributes
     ----------
-    caches : tuple of AttentionCache
+    caches : tuple of AttentionCache or FlashCache
         Sequence ``b``'s :class:`~numpy_attention.attention.AttentionCache`, in the core's
-        ``(Hq, L_b, S_b)`` layout.
+        ``(Hq, L_b, S_b)`` layout, or its :class:`~numpy_attention.flash.FlashCache` (``tiled``).
     lse : ndarray, shape (Hq, Tq)
         Natural-log log-sum-exp of every query row, FlashAttention's varlen ``softmax_lse``
         layout; ``-inf`` for a query with no key.
     """
 
-    caches: tuple[AttentionCache, ...]
+    caches: tuple[AttentionCache | FlashCache, ...]
     cu_seqlens_q: IntArray
     cu_seqlens_k: IntArray
     lse: Array
@@ -582,6 +583,7 @@ def varlen_attention_forward(
     softcap: float | None = None,
     alibi_slopes: ArrayLike | None = None,
     sinks: ArrayLike | None = None,
+    tiled: bool = False,
 ) -> tuple[Array, VarlenCache]:
     r"""Attention over packed variable-length sequences (``flash_attn_varlen_func``), Eq. (9.3).
 
@@ -610,6 +612,11 @@ def varlen_attention_forward(
     window, softcap, alibi_slopes, sinks : optional
         The Variants keywords, per sequence, passed to ``attention_forward`` only when given;
         ``alibi_slopes`` may be ``(Hq,)`` or ``(B, Hq)`` (row ``b`` for sequence ``b``).
+    tiled : bool, optional
+        Compute each sequence by :func:`~numpy_attention.flash.flash_attention_forward`
+        (tiles: no ``L_b x S_b`` array, extra memory independent of the lengths) instead of
+        :func:`~numpy_attention.attention.attention_forward`. Default False. The tiled
+        functions draw no dropout mask: give ``dropout_mask``, not ``rng``.
 
     Returns
     -------
@@ -624,7 +631,7 @@ def varlen_attention_forward(
     ValueError
         Shapes other than the packed ones, head counts that do not group, ``cu_seqlens_*``
         not starting at 0, decreasing, of different lengths or not ending at ``Tq`` / ``Tk``,
-        ``max_seqlen_*`` too small, and the core's errors.
+        ``max_seqlen_*`` too small, ``rng`` with ``tiled``, and the core's errors.
 
     Notes
     -----
@@ -646,17 +653,22 @@ def varlen_attention_forward(
     cq, ck = _check_cu_pair(cu_seqlens_q, cu_seqlens_k, qa, ka, max_seqlen_q, max_seqlen_k)
     B, dtype = cq.size - 1, np.result_type(qa, ka, va)
     variants = {"window": window, "softcap": softcap, "alibi_slopes": alibi_slopes, "sinks": sinks}
+    if check_bool(tiled, "tiled") and rng is not None:
+        raise ValueError("rng: the tiled functions draw no dropout mask; with tiled=True "
+                         "give dropout_mask (B keep-masks or one padded array)")  # fmt: skip
+    attend: Any = flash_attention_forward if tiled else attention_forward
+    drawn: dict[str, Any] = {} if tiled else {"rng": rng}
     out = np.empty((qa.shape[0], qa.shape[1], va.shape[2]), dtype=dtype)
     lse = np.empty((qa.shape[1], qa.shape[0]), dtype=compute_dtype(dtype))
     caches = []
     for b in range(B):  # one attention problem per sequence, Eq. (9.3)
         rq, rk = slice(cq[b], cq[b + 1]), slice(ck[b], ck[b + 1])
-        o, c = attention_forward(
+        o, c = attend(
             np.swapaxes(qa[rq], 0, 1), np.swapaxes(ka[rk], 0, 1), np.swapaxes(va[rk], 0, 1),
             dropout_p=dropout_p, is_causal=check_bool(is_causal, "is_causal"), scale=scale,
             enable_gqa=enable_gqa,
             dropout_mask=_sequence_dropout(dropout_mask, b, rq.stop - rq.start, rk.stop - rk.start),
-            rng=rng, causal_align=causal_align, **_variant_kwargs(variants, b, B),
+            causal_align=causal_align, **drawn, **_variant_kwargs(variants, b, B),
         )  # fmt: skip
         out[rq], lse[:, rq] = np.swapaxes(o, 0, 1), c.lse
         caches.append(c)
@@ -710,7 +722,11 @@ def varlen_attention_backward(d_out: ArrayLike, cache: VarlenCache) -> VarlenGra
     cq, ck = c.cu_seqlens_q, c.cu_seqlens_k
     for b, cb in enumerate(c.caches):  # Eq. (9.4): each sequence's own backward
         rq, rk = slice(cq[b], cq[b + 1]), slice(ck[b], ck[b + 1])
-        g = attention_backward(np.swapaxes(dO[rq], 0, 1), cb)
+        dOb = np.swapaxes(dO[rq], 0, 1)
+        if isinstance(cb, FlashCache):  # tiled=True: the tiled backward, Eqs. (5.7)-(5.12)
+            g = flash_attention_backward(dOb, cb)
+        else:
+            g = attention_backward(dOb, cb)
         dq[rq], dk[rk], dv[rk] = (np.swapaxes(a, 0, 1) for a in (g.dq, g.dk, g.dv))
         ds = getattr(g, "d_sinks", None)
         if ds is not None:

@@ -394,6 +394,54 @@ def test_varlen_memory_is_bounded_by_the_sequences_not_tq_by_tk():
     assert peak < full / 4, (peak, full)
 
 
+@pytest.mark.parametrize(
+    ("is_causal", "align"), [(False, "bottom_right"), (True, "bottom_right"), (True, "top_left")]
+)
+def test_tiled_varlen_equals_the_dense_varlen_with_every_variant_and_dropout(is_causal, align):
+    """tiled=True (flash functions per sequence) gives the core's out, lse, dq, dk, dv and
+    d_sinks to 1e-12, with window, softcap, (B, Hq) ALiBi, sinks and a padded keep-mask, over
+    sequences of length 0 and queries without keys; the caches are the tiled ones."""
+    q, k, v, cu_q, cu_k = _varlen_inputs(seed=11)
+    rng = RNG(12)
+    kw = dict(is_causal=is_causal, causal_align=align, enable_gqa=True, window=(1, 2),
+              softcap=2.0, alibi_slopes=rng.random((len(LQ), 4)), sinks=rng.normal(size=4),
+              dropout_p=0.25, dropout_mask=rng.random((len(LQ), 4, 5, 5)) > 0.25)  # fmt: skip
+    dense, dc = varlen_attention_forward(q, k, v, cu_q, cu_k, **kw)
+    tiled, tc = varlen_attention_forward(q, k, v, cu_q, cu_k, tiled=True, **kw)
+    assert all(type(c).__name__ == "FlashCache" for c in tc.caches)
+    np.testing.assert_allclose(tiled, dense, **TOL)
+    np.testing.assert_allclose(tc.lse, dc.lse, **TOL)
+    d = rng.normal(size=dense.shape)
+    gd, gt = varlen_attention_backward(d, dc), varlen_attention_backward(d, tc)
+    for n in ("dq", "dk", "dv", "d_sinks"):
+        np.testing.assert_allclose(getattr(gt, n), getattr(gd, n), err_msg=n, **TOL)
+
+
+def test_tiled_varlen_memory_is_independent_of_the_sequence_lengths():
+    """One causal sequence of 4096 x 4096 with tiled=True: the forward and backward allocate
+    under an eighth of one L_b x S_b float64 array (128 MiB) beyond their inputs and outputs."""
+    n = 4096
+    q, k, v = (RNG(13).normal(size=(n, 1, 16)) for _ in range(3))
+    cu = _cu([n])
+    tracemalloc.start()
+    try:
+        out, cache = varlen_attention_forward(q, k, v, cu, cu, is_causal=True, tiled=True)
+        g = varlen_attention_backward(out, cache)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < n * n * 8 / 8, peak
+    assert np.isfinite(g.dq).all()
+
+
+def test_tiled_varlen_refuses_rng():
+    """The tiled functions draw no dropout mask: rng with tiled=True is a ValueError naming it."""
+    q, k, v, cu_q, cu_k = _varlen_inputs()
+    with pytest.raises(ValueError, match="rng: the tiled functions draw no dropout mask"):
+        varlen_attention_forward(q, k, v, cu_q, cu_k, enable_gqa=True, dropout_p=0.5,
+                                 rng=RNG(0), tiled=True)  # fmt: skip
+
+
 def test_varlen_lse_is_heads_by_packed_tokens():
     """cache.lse is (Hq, Tq), FlashAttention's varlen softmax_lse layout: column t is query t's
     lse from its own sequence's core cache."""
