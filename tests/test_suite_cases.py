@@ -548,8 +548,8 @@ def _bad(**fields: Any) -> dict[str, Any]:
     (_packed(lengths_q=[2, -1]), r"cases\[0\]\.lengths_q: length must be >= 0"),
     (_packed(lengths_q="2"), r"lengths_q must be a non-empty list"),
     (_packed(chunk_size=2), r"varlen variants .* drop \['chunk_size'\]"),
-    (_packed(path="tiled"), r"computed one sequence at a time"),
-    (_packed(lengths_q=[9000], lengths_k=[9000], Hq=2), r"more than the 134217728"),
+    (_packed(lengths_q=[9000], lengths_k=[9000], Hq=2, path="dense"),
+     r"more than the 134217728 a dense packed case computes; set path 'tiled' or 'auto'"),
     (_kv(S=9), r"cache_seqlens replaces B and S .* drop \['S'\]"),
     (_kv(lengths_q=[1], lengths_k=[2]), r"do not go together"),
     (_kv(cache_seqlens=[3, -2]), r"cases\[0\]\.cache_seqlens: length must be >= 0"),
@@ -587,6 +587,23 @@ PACKED = {"name": "packed_user", "Hq": 4, "Hkv": 2, "E": 16, "Ev": 8, "scale": 0
           "lengths_q": [5, 0, 1, 40, 1], "lengths_k": [7, 3, 0, 40, 65], "is_causal": True,
           "causal_align": "bottom_right", "window": [8, 0], "softcap": 20.0, "alibi": True,
           "sinks": True, "dtypes": ["bfloat16"]}  # fmt: skip
+
+
+def test_a_long_packed_case_is_tiled_and_equals_the_dense_one() -> None:
+    """From 2**22 scores (Hq sum L_b S_b) on, path "auto" computes each sequence by the flash
+    functions (no L_b x S_b array; said in the flags): every expected array equals the dense
+    path's to 1e-12 of its scale, with the varlen variants and sequences without keys."""
+    entry = {"name": "long", "Hq": 2, "Hkv": 1, "E": 8, "lengths_q": [1500, 0, 3],
+             "lengths_k": [1450, 4, 0], "is_causal": True, "causal_align": "bottom_right",
+             "window": [300, 0], "softcap": 20.0, "alibi": True, "sinks": True,
+             "dtypes": ["bfloat16"]}  # fmt: skip
+    (tiled,) = cases_from_config({"cases": [entry]})
+    (dense,) = cases_from_config({"cases": [{**entry, "path": "dense"}]})
+    assert "tiled" in tiled.flags["path"] and "path" not in dense.flags
+    assert sorted(tiled.expected) == sorted(dense.expected)
+    for n, want in dense.expected.items():
+        scale = max(1.0, float(np.abs(want[np.isfinite(want)]).max()))
+        np.testing.assert_allclose(tiled.expected[n], want, rtol=0, atol=1e-12 * scale, err_msg=n)
 
 
 def test_config_packed_case_equals_dense_attention_per_sequence() -> None:

@@ -36,8 +36,8 @@ _REQUIRED = ("name", "L", "S", "E")
 _REQUIRED_PACKED = ("name", "E", "lengths_q", "lengths_k")
 #: A decoding step over a paged KV cache: ``cache_seqlens`` replaces ``B`` and ``S``.
 _REQUIRED_KVCACHE = ("name", "E", "cache_seqlens")
-#: Packed and KV cache cases are computed one sequence at a time, dense: at most this many
-#: scores in all.
+#: KV cache cases (and packed ones on the dense path) are computed one sequence at a time,
+#: dense: at most this many scores in all.
 _PACKED_SCORES = 2**27
 #: The fields only a KV cache case reads.
 _KVCACHE_ONLY = ("page_size", "rotary_dim", "rotary_interleaved")
@@ -142,8 +142,6 @@ def _packed_spec(entry: Mapping[str, Any], where: str, seed: int) -> dict[str, A
     if local:
         raise ValueError(f"{where}: a packed case takes FlashAttention's varlen variants (window, "
                          f"softcap, alibi, sinks); drop {local}")  # fmt: skip
-    if entry.get("path", "auto") == "tiled":
-        raise ValueError(f"{where}.path: a packed case is computed one sequence at a time, dense")
     c = _spec(
         {
             **entry,
@@ -152,16 +150,17 @@ def _packed_spec(entry: Mapping[str, Any], where: str, seed: int) -> dict[str, A
             "B": 1,
             "L": max(1, max(lq)),
             "S": max(1, max(lk)),
-            "path": "tiled",
         },
         where,
         seed,
-    )  # path "tiled": the size check counts no weights
-    c.update(lengths_q=lq, lengths_k=lk, B=None, L=None, S=None, path="auto", tiled=False)
+    )
     scores = c["Hq"] * sum(a * b for a, b in zip(lq, lk, strict=True))
-    if scores > _PACKED_SCORES:
-        raise ValueError(f"{where}: the sequences hold {scores} scores (Hq sum L_b S_b), "
-                         f"more than the {_PACKED_SCORES} a packed case computes")  # fmt: skip
+    tiled = c["path"] == "tiled" or (c["path"] == "auto" and scores >= _TILED_FROM)
+    c.update(lengths_q=lq, lengths_k=lk, B=None, L=None, S=None, tiled=tiled)
+    if not tiled and scores > _PACKED_SCORES:
+        raise ValueError(f"{where}: the sequences hold {scores} scores (Hq sum L_b S_b), more "
+                         f"than the {_PACKED_SCORES} a dense packed case computes; set path "
+                         "'tiled' or 'auto'")  # fmt: skip
     return c
 
 
@@ -338,7 +337,7 @@ def _packed_case(c: dict[str, Any], variants: dict[str, Any]) -> Case:
     case = varlen_case(
         c["name"], desc, c["seed"], c["lengths_q"], c["lengths_k"], (c["Hq"], c["Hkv"]),
         (c["E"], c["Ev"]), is_causal=c["is_causal"], causal_align=c["causal_align"],
-        scale=c["scale"], variants=variants,
+        scale=c["scale"], variants=variants, tiled=c["tiled"],
     )  # fmt: skip
     return case
 
@@ -381,7 +380,7 @@ def cases_from_config(
         ``alibi`` and ``sinks`` (true: drawn), ``chunk_size``, ``sink_tokens``, ``dtypes``
         (the dtypes you will check in, recorded; the baselines are emulated in the
         float16 and bfloat16 among them only), ``path`` (``"auto"``, ``"dense"``,
-        ``"tiled"``; auto tiles from ``2**22`` scores on). ``lengths_q`` and
+        ``"tiled"``; auto tiles from ``2**22`` scores on, packed cases too). ``lengths_q`` and
         ``lengths_k`` instead of ``B``, ``L``, ``S``: a packed (varlen) case, one
         sequence per pair of lengths, with the varlen variants (window, softcap,
         alibi, sinks). ``cache_seqlens`` instead of ``B`` and ``S`` (with ``L`` new

@@ -101,12 +101,13 @@ def varlen_case(
     name: str, description: str, seed: int, lengths_q: list[int], lengths_k: list[int],
     heads: tuple[int, int], widths: tuple[int, int], *, is_causal: bool = False,
     causal_align: str = "bottom_right", window: tuple[int | None, int | None] | None = None,
-    scale: float | None = None, variants: dict[str, Any] | None = None,
+    scale: float | None = None, variants: dict[str, Any] | None = None, tiled: bool = False,
 ) -> Case:  # fmt: skip
     """Packed sequences: ``q (Tq, Hq, E)``, ``k (Tk, Hkv, E)``, ``v (Tk, Hkv, Ev)``.
 
     ``variants``: more Variants keywords, per sequence (``alibi_slopes=True``,
     ``sinks=True``: drawn after the arrays, so a case without them keeps its bytes).
+    ``tiled``: each sequence by the flash functions (no ``L_b x S_b`` array).
 
     Examples
     --------
@@ -125,7 +126,7 @@ def varlen_case(
                               **(variants or {})}, Hq)  # fmt: skip
     out, cache = varlen_attention_forward(
         q, k, v, cu_q, cu_k, scale=scale, is_causal=is_causal, causal_align=causal_align,
-        enable_gqa=Hq != Hkv, **kw,
+        enable_gqa=Hq != Hkv, tiled=tiled, **kw,
     )  # fmt: skip
     g = varlen_attention_backward(d_out, cache)
     inputs = {"q": q, "k": k, "v": v, "cu_seqlens_q": cu_q, "cu_seqlens_k": cu_k,
@@ -140,6 +141,8 @@ def varlen_case(
                              "lengths_k": lengths_k}  # fmt: skip
     if kw:
         flags["variants"] = _variant_flags(kw)
+    if tiled:
+        flags["path"] = "tiled (flash_attention_forward/backward per sequence): no L_b x S_b array"
     return Case(name, "varlen", description, inputs, _f64(expected), flags)
 
 
