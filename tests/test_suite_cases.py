@@ -558,6 +558,8 @@ def _bad(**fields: Any) -> dict[str, Any]:
     (_kv(page_size=0), r"cases\[0\]\.page_size"),
     (_kv(sink_tokens=1), r"flash_attn_with_kvcache's variants .* drop \['sink_tokens'\]"),
     (_kv(rotary_interleaved="no"), r"cases\[0\]\.rotary_interleaved"),
+    (_kv(path="gpu"), r"cases\[0\]\.path must be 'auto', 'dense' or 'tiled'"),
+    (_packed(path="gpu"), r"cases\[0\]\.path must be 'auto', 'dense' or 'tiled'"),
     (_bad(page_size=8), r"\['page_size'\] belong to a KV cache case"),
     (_kv(cache_seqlens=[2**20], Hq=64, Hkv=1, L=4), r"more than the 134217728 a KV cache"),
     (_kv(cache_seqlens=[2**20], Hq=8, Hkv=8, E=64), r"k_cache_out 4096\.\d of them"),

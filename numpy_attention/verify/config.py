@@ -184,10 +184,8 @@ def _kvcache_spec(entry: Mapping[str, Any], where: str, seed: int) -> dict[str, 
     S = max(seqlens) + (L if isinstance(L, int) else 1)
     rest = {n: v for n, v in entry.items() if n not in _KVCACHE_ONLY}
     c = _spec(
-        {**rest, "B": 1, "L": L, "S": S, "cache_seqlens": None, "path": "tiled"},  # no weights
-        where,
-        seed,
-    )  # path "tiled": the size check counts no weights
+        {**rest, "B": 1, "L": L, "S": S, "cache_seqlens": None}, where, seed
+    )  # its path checked; a KV cache case is always dense (no weights, tiled=False below)
     page = _field(where, "page_size", check_int, entry.get("page_size", 16), "page_size",
                   minimum=1)  # fmt: skip
     R = entry.get("rotary_dim")
