@@ -338,14 +338,16 @@ def test_varlen_dropout_mask_as_one_padded_array_equals_the_list():
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("tiled", [False, True])
 @pytest.mark.parametrize("is_causal", [False, True])
-def test_varlen_backward_passes_gradcheck(is_causal):
-    """Eq. (9.4) equals finite differences of the packed forward (GQA, empty sequences)."""
+def test_varlen_backward_passes_gradcheck(is_causal, tiled):
+    """Eq. (9.4) equals finite differences of the packed forward (GQA, empty sequences), by the
+    core and by the tiled functions per sequence."""
     q, k, v, cu_q, cu_k = _varlen_inputs(seed=4)
 
     def fn(q, k, v):
         return varlen_attention_forward(q, k, v, cu_q, cu_k, is_causal=is_causal,
-                                        enable_gqa=True)  # fmt: skip
+                                        enable_gqa=True, tiled=tiled)  # fmt: skip
 
     assert gradcheck(fn, {"q": q, "k": k, "v": v}, varlen_attention_backward).passed
 
@@ -982,6 +984,7 @@ BAD_INPUT = {
                                         _varlen_call()()[1]), ValueError, "d_out has shape"),
     "varlen cache of the wrong type": (lambda: varlen_attention_backward(np.ones(1), None),
                                        TypeError, "VarlenCache returned by"),
+    "varlen tiled not a bool": (_varlen_call(tiled="yes"), TypeError, "tiled must be"),
     "pack lengths beyond L": (lambda: pack(np.ones((2, 3, 1)), [1, 4]), ValueError,
                               r"lengths\[1\] = 4 is outside \[0, L\] = \[0, 3\]"),
     "pack lengths of the wrong count": (lambda: pack(np.ones((2, 3)), [1]), ValueError,

@@ -343,7 +343,8 @@ def manifest_contexts(man: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def _refuse_undeclared_dtype(man: dict[str, Any], found: Mapping[str, Any], dtype: str) -> None:
     """Refuse to judge a user-sized case in a dtype its config did not name (no baseline)."""
     for e in man["cases"]:
-        named = e.get("flags", {}).get("dtypes") if isinstance(e.get("flags"), dict) else None
+        flags = e.get("flags")
+        named = flags.get("dtypes") if isinstance(flags, dict) else None
         if e["name"] in found and isinstance(named, list) and dtype not in named:
             raise UnusableInput(
                 f"case {e['name']!r} was written for the dtypes {named!r} (its config's "
