@@ -63,6 +63,49 @@ def test_bfloat16_rounding_agrees_with_ml_dtypes() -> None:
     assert f8.tolist() == [1.0, 1.125]
 
 
+def _float32_patterns() -> np.ndarray:
+    """Every sign, exponent and top 7 mantissa bits, each with the low halves that decide a
+    rounding to bfloat16 or float16 (just below, at and above half an ulp, odd and even
+    kept bits); NaNs of every payload, signalling ones, infinities, subnormals among them."""
+    high = np.arange(2**16, dtype=np.uint32) << 16
+    low = np.array([0, 1, 0x0FFF, 0x1000, 0x1001, 0x1FFF, 0x2000, 0x3000, 0x7FFF, 0x8000,
+                    0x8001, 0xC000, 0xFFFF, 0x1234], dtype=np.uint32)  # fmt: skip
+    return (high[:, None] | low[None, :]).ravel().view(np.float32)
+
+
+def _same_bits(got: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """Where ``got`` and ``want`` hold the same float32 (every NaN the same)."""
+    assert got.dtype == want.dtype == np.float32 and got.shape == want.shape
+    return (got.view(np.uint32) == want.view(np.uint32)) | (np.isnan(got) & np.isnan(want))
+
+
+def test_bfloat16_rounding_is_ml_dtypes_bit_for_bit_on_every_exponent() -> None:
+    """Sign of zero, ties, overflow to inf, subnormals and NaN payloads as ml_dtypes gives them."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    x = _float32_patterns()
+    before = x.copy()
+    with np.errstate(all="ignore"):
+        want = x.astype(ml_dtypes.bfloat16).astype(np.float32)
+    bad = ~_same_bits(rounding("bfloat16")(x), want)
+    assert not bad.any(), x.view(np.uint32)[bad][:5]
+    assert np.array_equal(x.view(np.uint32), before.view(np.uint32))  # the input is not written
+
+
+def test_float16_rounding_is_numpys_bit_for_bit_on_every_exponent() -> None:
+    """The bit-level float16 rounding of the baseline gives NumPy's ``astype`` exactly:
+    float16's subnormals (the weights' many tiny entries), overflow past 65504, ties, NaN."""
+    x = _float32_patterns()
+    before = x.copy()
+    with np.errstate(all="ignore"):
+        want = x.astype(np.float16).astype(np.float32)
+        got = rounding("float16")(x)
+    bad = ~_same_bits(got, want)
+    assert not bad.any(), x.view(np.uint32)[bad][:5]
+    assert np.array_equal(x.view(np.uint32), before.view(np.uint32))
+    assert rounding("float16")(np.array([65519.0, 65520.0, 2.0**-25, 3 * 2.0**-26])).tolist() == [
+        65504.0, np.inf, 0.0, 2.0**-24]  # fmt: skip
+
+
 def test_suite_inputs_are_exact_in_bfloat16_and_float16() -> None:
     """The float64 truth of the suite is the truth of the rounded inputs (attention-gym#242)."""
     for c in build_suite():

@@ -209,8 +209,28 @@ def round_to_bfloat16(x: Any) -> NDArray[np.float32]:
     [1.0, 1.0, 1.015625, 3.140625]
     """
     a = np.asarray(x, dtype=np.float32)
-    u = a.view(np.uint32).astype(np.uint64)
-    one, bias, high = np.uint64(1), np.uint64(0x7FFF), np.uint64(0xFFFF0000)
-    u = (u + bias + ((u >> np.uint64(16)) & one)) & high  # round to nearest, ties to even
-    y = u.astype(np.uint32).view(np.float32)
-    return np.where(np.isnan(a), a, y).reshape(a.shape)
+    y = round_significand(a, 8)
+    nan = np.isnan(a)  # a NaN's carry could clear its mantissa (inf) or flip its sign
+    return np.where(nan, a, y) if nan.any() else y
+
+
+def round_significand(a: NDArray[np.float32], bits: int) -> NDArray[np.float32]:
+    """Round finite float32 ``a`` to ``bits`` significant bits, to nearest, ties to even.
+
+    On the bit pattern: add ``0x7FFF`` (``bits = 8``), plus 1 when the last bit kept is odd,
+    then clear the dropped bits; a carry into the exponent is exact, and one past the
+    largest binade gives inf. Five passes over a fresh uint32 array (the input is never
+    written); NaN inputs give garbage, so callers put them back.
+
+    Examples
+    --------
+    >>> round_significand(np.array([1 + 2.0**-8, 1 + 3 * 2.0**-8], np.float32), 8).tolist()
+    [1.0, 1.015625]
+    """
+    drop = 24 - bits
+    t = a.view(np.uint32) >> drop  # the last bit kept, at the bottom
+    t &= 1
+    t += (1 << (drop - 1)) - 1
+    t += a.view(np.uint32)
+    t &= (0xFFFFFFFF >> drop) << drop
+    return t.view(np.float32).reshape(a.shape)
