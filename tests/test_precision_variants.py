@@ -10,6 +10,7 @@ ALiBi, windows, chunks, sink tokens and sinks, and the verdicts it gives.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,20 @@ def test_blocked_emulation_reads_only_the_key_blocks_a_row_sees(monkeypatch) -> 
     tall = Positions(is_causal=True, offset=-3)  # L = 7, S = 4 bottom-right: rows 0-2 see none
     assert list(precision._visible_keys(tall, 0, 3, 4)) == [0, 1, 2, 3]
     assert len(precision._visible_keys(Positions(), 0, 9, 64)) == 64  # no mask: every key
+
+
+def test_blocked_emulation_gives_up_heads_before_rows() -> None:
+    """A block holds at most its budget of scores (or one row of one head), and takes fewer
+    heads rather than fewer than _BLOCK_ROWS rows: 32 heads of 4096 keys go 4 heads of 128
+    rows a block, not 32 heads of 16 rows that reread every key every 16 queries."""
+    budget, least = precision._BLOCK_SCORES, precision._BLOCK_ROWS
+    assert precision._block_shape(32, 1, 4096) == (4, 128)
+    for H, batch, S in itertools.product([1, 3, 8, 32, 64], [1, 2, 5], [1, 100, 4096, 2**16]):
+        heads, rows = precision._block_shape(H, batch, S)
+        assert 1 <= heads <= H and rows >= 1, (H, batch, S)
+        assert heads * rows * batch * S <= max(budget, batch * S), (H, batch, S)
+        if least * batch * S <= budget:  # one head of that many rows fits: never fewer rows
+            assert rows >= least, (H, batch, S, heads, rows)
 
 
 def test_variant_cases_have_a_stored_baseline_blocked_as_dense(monkeypatch) -> None:
