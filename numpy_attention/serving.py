@@ -925,6 +925,7 @@ def kvcache_attention(
     softcap: float | None = None,
     alibi_slopes: ArrayLike | None = None,
     sinks: ArrayLike | None = None,
+    tiled: bool = False,
 ) -> tuple[Array, Array, Array, Array]:
     r"""Attention of new queries over a KV cache (``flash_attn_with_kvcache``), Eqs. (9.9)-(9.11).
 
@@ -965,6 +966,10 @@ def kvcache_attention(
     window, softcap, alibi_slopes, sinks : optional
         The Variants keywords, aligned bottom-right per row, passed to the core only when given;
         ``alibi_slopes`` may be ``(Hq,)`` or ``(B, Hq)``.
+    tiled : bool, optional
+        Attend each row by :func:`~numpy_attention.flash.flash_attention_forward` (no
+        ``L x N_b`` array: a long prefill chunk over a long cache) instead of
+        :func:`~numpy_attention.attention.attention_forward`. Default False.
 
     Returns
     -------
@@ -1012,15 +1017,21 @@ def kvcache_attention(
     qr, kr = _rotate_new(qa, kn, n, rotary_cos, rotary_sin, rotary_interleaved, each)
     k_out, v_out = _write_new(kc, vc, kr, vn, n, rows, table)  # Eq. (9.9)
     variants = {"window": window, "softcap": softcap, "alibi_slopes": alibi_slopes, "sinks": sinks}
-    out, lse = _attend_cache(qr, k_out, v_out, n + L_new, rows, table, scale, is_causal, variants)
+    attend: Any = flash_attention_forward if check_bool(tiled, "tiled") else attention_forward
+    out, lse = _attend_cache(qr, k_out, v_out, n + L_new, rows, table, scale, is_causal,
+                             variants, attend)  # fmt: skip
     return out, lse, k_out, v_out
 
 
 def _attend_cache(
     q: Array, k_out: Array, v_out: Array, total: IntArray, rows: IntArray | None,
     table: IntArray | None, scale: float | None, is_causal: bool, variants: dict[str, Any],
+    attend: Any,
 ) -> tuple[Array, Array]:  # fmt: skip
-    """Row ``b``'s queries over the first ``N_b`` cached positions, bottom-right, Eq. (9.11)."""
+    """Row ``b``'s queries over the first ``N_b`` cached positions, bottom-right, Eq. (9.11).
+
+    ``attend``: the core's forward or the tiled one (the same arguments and ``cache.lse``).
+    """
     B, L, Hq = q.shape[:3]
     dtype = np.result_type(q, k_out, v_out)
     out = np.empty((B, L, Hq, v_out.shape[3]), dtype=dtype)
@@ -1028,7 +1039,7 @@ def _attend_cache(
     for b in range(B):  # one attention problem per sequence, Eq. (9.11)
         pos = np.arange(total[b])
         where = _slots(np.full(pos.shape, b), pos, rows, table, k_out.shape[1])  # Eq. (9.10)
-        o, c = attention_forward(
+        o, c = attend(
             np.swapaxes(q[b], 0, 1), np.swapaxes(k_out[where], 0, 1),
             np.swapaxes(v_out[where], 0, 1), is_causal=is_causal, scale=scale, enable_gqa=True,
             causal_align="bottom_right", **_variant_kwargs(variants, b, B),

@@ -685,6 +685,34 @@ def test_paged_kvcache_equals_the_dense_cache_and_writes_into_the_right_pages(is
     np.testing.assert_array_equal(paged[2][untouched], k_pool[untouched])
 
 
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_tiled_kvcache_equals_the_dense_one(is_causal, monkeypatch):
+    """tiled=True attends each row by the flash functions in blocks of 4 keys (the dense core
+    never called): out, lse and the written caches are the dense path's, with paged rotary
+    keys, GQA, a window, softcap, ALiBi (B, Hq), sinks and an empty cache row; tiled="yes" is
+    a TypeError."""
+    import numpy_attention.flash as flash
+    import numpy_attention.serving as serving
+
+    x = _kv_inputs(seed=23, B=3, L=3, L_new=3, S=12)
+    k_pool, v_pool, table = _paged(x, 4, RNG(24))
+    cos, sin = rotary_cos_sin(np.arange(16), 4)
+    kw = dict(x, k_cache=k_pool, v_cache=v_pool, block_table=table, cache_seqlens=[5, 0, 9],
+              rotary_cos=cos, rotary_sin=sin, is_causal=is_causal, window=(4, 0),
+              softcap=3.0, alibi_slopes=RNG(25).random((3, 4)),
+              sinks=RNG(26).normal(size=4))  # fmt: skip
+    dense = kvcache_attention(**kw)
+    forward = flash.flash_attention_forward
+    monkeypatch.setattr(serving, "attention_forward", None)  # the tiled path must not call it
+    monkeypatch.setattr(serving, "flash_attention_forward",
+                        lambda *a, **k: forward(*a, block_q=2, block_k=4, **k))  # fmt: skip
+    tiled = kvcache_attention(**kw, tiled=True)
+    for got, want in zip(tiled, dense, strict=True):
+        np.testing.assert_allclose(got, want, **TOL)
+    with pytest.raises(TypeError, match="tiled"):
+        kvcache_attention(**kw, tiled="yes")
+
+
 def test_kvcache_never_modifies_the_callers_caches():
     """New arrays come back; k_cache, v_cache (dense and paged) keep every byte."""
     x = _kv_inputs(seed=17)

@@ -561,7 +561,8 @@ def _bad(**fields: Any) -> dict[str, Any]:
     (_kv(path="gpu"), r"cases\[0\]\.path must be 'auto', 'dense' or 'tiled'"),
     (_packed(path="gpu"), r"cases\[0\]\.path must be 'auto', 'dense' or 'tiled'"),
     (_bad(page_size=8), r"\['page_size'\] belong to a KV cache case"),
-    (_kv(cache_seqlens=[2**20], Hq=64, Hkv=1, L=4), r"more than the 134217728 a KV cache"),
+    (_kv(cache_seqlens=[2**20], Hq=64, Hkv=1, L=4, path="dense"),
+     r"more than the 134217728 a dense KV cache case computes; set path 'tiled' or 'auto'"),
     (_kv(cache_seqlens=[2**20], Hq=8, Hkv=8, E=64), r"k_cache_out 4096\.\d of them"),
     ({"cases": [{"name": "x", "E": 8, "lengths_q": [1]}]}, r"lengths_k is required"),
 ])  # fmt: skip
@@ -687,6 +688,34 @@ def test_config_kvcache_cases_equal_dense_attention_over_the_written_cache() -> 
     (packed,) = cases_from_config({"cases": [PACKED]})
     again = cases_from_config({"cases": [packed.flags["config"]]})[0]
     np.testing.assert_array_equal(again.expected["dq"], packed.expected["dq"])
+
+
+def test_a_long_kvcache_case_is_tiled_and_equals_the_dense_one(monkeypatch) -> None:
+    """From 2**22 scores (Hq L sum (n_b + L)) on, path "auto" attends each row of a KV cache
+    case by the flash functions (said in the flags; the dense core is never called): every
+    expected array equals the dense path's to 1e-12 of its scale, with rotary, every
+    flash_attn_with_kvcache variant and a row whose cache is empty."""
+    import numpy_attention.serving as serving
+
+    entry = {"name": "prefill", "Hq": 4, "Hkv": 2, "E": 8, "L": 700, "cache_seqlens": [900, 0],
+             "page_size": 64, "rotary_dim": 4, "is_causal": True, "window": [500, 0],
+             "softcap": 20.0, "alibi": True, "sinks": True, "dtypes": ["bfloat16"]}  # fmt: skip
+    (dense,) = cases_from_config({"cases": [{**entry, "path": "dense"}]})
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the dense core was called on the tiled path")
+
+    monkeypatch.setattr(serving, "attention_forward", refuse)
+    (tiled,) = cases_from_config({"cases": [entry]})
+    assert 4 * 700 * (1600 + 700) >= 2**22
+    assert "tiled" in tiled.flags["path"] and "path" not in dense.flags
+    assert sorted(tiled.expected) == sorted(dense.expected)
+    for n, want in dense.expected.items():
+        ok = np.isfinite(want)
+        np.testing.assert_array_equal(np.isnan(tiled.expected[n]), np.isnan(want), err_msg=n)
+        scale = max(1.0, float(np.abs(want[ok]).max()))
+        np.testing.assert_allclose(tiled.expected[n][ok], want[ok], rtol=0, atol=1e-12 * scale,
+                                   err_msg=n)  # fmt: skip
 
 
 def test_torch_passes_a_packed_config_case_in_bfloat16_under_its_baseline(tmp_path) -> None:

@@ -176,16 +176,13 @@ def _kvcache_spec(entry: Mapping[str, Any], where: str, seed: int) -> dict[str, 
                          f"got {n_b!r}")  # fmt: skip
     seqlens = [_field(where, "cache_seqlens", check_int, x, "length", minimum=0) for x in n_b]
     local = sorted(n for n in ("chunk_size", "sink_tokens") if entry.get(n))
-    if local or entry.get("path", "auto") == "tiled":
+    if local:
         raise ValueError(f"{where}: a KV cache case takes flash_attn_with_kvcache's variants "
-                         f"(window, softcap, alibi, sinks) and no tiled path; drop "
-                         f"{local or ['path']}")  # fmt: skip
+                         f"(window, softcap, alibi, sinks); drop {local}")  # fmt: skip
     L = 1 if entry.get("L") is None else entry["L"]
     S = max(seqlens) + (L if isinstance(L, int) else 1)
     rest = {n: v for n, v in entry.items() if n not in _KVCACHE_ONLY}
-    c = _spec(
-        {**rest, "B": 1, "L": L, "S": S, "cache_seqlens": None}, where, seed
-    )  # its path checked; a KV cache case is always dense (no weights, tiled=False below)
+    c = _spec({**rest, "B": 1, "L": L, "S": S, "cache_seqlens": None}, where, seed)
     page = _field(where, "page_size", check_int, entry.get("page_size", 16), "page_size",
                   minimum=1)  # fmt: skip
     R = entry.get("rotary_dim")
@@ -195,13 +192,15 @@ def _kvcache_spec(entry: Mapping[str, Any], where: str, seed: int) -> dict[str, 
             raise ValueError(f"{where}.rotary_dim must be even and at most E = {c['E']}, got {R}")
     il = _field(where, "rotary_interleaved", check_bool, entry.get("rotary_interleaved", False),
                 "rotary_interleaved")  # fmt: skip
-    c.update(cache_seqlens=seqlens, page_size=page, rotary_dim=R, rotary_interleaved=il,
-             B=None, S=None, path="auto", tiled=False)  # fmt: skip
     L = c["L"]
     scores = c["Hq"] * L * sum(n + L for n in seqlens)
-    if scores > _PACKED_SCORES:
+    tiled = c["path"] == "tiled" or (c["path"] == "auto" and scores >= _TILED_FROM)
+    c.update(cache_seqlens=seqlens, page_size=page, rotary_dim=R, rotary_interleaved=il,
+             B=None, S=None, tiled=tiled)  # fmt: skip
+    if not tiled and scores > _PACKED_SCORES:
         raise ValueError(f"{where}: the rows hold {scores} scores (Hq L sum (n_b + L)), more "
-                         f"than the {_PACKED_SCORES} a KV cache case computes")  # fmt: skip
+                         f"than the {_PACKED_SCORES} a dense KV cache case computes; set path "
+                         "'tiled' or 'auto'")  # fmt: skip
     return c
 
 
@@ -357,7 +356,7 @@ def _kvcache_case(c: dict[str, Any], variants: dict[str, Any]) -> Case:
         c["name"], desc, c["seed"], n_b, L, (c["Hq"], c["Hkv"]), (c["E"], c["Ev"]), page=page,
         max_blocks=-(-(max(n_b) + L) // page), rotary_dim=c["rotary_dim"],
         interleaved=c["rotary_interleaved"], is_causal=c["is_causal"], scale=c["scale"],
-        variants=variants,
+        variants=variants, tiled=c["tiled"],
     )  # fmt: skip
     return case
 

@@ -507,7 +507,8 @@ def _emulate_kvcache(inputs: Mapping[str, Any], dtype: str) -> dict[str, NDArray
         sdpa = {"d_out": np.zeros((1, Hq, L, vb.shape[-1])), "scale": inputs["scale"],
                 "dropout_p": 0.0, "is_causal": causal, "causal_bottom_right": True,
                 "enable_gqa": Hq != kb.shape[1]}  # fmt: skip
-        got = emulate_sdpa({**heads, **sdpa, **variants}, dtype)
+        sub = {**heads, **sdpa, **variants}
+        got = (_emulate_blocked if _blockable(sub) else emulate_sdpa)(sub, dtype)  # long rows
         outs.append(np.swapaxes(got["out"][0], 0, 1))
         lses.append(got["lse"][0])
     res = {"out": np.stack(outs), "lse": np.stack(lses), "k_cache_out": kc, "v_cache_out": vc}

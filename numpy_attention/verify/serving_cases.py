@@ -167,13 +167,14 @@ def kvcache_case(
     name: str, description: str, seed: int, seqlens: list[int], L: int,
     heads: tuple[int, int], widths: tuple[int, int], *, page: int, max_blocks: int,
     rotary_dim: int | None, interleaved: bool, is_causal: bool = True,
-    scale: float | None = None, variants: dict[str, Any] | None = None,
+    scale: float | None = None, variants: dict[str, Any] | None = None, tiled: bool = False,
 ) -> Case:  # fmt: skip
     """Build a decoding step: L new queries, keys, values appended to a paged rotary cache.
 
     ``rotary_dim`` None: no rotary (no ``rotary_cos``, ``rotary_sin`` inputs). ``variants``:
     window, softcap, ALiBi, sinks per row (``alibi_slopes=True``, ``sinks=True``: drawn after
-    the arrays, so a case without them keeps its bytes).
+    the arrays, so a case without them keeps its bytes). ``tiled``: each row by the tiled
+    functions (no ``L x N_b`` array).
 
     Examples
     --------
@@ -196,7 +197,7 @@ def kvcache_case(
     kw = _draw_variants(rng, variants or {}, Hq)
     out, lse, kc_out, vc_out = kvcache_attention(
         q, kc, vc, n, k_new=k_new, v_new=v_new, block_table=table, **rotary,
-        rotary_interleaved=interleaved, scale=scale, is_causal=is_causal, **kw,
+        rotary_interleaved=interleaved, scale=scale, is_causal=is_causal, tiled=tiled, **kw,
     )  # fmt: skip
     inputs = {"q": q, "k_cache": kc, "v_cache": vc, "cache_seqlens": n, "k_new": k_new,
               "v_new": v_new, "block_table": table, **rotary,
@@ -209,6 +210,8 @@ def kvcache_case(
                              "cache_seqlens": seqlens, "unused_slots": "NaN"}  # fmt: skip
     if kw:
         flags["variants"] = _variant_flags(kw)
+    if tiled:
+        flags["path"] = "tiled (flash_attention_forward per row): no L x N_b array"
     return Case(name, "kvcache", description, inputs, _f64(expected), flags)
 
 
