@@ -515,6 +515,15 @@ def _packed(**fields: Any) -> dict[str, Any]:
     return {"cases": [{**base, **fields}]}
 
 
+def _merge(**fields: Any) -> dict[str, Any]:
+    base = {"name": "x", "kind": "merge", "L": 4, "S": 6, "E": 8, "num_splits": 3}
+    return {"cases": [{**base, **fields}]}
+
+
+def _rotary(**fields: Any) -> dict[str, Any]:
+    return {"cases": [{"name": "x", "kind": "rotary", "L": 4, "E": 8, "rotary_dim": 4, **fields}]}
+
+
 def _bad(**fields: Any) -> dict[str, Any]:
     return {"cases": [{"name": "x", "L": 4, "S": 6, "E": 8, **fields}]}
 
@@ -559,6 +568,17 @@ def _bad(**fields: Any) -> dict[str, Any]:
     (_kv(sink_tokens=1), r"flash_attn_with_kvcache's variants .* drop \['sink_tokens'\]"),
     (_kv(rotary_interleaved="no"), r"cases\[0\]\.rotary_interleaved"),
     (_kv(path="gpu"), r"cases\[0\]\.path must be 'auto', 'dense' or 'tiled'"),
+    (_bad(kind="decode"), r"cases\[0\]\.kind must be one of \['attention', 'merge', 'rotary'\]"),
+    (_bad(num_splits=2), r"\['num_splits'\] belong to a merge or rotary case \(give kind\)"),
+    (_merge(window=[2, 0]), r"a merge case takes .*; drop \['window'\]"),
+    (_merge(num_splits=None), r"cases\[0\]\.num_splits is required \(a merge case\)"),
+    (_merge(num_splits=7), r"num_splits must be at most S = 6, got 7"),
+    (_merge(num_splits=0), r"cases\[0\]\.num_splits: num_splits must be >= 1"),
+    (_rotary(S=4), r"a rotary case takes .*; drop \['S'\]"),
+    (_rotary(rotary_dim=5), r"rotary_dim must be even and at most E = 8, got 5"),
+    (_rotary(positions_from=-1), r"cases\[0\]\.positions_from"),
+    (_rotary(rotary_base=1.0), r"cases\[0\]\.rotary_base"),
+    (_rotary(rotary_dim=None), r"cases\[0\]\.rotary_dim is required \(a rotary case\)"),
     (_packed(path="gpu"), r"cases\[0\]\.path must be 'auto', 'dense' or 'tiled'"),
     (_bad(page_size=8), r"\['page_size'\] belong to a KV cache case"),
     (_kv(cache_seqlens=[2**20], Hq=64, Hkv=1, L=4, path="dense"),
@@ -718,10 +738,73 @@ def test_a_long_kvcache_case_is_tiled_and_equals_the_dense_one(monkeypatch) -> N
                                    err_msg=n)  # fmt: skip
 
 
+MERGE = {"name": "decode_split", "kind": "merge", "B": 2, "Hq": 3, "L": 5, "S": 23, "E": 8,
+         "Ev": 4, "num_splits": 4, "is_causal": True,
+         "dtypes": ["bfloat16", "float32"]}  # fmt: skip
+ROTARY = {"name": "rope_llama3", "kind": "rotary", "B": 2, "Hq": 3, "L": 6, "E": 16,
+          "rotary_dim": 12, "rotary_interleaved": True, "positions_from": 4000,
+          "rotary_base": 500000.0}  # fmt: skip
+
+
+@pytest.mark.parametrize("align", ["top_left", "bottom_right"])
+@pytest.mark.parametrize("path", ["dense", "tiled"])
+def test_config_merge_case_splits_one_attention(align: str, path: str) -> None:
+    """kind "merge" cuts one attention's S keys into num_splits chunks of sizes differing by at
+    most one: a chunk's lse is -inf exactly where the global causal mask (aligned as asked)
+    hides all of it from a query, and the merged out and lse are the whole attention's up to
+    the bfloat16 rounding of the chunks' states; dense and tiled give the same arrays."""
+    from numpy_attention.verify.cases import _normal
+
+    entry = {**MERGE, "causal_align": align, "path": path}
+    (c,) = cases_from_config({"cases": [entry]})
+    splits, lses = c.flags["splits"], c.inputs["lses"]
+    assert c.kind == "merge" and splits == [0, 6, 12, 18, 23] and lses.shape == (4, 2, 3, 5)
+    d = 23 - 5 if align == "bottom_right" else 0
+    i = np.arange(5)
+    for r, j0 in enumerate(splits[:-1]):
+        hidden = j0 > i + d  # no key of chunk r is at or before query i's diagonal
+        np.testing.assert_array_equal(np.isinf(lses[r]), np.broadcast_to(hidden, (2, 3, 5)))
+        assert np.isnan(c.inputs["outs"][r][..., hidden, :]).all()
+    rng = np.random.default_rng(c.flags["config"]["seed"])  # the inputs as the builder drew them
+    q = _normal(rng, 2, 3, 5, 8)
+    kv = [(_normal(rng, 2, 3, b - a, 8), _normal(rng, 2, 3, b - a, 4))
+          for a, b in zip(splits[:-1], splits[1:], strict=True)]  # fmt: skip
+    k, v = (np.concatenate(x, axis=-2) for x in zip(*kv, strict=True))
+    out, cache = attention_forward(q, k, v, is_causal=True, causal_align=align)
+    np.testing.assert_allclose(c.expected["out"], out, atol=2e-2 * np.abs(out).max())
+    np.testing.assert_allclose(c.expected["lse"], cache.lse, atol=2e-2 * np.abs(cache.lse).max())
+    other = cases_from_config({"cases": [{**entry, "path": "tiled" if path == "dense" else
+                                          "dense"}]})[0]  # fmt: skip
+    for n, want in c.expected.items():
+        np.testing.assert_array_equal(other.expected[n], want, err_msg=n)
+
+
+def test_config_rotary_case_rotates_at_its_positions_with_its_base() -> None:
+    """kind "rotary": the tables are Eq. (9.5) at positions positions_from + i with the given
+    base (rounded to bfloat16; not base 10000's), and out, dx are rotary_embedding and its
+    backward at them, interleaved as asked."""
+    from numpy_attention.serving import rotary_cos_sin, rotary_embedding, rotary_embedding_backward
+
+    (c,) = cases_from_config({"cases": [ROTARY]})
+    a = c.inputs
+    cos, sin = rotary_cos_sin(4000 + np.arange(6), 12, 500000.0)
+    np.testing.assert_allclose(a["cos"], cos, atol=2**-8)
+    assert np.abs(a["cos"] - rotary_cos_sin(4000 + np.arange(6), 12)[0]).max() > 0.1
+    cs = (a["cos"][:, None], a["sin"][:, None])
+    np.testing.assert_allclose(c.expected["out"], rotary_embedding(a["x"], *cs, interleaved=True),
+                               atol=1e-15)  # fmt: skip
+    np.testing.assert_allclose(c.expected["dx"], rotary_embedding_backward(a["d_out"], *cs,
+                               interleaved=True), atol=1e-15)  # fmt: skip
+    assert c.flags["base"] == 500000.0 and c.flags["positions_from"] == 4000
+    again = cases_from_config({"cases": [c.flags["config"]]})[0]
+    np.testing.assert_array_equal(again.expected["out"], c.expected["out"])
+
+
 def test_torch_passes_a_packed_config_case_in_bfloat16_under_its_baseline(tmp_path) -> None:
-    """vectors' packed and KV cache cases, through the torch adapter (eager attention per
-    sequence or cache row with the window, softcap, ALiBi and sinks; rotary in the dtype) and
-    check: every quantity passes the stored baseline."""
+    """vectors' packed, KV cache, merge and rotary cases, through the torch adapter (eager
+    attention per sequence or cache row with the window, softcap, ALiBi and sinks; rotary in
+    the dtype; the merge a rounded step at a time) and check: every quantity passes the
+    stored baseline."""
     pytest.importorskip("torch")
     from numpy_attention.verify import load_results
     from numpy_attention.verify.grading import manifest_baselines
@@ -731,7 +814,8 @@ def test_torch_passes_a_packed_config_case_in_bfloat16_under_its_baseline(tmp_pa
     )
     adapter = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(adapter)
-    write_suite(tmp_path / "suite", cases_from_config({"cases": [PACKED, *KVCACHE]}))
+    cases = cases_from_config({"cases": [PACKED, *KVCACHE, MERGE, ROTARY]})
+    write_suite(tmp_path / "suite", cases)
     assert (
         adapter.main([str(tmp_path / "suite"), str(tmp_path / "res"), "--dtype", "bfloat16"]) == 0
     )
@@ -739,7 +823,7 @@ def test_torch_passes_a_packed_config_case_in_bfloat16_under_its_baseline(tmp_pa
     results, unknown = load_results(tmp_path / "res", expected)
     report = check_results(results, expected, dtype="bfloat16", strict=True, unknown=unknown,
                            baselines=manifest_baselines(man))  # fmt: skip
-    assert report.passed and report.counts["PASS"] == 6 + 4 + 4, report.table()
+    assert report.passed and report.counts["PASS"] == 6 + 4 + 4 + 4 + 2, report.table()
     assert {r.comparison.policy for r in report.rows if r.comparison} == {"baseline"}
 
 
@@ -797,6 +881,7 @@ def test_torch_passes_the_config_cases_in_float64(tmp_path: Path) -> None:
                 "Ev": 4, "sinks": True, "path": "dense"}]},
     {"cases": [PACKED]},
     {"cases": KVCACHE},
+    {"cases": [MERGE, ROTARY]},
 ])  # fmt: skip
 def test_the_size_limit_is_exactly_the_expected_arrays_bytes(config: dict[str, Any]) -> None:
     """max_bytes is checked against the bytes predicted before anything is computed: a limit

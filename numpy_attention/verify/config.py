@@ -30,6 +30,7 @@ CONFIG_FIELDS: dict[str, Any] = {
     "softcap": None, "alibi": False, "sinks": False, "chunk_size": None, "sink_tokens": 0,
     "dtypes": list(DTYPES), "path": "auto", "lengths_q": None, "lengths_k": None,
     "cache_seqlens": None, "page_size": 16, "rotary_dim": None, "rotary_interleaved": False,
+    "kind": "attention", "num_splits": None, "positions_from": 0, "rotary_base": 10000.0,
 }  # fmt: skip
 _REQUIRED = ("name", "L", "S", "E")
 #: A packed (varlen) case: ``lengths_q`` and ``lengths_k`` replace ``B``, ``L`` and ``S``.
@@ -41,6 +42,16 @@ _REQUIRED_KVCACHE = ("name", "E", "cache_seqlens")
 _PACKED_SCORES = 2**27
 #: The fields only a KV cache case reads.
 _KVCACHE_ONLY = ("page_size", "rotary_dim", "rotary_interleaved")
+#: ``kind``: attention (SDPA, variant, packed or KV cache, by the fields given), a split-KV
+#: merge of one attention's chunks, or rotary embedding alone.
+_KINDS = ("attention", "merge", "rotary")
+#: The fields each of the other kinds reads (the rest must keep their defaults).
+_KIND_FIELDS = {
+    "merge": ("name", "seed", "B", "Hq", "L", "S", "E", "Ev", "scale", "is_causal",
+              "causal_align", "dtypes", "path", "kind", "num_splits"),
+    "rotary": ("name", "seed", "B", "Hq", "L", "E", "rotary_dim", "rotary_interleaved",
+               "positions_from", "rotary_base", "dtypes", "kind"),
+}  # fmt: skip
 #: ``path: "auto"`` computes by the tiled functions from this many scores (B Hq L S) on.
 _TILED_FROM = 2**22
 #: The largest config file read (a config is a few lines).
@@ -94,6 +105,15 @@ def _spec(entry: Any, where: str, seed: int) -> dict[str, Any]:
     unknown = sorted(set(entry) - set(CONFIG_FIELDS))
     if unknown:
         raise ValueError(f"{where} has unknown field(s) {unknown}; known: {sorted(CONFIG_FIELDS)}")
+    kind = entry.get("kind", "attention")
+    if kind not in _KINDS:
+        raise ValueError(f"{where}.kind must be one of {list(_KINDS)}, got {kind!r}")
+    if kind != "attention":
+        return _other_kind_spec(entry, kind, where, seed)
+    theirs = sorted(n for n in ("num_splits", "positions_from", "rotary_base")
+                    if entry.get(n, CONFIG_FIELDS[n]) != CONFIG_FIELDS[n])  # fmt: skip
+    if theirs:
+        raise ValueError(f"{where}: {theirs} belong to a merge or rotary case (give kind)")
     packed = entry.get("lengths_q") is not None or entry.get("lengths_k") is not None
     if entry.get("cache_seqlens") is not None:
         if packed:
@@ -122,6 +142,44 @@ def _spec(entry: Any, where: str, seed: int) -> dict[str, Any]:
     if c["Hq"] % c["Hkv"]:
         raise ValueError(f"{where}: Hq = {c['Hq']} must be a multiple of Hkv = {c['Hkv']}")
     return _spec_options(c, where)
+
+
+def _other_kind_spec(entry: Mapping[str, Any], kind: str, where: str, seed: int) -> dict[str, Any]:
+    """Validate a split-KV merge (``num_splits``) or a rotary case (``rotary_dim``).
+
+    Only the fields of :data:`_KIND_FIELDS` may be given; the shared ones are checked as an
+    attention case's are (a rotary case has no keys: ``S`` stands at 1 while checking).
+    """
+    extra = sorted(n for n in entry if n not in _KIND_FIELDS[kind])
+    if extra:
+        raise ValueError(f"{where}: a {kind} case takes {list(_KIND_FIELDS[kind])}; drop {extra}")
+    need = ("name", "L", "S", "E", "num_splits") if kind == "merge" else ("name", "L", "E",
+                                                                         "rotary_dim")  # fmt: skip
+    for n in need:
+        if entry.get(n) is None:
+            raise ValueError(f"{where}.{n} is required (a {kind} case)")
+    own = ("kind", "num_splits", "rotary_dim", "rotary_interleaved", "positions_from",
+           "rotary_base")  # fmt: skip
+    shared = {n: v for n, v in entry.items() if n not in own}
+    c = _spec({**shared, "S": entry.get("S", 1)}, where, seed)
+    c["kind"] = kind
+    if kind == "merge":
+        n = _field(where, "num_splits", check_int, entry["num_splits"], "num_splits", minimum=1)
+        if n > c["S"]:
+            raise ValueError(f"{where}.num_splits must be at most S = {c['S']}, got {n}")
+        c["num_splits"] = n
+        return c
+    R = _field(where, "rotary_dim", check_int, entry["rotary_dim"], "rotary_dim", minimum=2)
+    if R % 2 or R > c["E"]:
+        raise ValueError(f"{where}.rotary_dim must be even and at most E = {c['E']}, got {R}")
+    c.update(S=None, rotary_dim=R, tiled=False)
+    il = entry.get("rotary_interleaved", False)
+    c["rotary_interleaved"] = _field(where, "rotary_interleaved", check_bool, il, "interleaved")
+    c["positions_from"] = _field(where, "positions_from", check_int,
+                                 entry.get("positions_from", 0), "positions_from")  # fmt: skip
+    c["rotary_base"] = _field(where, "rotary_base", check_real, entry.get("rotary_base", 1e4),
+                              "rotary_base", low=1.0, low_open=True)  # fmt: skip
+    return c
 
 
 def _packed_spec(entry: Mapping[str, Any], where: str, seed: int) -> dict[str, Any]:
@@ -244,6 +302,12 @@ def _expected_bytes(c: dict[str, Any]) -> dict[str, int]:
         Tq, Tk = sum(c["lengths_q"]), sum(c["lengths_k"])
         n = {"out": Tq * Hq * Ev, "lse": Hq * Tq, "dq": Tq * Hq * E, "dk": Tk * Hkv * E,
              "dv": Tk * Hkv * Ev}  # fmt: skip
+    elif c["kind"] == "merge":  # outs (Nc, B, Hq, L, Ev), lses (Nc, B, Hq, L) and their grads
+        B, L, Nc = c["B"], c["L"], c["num_splits"]
+        n = {"out": B * Hq * L * Ev, "lse": B * Hq * L, "d_outs": Nc * B * Hq * L * Ev,
+             "d_lses": Nc * B * Hq * L}  # fmt: skip
+    elif c["kind"] == "rotary":  # x (B, L, Hq, E)
+        n = {"out": c["B"] * c["L"] * Hq * E, "dx": c["B"] * c["L"] * Hq * E}
     elif c["cache_seqlens"] is not None:  # a decoding step: no gradient, the caches written
         B, L, page = len(c["cache_seqlens"]), c["L"], c["page_size"]
         slots = (B * -(-(max(c["cache_seqlens"]) + L) // page) + 1) * page * Hkv
@@ -290,14 +354,17 @@ def _case(c: dict[str, Any]) -> Case:
         variants["alibi_slopes"] = True
     if c["sinks"]:
         variants["sinks"] = True
-    if c["lengths_q"] is not None:
+    if c["kind"] != "attention":
+        case = _other_kind_case(c)
+    elif c["lengths_q"] is not None:
         case = _packed_case(c, variants)
     elif c["cache_seqlens"] is not None:
         case = _kvcache_case(c, variants)
     else:
         case = _sdpa_config_case(c, variants)
-    config = {n: c[n] for n in CONFIG_FIELDS}  # recorded: it rebuilds the case
-    config["window"] = None if c["window"] is None else list(c["window"])
+    config = {n: c[n] for n in _KIND_FIELDS.get(c["kind"], CONFIG_FIELDS)}  # it rebuilds the case
+    if "window" in config:
+        config["window"] = None if c["window"] is None else list(c["window"])
     case.flags.update(dtypes=list(c["dtypes"]), config=config)
     return case
 
@@ -337,6 +404,29 @@ def _packed_case(c: dict[str, Any], variants: dict[str, Any]) -> Case:
         scale=c["scale"], variants=variants, tiled=c["tiled"],
     )  # fmt: skip
     return case
+
+
+def _other_kind_case(c: dict[str, Any]) -> Case:
+    """Build a split-KV merge of one attention's chunks, or a rotary embedding case."""
+    from .serving_cases import merge_split_case, rotary_case  # they import the cases module
+
+    if c["kind"] == "rotary":
+        R, il = c["rotary_dim"], c["rotary_interleaved"]
+        desc = (f"User-sized rotary embedding (B = {c['B']}, L = {c['L']}, H = {c['Hq']}, E = "
+                f"{c['E']}, {'interleaved' if il else 'rotate-half'} R = {R}, positions from "
+                f"{c['positions_from']}, base {c['rotary_base']:g}).")  # fmt: skip
+        return rotary_case(c["name"], desc, c["seed"], (c["B"], c["L"], c["Hq"], c["E"]), R,
+                           interleaved=il, offset=c["positions_from"],
+                           base=c["rotary_base"])  # fmt: skip
+    shape = ", ".join(f"{n} = {c[n]}" for n in ("B", "Hq", "L", "S", "E", "Ev"))
+    causal = (", causal " + c["causal_align"]) * c["is_causal"]
+    desc = f"User-sized split-KV merge of {c['num_splits']} chunks of one attention ({shape})"
+    desc += causal + "."
+    return merge_split_case(
+        c["name"], desc, c["seed"], (c["B"], c["Hq"], c["L"], c["S"], c["E"], c["Ev"]),
+        c["num_splits"], is_causal=c["is_causal"], causal_align=c["causal_align"],
+        scale=c["scale"], tiled=c["tiled"],
+    )  # fmt: skip
 
 
 def _kvcache_case(c: dict[str, Any], variants: dict[str, Any]) -> Case:
@@ -382,7 +472,12 @@ def cases_from_config(
         sequence per pair of lengths, with the varlen variants (window, softcap,
         alibi, sinks). ``cache_seqlens`` instead of ``B`` and ``S`` (with ``L`` new
         tokens, default 1; ``page_size`` 16, ``rotary_dim`` none, ``rotary_interleaved``):
-        a decoding step over a paged KV cache, with the same variants.
+        a decoding step over a paged KV cache, with the same variants. ``kind``
+        ``"merge"`` (``name``, ``L``, ``S``, ``E``, ``num_splits``; ``B``, ``Hq``, ``Ev``,
+        ``scale``, ``is_causal``, ``causal_align``, ``path``): a split-KV merge of one
+        attention's ``num_splits`` chunks; ``kind`` ``"rotary"`` (``name``, ``L``, ``E``,
+        ``rotary_dim``; ``B``, ``Hq``, ``rotary_interleaved``, ``positions_from``,
+        ``rotary_base``): rotary embedding alone.
     max_bytes : int, optional
         The most bytes the cases' expected arrays may hold in all, checked before anything
         is computed (default 256 MiB, :data:`~numpy_attention.verify.MAX_SUITE_BYTES`).
@@ -392,8 +487,9 @@ def cases_from_config(
     Returns
     -------
     cases : list of Case
-        Kind ``"sdpa"``, ``"variant"`` with a variant, ``"varlen"`` (packed) or
-        ``"kvcache"``; tiled, packed and KV cache cases have no ``weights``.
+        Kind ``"sdpa"``, ``"variant"`` with a variant, ``"varlen"`` (packed),
+        ``"kvcache"``, ``"merge"`` or ``"rotary"``; tiled, packed and KV cache cases have no
+        ``weights``.
         Pass them to :func:`~numpy_attention.verify.write_suite`. The same config always
         gives the same arrays.
 

@@ -9,7 +9,8 @@ with :mod:`numpy_attention.serving` (chapter 9, ``docs/serving.md``):
 - :func:`varlen_case` (``"varlen"``): packed sequences, FlashAttention's varlen layout.
 - :func:`kvcache_case` (``"kvcache"``): a decoding step over a (paged) KV cache, with new keys
   appended and rotated; unused cache slots hold NaN.
-- :func:`merge_case` (``"merge"``): merging split-KV attention states (FlashDecoding).
+- :func:`merge_case` (``"merge"``): merging split-KV attention states (FlashDecoding);
+  :func:`merge_split_case` the same kind at a user's size, one attention's keys split.
 - :func:`rotary_case` (``"rotary"``): rotary embedding, both layouts.
 
 Every finite float input is exactly representable in bfloat16 and float16, as in
@@ -25,6 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..attention import attention_backward, attention_forward
+from ..flash import flash_attention_forward
 from ..masks import padding_mask
 from ..serving import (
     kvcache_attention,
@@ -38,7 +40,8 @@ from ..serving import (
 )
 from .cases import Case, _draw_variants, _exact, _normal, _variant_flags, _variant_inputs
 
-__all__ = ["padded_case", "varlen_case", "kvcache_case", "merge_case", "rotary_case"]
+__all__ = ["padded_case", "varlen_case", "kvcache_case", "merge_case", "merge_split_case",
+           "rotary_case"]  # fmt: skip
 
 Arrays = dict[str, NDArray[Any]]
 
@@ -221,8 +224,10 @@ def merge_case(
 ) -> Case:  # fmt: skip
     """Split-KV merge of the chunks ``keys[splits[c]:splits[c+1]]`` of causal attention.
 
-    ``shape = (B, Hq, L, S, E)``; query 1 of batch 1 sees no key at all. The chunks' states
-    are rounded to bfloat16; an empty chunk's output is NaN (it must not be read).
+    ``shape = (B, Hq, L, S, E)``; query 1 of batch 1 sees no key at all. Each chunk is causal
+    in its own key indices (top-left: query ``i`` sees the chunk's first ``i + 1`` keys). The
+    chunks' states are rounded to bfloat16; an empty chunk's output is NaN (it must not be
+    read).
 
     Examples
     --------
@@ -241,22 +246,80 @@ def merge_case(
                                  is_causal=True)  # fmt: skip
         outs.append(o)
         lses.append(c.lse)
+    flags = {"chunks": len(splits) - 1, "splits": splits, "lse": "natural log, -inf = empty"}
+    return _merged(name, description, rng, outs, lses, flags)
+
+
+def merge_split_case(
+    name: str, description: str, seed: int, shape: tuple[int, int, int, int, int, int],
+    num_splits: int, *, is_causal: bool = False, causal_align: str = "top_left",
+    scale: float | None = None, tiled: bool = False,
+) -> Case:  # fmt: skip
+    """Split-KV merge of one attention's keys cut into ``num_splits`` near-equal chunks.
+
+    ``shape = (B, Hq, L, S, E, Ev)``. Unlike :func:`merge_case`, each chunk's state is that
+    chunk's part of one attention over all ``S`` keys (FlashDecoding's split): with
+    ``is_causal`` the global mask of Eq. (2.6), aligned by ``causal_align``, through a
+    ``mask_mod``, so the merged ``out`` and ``lse`` are that attention's. The first ``S %
+    num_splits`` chunks have one key more (``np.array_split``). ``tiled``: each chunk by the
+    tiled functions (no ``L x S`` array). States rounded to bfloat16; a chunk a query sees
+    nothing of has ``lse = -inf`` and a NaN output. Each chunk's keys and values are drawn
+    as it is attended (after ``q``), so one chunk of the cache is in memory at a time.
+
+    Examples
+    --------
+    >>> c = merge_split_case("m", "merge", 0, (1, 2, 3, 7, 4, 4), 3, is_causal=True)
+    >>> c.inputs["lses"].shape, c.flags["splits"], bool(np.isinf(c.inputs["lses"][2, 0, 0, 0]))
+    ((3, 1, 2, 3), [0, 3, 5, 7], True)
+    """
+    B, H, L, S, E, Ev = shape
+    rng = np.random.default_rng(seed)
+    q = _normal(rng, B, H, L, E)
+    sizes = [S // num_splits + (c < S % num_splits) for c in range(num_splits)]
+    splits = [0, *np.cumsum(sizes).tolist()]
+    d = S - L if causal_align == "bottom_right" else 0
+    attend: Any = flash_attention_forward if tiled else attention_forward
+    outs, lses = [], []
+    for j0, j1 in zip(splits[:-1], splits[1:], strict=True):
+        # a chunk's keys and values, drawn when needed: one chunk of the cache in memory
+        k, v = _normal(rng, B, H, j1 - j0, E), _normal(rng, B, H, j1 - j0, Ev)
+        kw: dict[str, Any] = {}
+        if is_causal:  # the global causal mask, Eq. (2.6): key j0 + j' visible iff <= i + d
+            kw["mask_mod"] = lambda b, h, i, j, j0=j0: j + j0 <= i + d
+        o, c = attend(q, k, v, scale=scale, **kw)
+        outs.append(o)
+        lses.append(c.lse)
+        del k, v
+    flags: dict[str, Any] = {"chunks": num_splits, "splits": splits,
+                             "lse": "natural log, -inf = empty", "is_causal": is_causal,
+                             "causal_align": causal_align}  # fmt: skip
+    if tiled:
+        flags["path"] = "tiled (flash_attention_forward per chunk): no L x S array"
+    return _merged(name, description, rng, outs, lses, flags)
+
+
+def _merged(
+    name: str, description: str, rng: np.random.Generator, outs: list[NDArray[np.floating]],
+    lses: list[NDArray[np.floating]], flags: dict[str, Any],
+) -> Case:  # fmt: skip
+    """Return the merge case of the chunks' states ``outs``, ``lses`` (rounded), its backward."""
     lse_c = _exact(np.stack(lses))
     outs_c = np.where(np.isinf(lse_c)[..., None], np.nan, _exact(np.stack(outs)))
-    d_out, d_lse = _normal(rng, B, H, L, E), _normal(rng, B, H, L)
+    d_out, d_lse = _normal(rng, *outs_c.shape[1:]), _normal(rng, *lse_c.shape[1:])
     out, lse, cache = merge_attention_states_forward(outs_c, lse_c)
     d_outs, d_lses = merge_attention_states_backward(d_out, d_lse, cache)
     inputs = {"outs": outs_c, "lses": lse_c, "d_out": d_out, "d_lse": d_lse}
     expected = {"out": out, "lse": lse, "d_outs": d_outs, "d_lses": d_lses}
-    flags = {"chunks": len(splits) - 1, "splits": splits, "lse": "natural log, -inf = empty"}
     return Case(name, "merge", description, inputs, _f64(expected), flags)
 
 
 def rotary_case(
     name: str, description: str, seed: int, shape: tuple[int, int, int, int], rotary_dim: int,
-    *, interleaved: bool, offset: int = 0,
+    *, interleaved: bool, offset: int = 0, base: float = 10000.0,
 ) -> Case:  # fmt: skip
     """Rotary embedding of ``x (B, L, H, E)`` at positions ``offset + arange(L)``.
+
+    ``base``: the frequency base of Eq. (9.5) (recorded in the flags when not 10000).
 
     Examples
     --------
@@ -267,11 +330,14 @@ def rotary_case(
     B, L, H, E = shape
     rng = np.random.default_rng(seed)
     x, d_out = _normal(rng, B, L, H, E), _normal(rng, B, L, H, E)
-    cos, sin = (_exact(t) for t in rotary_cos_sin(offset + np.arange(L), rotary_dim))
+    cos, sin = (_exact(t) for t in rotary_cos_sin(offset + np.arange(L), rotary_dim, base))
     y = rotary_embedding(x, cos[:, None, :], sin[:, None, :], interleaved=interleaved)
     dx = rotary_embedding_backward(d_out, cos[:, None, :], sin[:, None, :],
                                    interleaved=interleaved)  # fmt: skip
     inputs = {"x": x, "cos": cos, "sin": sin, "interleaved": np.array(interleaved),
               "d_out": d_out}  # fmt: skip
-    flags = {"rotary_dim": rotary_dim, "interleaved": interleaved, "positions_from": offset}
+    flags: dict[str, Any] = {"rotary_dim": rotary_dim, "interleaved": interleaved,
+                             "positions_from": offset}  # fmt: skip
+    if base != 10000.0:
+        flags["base"] = base
     return Case(name, "rotary", description, inputs, _f64({"out": y, "dx": dx}), flags)
