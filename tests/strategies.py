@@ -24,6 +24,7 @@ __all__ = [
     "attention_cases",
     "bool_masks",
     "broadcastable_to",
+    "config_entries",
     "dims",
     "float_biases",
     "gqa_groups",
@@ -344,3 +345,37 @@ def variant_cases(
     if {"window", "chunk_size", "alibi_slopes"} & set(case.variants):
         case.causal_align = draw(st.sampled_from(["top_left", "bottom_right"]))  # d without causal
     return case
+
+
+#: Values a config field may be given by mistake or on purpose: small sizes (where a case is
+#: quick to build), zero and negative ones, sizes no machine holds, and every other JSON type.
+_CONFIG_VALUES = st.one_of(
+    st.integers(0, 6), st.integers(-3, -1), st.sampled_from([2**31, 10**30]),
+    st.floats(allow_nan=True, allow_infinity=True), st.booleans(), st.none(),
+    st.sampled_from(["", "x", "top_left", "bottom_right", "tiled", "dense", "merge", "rotary"]),
+    st.lists(st.one_of(st.integers(-1, 6), st.none()), max_size=3),
+)  # fmt: skip
+
+
+#: A valid case of each kind of config, to be spoilt one field at a time.
+_CONFIG_SKELETONS = (
+    {"L": 3, "S": 4, "E": 4},
+    {"E": 4, "lengths_q": [2, 0], "lengths_k": [3, 1]},
+    {"E": 4, "cache_seqlens": [2, 0], "page_size": 2},
+    {"kind": "merge", "L": 2, "S": 5, "E": 4, "num_splits": 2},
+    {"kind": "rotary", "L": 3, "E": 4, "rotary_dim": 2},
+)
+
+
+@st.composite
+def config_entries(draw: Any) -> dict[str, Any]:
+    """One case of a ``vectors --config`` file: a valid case of some kind (attention, packed,
+    KV cache, merge, rotary), then up to three fields of ``CONFIG_FIELDS`` (or an unknown
+    one) set to any JSON value."""
+    from numpy_attention.verify.config import CONFIG_FIELDS
+
+    entry: dict[str, Any] = {"name": "c", **draw(st.sampled_from(_CONFIG_SKELETONS))}
+    fields = sorted(CONFIG_FIELDS) + ["heads"]
+    for n in draw(st.lists(st.sampled_from(fields), max_size=3, unique=True)):
+        entry[n] = draw(_CONFIG_VALUES)
+    return entry

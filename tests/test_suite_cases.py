@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
 from oracles import attention_backward_oracle, attention_oracle
+from strategies import config_entries
 
 from numpy_attention.attention import attention_backward, attention_forward
 from numpy_attention.verify import (
@@ -574,9 +576,12 @@ def _bad(**fields: Any) -> dict[str, Any]:
     (_merge(num_splits=None), r"cases\[0\]\.num_splits is required \(a merge case\)"),
     (_merge(num_splits=7), r"num_splits must be at most S = 6, got 7"),
     (_merge(num_splits=0), r"cases\[0\]\.num_splits: num_splits must be >= 1"),
+    (_merge(B=8, Hq=32, S=32769, E=128, num_splits=16),
+     r"draws one chunk's keys and values at a time, .* = 134283264 numbers, more than 134217728"),
     (_rotary(S=4), r"a rotary case takes .*; drop \['S'\]"),
     (_rotary(rotary_dim=5), r"rotary_dim must be even and at most E = 8, got 5"),
     (_rotary(positions_from=-1), r"cases\[0\]\.positions_from"),
+    (_rotary(positions_from=10**30), r"positions_from \+ L must be at most 2\*\*31"),
     (_rotary(rotary_base=1.0), r"cases\[0\]\.rotary_base"),
     (_rotary(rotary_dim=None), r"cases\[0\]\.rotary_dim is required \(a rotary case\)"),
     (_packed(path="gpu"), r"cases\[0\]\.path must be 'auto', 'dense' or 'tiled'"),
@@ -825,6 +830,20 @@ def test_torch_passes_a_packed_config_case_in_bfloat16_under_its_baseline(tmp_pa
                            baselines=manifest_baselines(man))  # fmt: skip
     assert report.passed and report.counts["PASS"] == 6 + 4 + 4 + 4 + 2, report.table()
     assert {r.comparison.policy for r in report.rows if r.comparison} == {"baseline"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(entry=config_entries())
+def test_any_config_entry_builds_its_case_or_is_a_value_error_naming_it(entry) -> None:
+    """Whatever the fields and values (sizes from 0 to 10**30, NaN, strings, lists, unknown
+    fields, every kind), a config builds or raises ValueError (the CLI's one-line exit 2),
+    never another exception; a refusal names the case."""
+    try:
+        (case,) = cases_from_config({"cases": [entry]}, max_bytes=2**16)
+    except ValueError as e:
+        assert str(e).startswith(("cases[0]", "config.cases")), e
+        return
+    assert case.name == "c" and case.expected
 
 
 def test_config_file_that_is_not_json_is_a_value_error(tmp_path: Path) -> None:

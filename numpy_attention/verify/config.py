@@ -45,6 +45,8 @@ _KVCACHE_ONLY = ("page_size", "rotary_dim", "rotary_interleaved")
 #: ``kind``: attention (SDPA, variant, packed or KV cache, by the fields given), a split-KV
 #: merge of one attention's chunks, or rotary embedding alone.
 _KINDS = ("attention", "merge", "rotary")
+#: The most keys and values (numbers) a merge case draws for one chunk: 1 GiB in float64.
+_MERGE_CHUNK_NUMBERS = 2**27
 #: The fields each of the other kinds reads (the rest must keep their defaults).
 _KIND_FIELDS = {
     "merge": ("name", "seed", "B", "Hq", "L", "S", "E", "Ev", "scale", "is_causal",
@@ -167,6 +169,12 @@ def _other_kind_spec(entry: Mapping[str, Any], kind: str, where: str, seed: int)
         n = _field(where, "num_splits", check_int, entry["num_splits"], "num_splits", minimum=1)
         if n > c["S"]:
             raise ValueError(f"{where}.num_splits must be at most S = {c['S']}, got {n}")
+        drawn = c["B"] * c["Hq"] * -(-c["S"] // n) * (c["E"] + c["Ev"])
+        if drawn > _MERGE_CHUNK_NUMBERS:  # not stored, so not in the size limit: bounded here
+            raise ValueError(f"{where}: a merge case draws one chunk's keys and values at a "
+                             f"time, B Hq ceil(S / num_splits) (E + Ev) = {drawn} numbers, more "
+                             f"than {_MERGE_CHUNK_NUMBERS}; raise num_splits or lower B, Hq, S or "
+                             "E")  # fmt: skip
         c["num_splits"] = n
         return c
     R = _field(where, "rotary_dim", check_int, entry["rotary_dim"], "rotary_dim", minimum=2)
@@ -177,6 +185,9 @@ def _other_kind_spec(entry: Mapping[str, Any], kind: str, where: str, seed: int)
     c["rotary_interleaved"] = _field(where, "rotary_interleaved", check_bool, il, "interleaved")
     c["positions_from"] = _field(where, "positions_from", check_int,
                                  entry.get("positions_from", 0), "positions_from")  # fmt: skip
+    if c["positions_from"] + c["L"] > 2**31:  # FlashAttention's position offsets are int32
+        raise ValueError(f"{where}: positions_from + L must be at most 2**31 (int32 positions), "
+                         f"got {c['positions_from']} + {c['L']}")  # fmt: skip
     c["rotary_base"] = _field(where, "rotary_base", check_real, entry.get("rotary_base", 1e4),
                               "rotary_base", low=1.0, low_open=True)  # fmt: skip
     return c
