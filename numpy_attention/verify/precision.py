@@ -507,8 +507,9 @@ def _emulate_kvcache(inputs: Mapping[str, Any], dtype: str) -> dict[str, NDArray
         sdpa = {"d_out": np.zeros((1, Hq, L, vb.shape[-1])), "scale": inputs["scale"],
                 "dropout_p": 0.0, "is_causal": causal, "causal_bottom_right": True,
                 "enable_gqa": Hq != kb.shape[1]}  # fmt: skip
-        sub = {**heads, **sdpa, **variants}
-        got = (_emulate_blocked if _blockable(sub) else emulate_sdpa)(sub, dtype)  # long rows
+        sub = {**heads, **sdpa, **variants}  # a long row: blocked, its forward only
+        got = _emulate_blocked(sub, dtype, grads=False) if _blockable(sub) else emulate_sdpa(
+            sub, dtype)  # fmt: skip
         outs.append(np.swapaxes(got["out"][0], 0, 1))
         lses.append(got["lse"][0])
     res = {"out": np.stack(outs), "lse": np.stack(lses), "k_cache_out": kc, "v_cache_out": vc}
@@ -561,8 +562,12 @@ def _visible_keys(pos: Positions, i0: int, i1: int, S: int) -> NDArray[np.intp]:
     return np.concatenate([np.arange(j0, min(S, j0 + _KEY_BLOCK)) for j0 in starts])
 
 
-def _emulate_blocked(inputs: Mapping[str, Any], dtype: str) -> dict[str, NDArray[np.floating]]:
+def _emulate_blocked(
+    inputs: Mapping[str, Any], dtype: str, grads: bool = True
+) -> dict[str, NDArray[np.floating]]:
     """:func:`emulate_sdpa` without ``weights``, a block of query heads and rows at a time.
+
+    ``grads`` False: the forward only, ``out`` and ``lse`` (a decoding step has no backward).
 
     The same steps and roundings, variants included: every row's ``out``, ``lse`` and ``dq``
     are those of the dense emulation; ``dk``, ``dv`` and ``d_sinks`` sum the blocks' products
@@ -579,15 +584,17 @@ def _emulate_blocked(inputs: Mapping[str, Any], dtype: str) -> dict[str, NDArray
     hb, rows = _block_shape(H, batch, S)
     blocks = [slice(h0, h0 + hb) for h0 in range(0, H, hb)]
     parts = [_emulate_rows(_heads(q, h), _heads(kk, h), _heads(vv, h), _heads(dO, h),
-                           _heads_of(var, h), scale, r, rows) for h in blocks]  # fmt: skip
+                           _heads_of(var, h), scale, r, rows, grads) for h in blocks]  # fmt: skip
     out, lse, dq, dk_sum, dv_sum, ds = (list(x) for x in zip(*parts, strict=True))
+    heads = -3 if q.ndim >= 3 else -2  # lse has no feature axis
+    forward = {"out": np.concatenate(out, axis=heads), "lse": np.concatenate(lse, axis=heads + 1)}
+    if not grads:
+        return {n: np.asarray(a, dtype=np.float64) for n, a in forward.items()}
     dk, dv = r(np.concatenate(dk_sum, axis=-3)) * scale, r(np.concatenate(dv_sum, axis=-3))
     if G > 1:
         dk = dk.reshape(*dk.shape[:-3], -1, G, *dk.shape[-2:]).sum(axis=-3)
         dv = dv.reshape(*dv.shape[:-3], -1, G, *dv.shape[-2:]).sum(axis=-3)
-    heads = -3 if q.ndim >= 3 else -2  # lse has no feature axis
-    res = {"out": np.concatenate(out, axis=heads), "lse": np.concatenate(lse, axis=heads + 1),
-           "dq": np.concatenate(dq, axis=heads), "dk": r(_sum_to(dk, k.shape)),
+    res = {**forward, "dq": np.concatenate(dq, axis=heads), "dk": r(_sum_to(dk, k.shape)),
            "dv": r(_sum_to(dv, v.shape))}  # fmt: skip
     if var.sinks is not None:
         res["d_sinks"] = r(np.concatenate(ds))
@@ -629,11 +636,13 @@ def _heads_of(var: _Variants, h: slice) -> _Variants:
 def _emulate_rows(
     q: NDArray[np.floating], kk: NDArray[np.floating], vv: NDArray[np.floating],
     dO: NDArray[np.floating], var: _Variants, scale: float, r: Rounding, rows: int,
+    grads: bool,
 ) -> tuple:  # fmt: skip
     """Run the row blocks of :func:`_emulate_blocked` for some query heads.
 
     Returns ``out``, ``lse``, ``dq``, the unrounded sums of ``dk`` (before the scale) and
-    ``dv`` per query head, and ``d_sinks``'s (None without sinks).
+    ``dv`` per query head, and ``d_sinks``'s (None without sinks); the last four None
+    without ``grads``.
     """
     L, S = q.shape[-2], kk.shape[-2]
     outs, lses, dqs = [], [], []
@@ -650,6 +659,8 @@ def _emulate_rows(
         P, P_sink, lse = _softmax_sinks(s, var.sinks, r)
         outs.append(r(P @ vc))
         lses.append(r(lse))
+        if not grads:
+            continue
         dv_sum = _add_rows(dv_sum, np.swapaxes(P, -1, -2) @ dOi, at, S)
         dP = r(dOi @ np.swapaxes(vc, -1, -2))
         D = np.sum(dP * P, axis=-1, keepdims=True)
@@ -659,9 +670,11 @@ def _emulate_rows(
         if P_sink is not None:
             ds_sum = ds_sum + _per_head(r(-P_sink * D[..., 0]))
         del s, y, P, dP, dS
+    out, lse = np.concatenate(outs, axis=-2), np.concatenate(lses, axis=-1)
+    if not grads:
+        return out, lse, None, None, None, None
     ds = ds_sum if var.sinks is not None else None
-    return (np.concatenate(outs, axis=-2), np.concatenate(lses, axis=-1),
-            np.concatenate(dqs, axis=-2), dk_sum, dv_sum, ds)  # fmt: skip
+    return out, lse, np.concatenate(dqs, axis=-2), dk_sum, dv_sum, ds
 
 
 def _as_slice(cols: NDArray[np.intp]) -> slice | NDArray[np.intp]:
