@@ -209,6 +209,90 @@ def _serving_cases() -> list:
     return _serving_cases()
 
 
+def test_float64_emulation_of_the_layer_cases_is_the_truth_and_bfloat16_is_tighter() -> None:
+    """rounding('float64') is the identity: the emulated cross-attention layer (projections,
+    padding mask, heads, output projection and every backward product) and weighted fusion
+    (three branches, d_alpha) give every stored quantity to 1e-14; in bfloat16 each baseline
+    bound (3 err_naive) is below the absolute tolerance, and err_naive is bfloat16's size of
+    error (above 2^-16 of the quantity: the steps were rounded), not float32's."""
+    from numpy_attention.verify.precision import _LAYER_EMULATIONS
+
+    layers = [c for c in build_suite() if c.kind in _LAYER_EMULATIONS]
+    assert sorted(c.kind for c in layers) == ["cross_attention", "fusion"]
+    for c in layers:
+        got = _LAYER_EMULATIONS[c.kind](c.inputs, "float64")
+        assert set(got) == set(c.expected), c.name
+        for q, want in c.expected.items():
+            scale = max(1.0, float(np.abs(want).max()))
+            np.testing.assert_allclose(got[q], want, rtol=0, atol=1e-14 * scale,
+                                       err_msg=f"{c.name} {q}")  # fmt: skip
+        low = baseline_errors(c.inputs, c.expected, c.kind, dtypes=["bfloat16"])["bfloat16"]
+        for q, want in c.expected.items():
+            size = float(np.abs(want).max())
+            if size:  # d_b_k is exactly 0: its baseline is the naive kernel's round-off alone
+                assert 2.0**-16 * size < low[q] < 0.05 * size / 3, (c.name, q, low[q], size)
+
+
+def _layer_results(case, bug: str) -> dict:
+    """The layer case computed in float64 with a planted bug (what a wrong kernel returns)."""
+    from numpy_attention.fusion import FusionParams, fusion_backward, fusion_forward
+    from numpy_attention.layers import (
+        CrossAttentionParams,
+        cross_attention_backward,
+        cross_attention_forward,
+    )
+
+    a, names = case.inputs, ("w_q", "w_k", "w_v", "w_o", "b_q", "b_k", "b_v", "b_o")
+    H = int(a["num_heads"])
+    if case.kind == "cross_attention":
+        p = CrossAttentionParams(**{n: a[n] for n in names}, num_heads=H)
+        E = a["w_q"].shape[1] // H
+        lengths = None if bug == "padding_ignored" else a["key_lengths"]
+        scale = 1 / np.sqrt(E * H) if bug == "scale_of_the_model_width" else None
+        out, cache = cross_attention_forward(p, a["x_q"], a["x_kv"], key_lengths=lengths,
+                                             scale=scale)  # fmt: skip
+        d_x_q, d_x_kv, d_p = cross_attention_backward(a["d_out"], cache)
+        res = {"out": out, "weights": cache.P, "d_x_q": d_x_q, "d_x_kv": d_x_kv}
+        return {**res, **{f"d_{n}": getattr(d_p, n) for n in names}}
+    alpha = a["alpha"]
+    if bug == "softmax_of_alpha":  # fixed weights taken for logits
+        alpha = np.exp(alpha) / np.exp(alpha).sum()
+    branches = tuple(CrossAttentionParams(**{n: a[f"branch{i}_{n}"] for n in names}, num_heads=H)
+                     for i in range(len(a["alpha"])))  # fmt: skip
+    y, cache = fusion_forward(FusionParams(branches), a["x"], alpha=alpha)
+    d_x, d_p = fusion_backward(a["d_out"], cache)
+    res = {"out": y, "d_x": d_x, "d_alpha": np.asarray(d_p.alpha)}
+    for i, g in enumerate(d_p.branches):
+        res.update({f"d_branch{i}_{n}": getattr(g, n) for n in names})
+    return res
+
+
+@pytest.mark.parametrize("bug", ["scale_of_the_model_width", "padding_ignored",
+                                 "softmax_of_alpha", "two_percent"])  # fmt: skip
+def test_layer_bugs_fail_the_bfloat16_baseline(bug) -> None:
+    """Planted layer bugs (1/sqrt(Dm) for 1/sqrt(E), key_lengths ignored, softmax applied to
+    fixed fusion weights, a 2 % error of every output) fail some quantity under the layer
+    cases' bfloat16 baseline; the 2 % error passes the absolute bfloat16 tolerance."""
+    cases = {c.kind: c for c in build_suite() if c.kind in ("cross_attention", "fusion")}
+    case = cases["fusion" if bug == "softmax_of_alpha" else "cross_attention"]
+    if bug == "two_percent":
+        got = {q: d + 0.02 * np.abs(d).max() * np.sign(d) for q, d in case.expected.items()}
+    else:
+        got = _layer_results(case, bug)
+    base = baseline_errors(case.inputs, case.expected, case.kind, dtypes=["bfloat16"])
+    results = {q: compare_attention(got[q], d, dtype="bfloat16", quantity=q,
+                                    baseline=base["bfloat16"][q])
+               for q, d in case.expected.items()}  # fmt: skip
+    assert not all(r.passed for r in results.values()), bug
+    if bug == "two_percent":
+        assert all(compare_attention(got[q], d, dtype="bfloat16", quantity=q).passed
+                   for q, d in case.expected.items())  # fmt: skip
+    correct = _layer_results(case, "none")  # the same code without the bug passes
+    assert all(compare_attention(correct[q], d, dtype="bfloat16", quantity=q,
+                                 baseline=base["bfloat16"][q]).passed
+               for q, d in case.expected.items() if q != "d_b_k")  # fmt: skip
+
+
 @pytest.mark.parametrize("blocked", [False, True])
 def test_float64_emulation_of_every_serving_case_is_the_truth(blocked, monkeypatch) -> None:
     """rounding('float64') is the identity: the padded batch (its NaN padding read as 0), each
@@ -310,7 +394,7 @@ def test_check_path_policy_and_cosine_in_the_report(tmp_path: Path) -> None:
         np.savez(res / f"{case}.npz", **{q: a.astype(np.float16) for q, a in qs.items()})
     rep = check_path(res, suite, dtype="float16")
     rows = rep.as_json()["rows"]
-    assert rep.passed and {"baseline", "absolute"} == {r["policy"] for r in rows}
+    assert rep.passed and {"baseline"} == {r["policy"] for r in rows}  # layers too, since 12-04
     assert all("cosine" in r and "mismatch" in r for r in rows)
     assert {
         r["policy"]

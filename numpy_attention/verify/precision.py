@@ -32,7 +32,8 @@ sinks as an extra logit column of the softmax. bfloat16 is rounded by
 - :func:`baseline_errors`: ``err_naive`` per dtype and quantity for a case, as the
   suite's manifest stores them; the serving cases too (padded, varlen and the paged
   decoding step through :func:`emulate_sdpa`; the split-KV merge and rotary a rounded step
-  at a time).
+  at a time) and the layer cases (``nn.MultiheadAttention`` written naively, a rounded step
+  at a time around :func:`emulate_sdpa`).
 """
 
 from __future__ import annotations
@@ -63,8 +64,10 @@ __all__ = [
 #: The kinds of case :func:`emulate_sdpa` models, so that :func:`baseline_errors` gives them a
 #: baseline: scaled dot-product attention, with or without the variants of docs/variants.md, a
 #: padded batch (its NaN padding read as 0), packed sequences (one attention per sequence), a
-#: decoding step over a paged rotary KV cache, a split-KV merge, and rotary embedding alone.
-EMULATED_KINDS = ("sdpa", "variant", "padded", "varlen", "kvcache", "merge", "rotary")
+#: decoding step over a paged rotary KV cache, a split-KV merge, rotary embedding alone, and
+#: (since 2026-12-04) the cross-attention layer and the weighted fusion of self-attention layers.
+EMULATED_KINDS = ("sdpa", "variant", "padded", "varlen", "kvcache", "merge", "rotary",
+                  "cross_attention", "fusion")  # fmt: skip
 
 #: The two ways ``check`` judges a quantity (``docs/verify.md``, "Tolerance policy").
 POLICIES = ("baseline", "absolute")
@@ -690,10 +693,100 @@ def _add_rows(total: Any, part: NDArray[np.floating], cols: Any, S: int) -> Any:
     return total
 
 
+def _emulate_mha(
+    x_q: NDArray[np.floating], x_kv: NDArray[np.floating], w: Mapping[str, NDArray[np.floating]],
+    H: int, keys: NDArray[np.bool_] | None, dO: NDArray[np.floating], dtype: str,
+) -> dict[str, NDArray[np.floating]]:  # fmt: skip
+    """One multi-head attention layer (Eqs. (3.1)-(3.5)) and its backward, each step rounded.
+
+    As ``nn.MultiheadAttention`` written naively in the dtype: the projections
+    ``x W + b`` (the product, then the bias, each rounded), the heads split,
+    :func:`emulate_sdpa` over them with ``d_out = dO W_o^T`` (known before the forward: it
+    reads only inputs), the heads merged, ``C W_o + b_o``; the backward of each projection
+    a rounded product (``dX = dY W^T``, ``dW = X^T dY`` and ``db = sum dY`` over batch and
+    positions). ``w`` holds the rounded ``w_q`` ... ``b_o``; ``keys (B, S)``: True = a real key.
+    """
+    r = rounding(dtype)
+    B, L, Dm = x_q.shape[0], x_q.shape[1], w["w_q"].shape[1]
+
+    def heads(y: NDArray[np.floating]) -> NDArray[np.floating]:  # (B, n, Dm) -> (B, H, n, E)
+        return np.swapaxes(y.reshape(y.shape[0], y.shape[1], H, -1), 1, 2)
+
+    def merged(y: NDArray[np.floating]) -> NDArray[np.floating]:  # (B, H, n, E) -> (B, n, Dm)
+        return np.swapaxes(y, 1, 2).reshape(y.shape[0], y.shape[2], -1)
+
+    q, k, v = (r(r(x @ w[f"w_{n}"]) + w[f"b_{n}"]) for x, n in ((x_q, "q"), (x_kv, "k"),
+                                                              (x_kv, "v")))  # fmt: skip
+    dC = r(dO @ w["w_o"].T)  # out = C W_o + b_o  ->  dC = dO W_o^T
+    sdpa = {"q": heads(q), "k": heads(k), "v": heads(v), "d_out": heads(dC),
+            "scale": 1.0 / math.sqrt(Dm // H), "dropout_p": 0.0, "is_causal": False,
+            "causal_bottom_right": False, "enable_gqa": False}  # fmt: skip
+    if keys is not None:
+        sdpa["attn_mask"] = keys[:, None, None, :]
+    got = emulate_sdpa(sdpa, dtype)
+    C = merged(got["out"])
+    flat = lambda y: y.reshape(-1, y.shape[-1])  # noqa: E731  (B n, width): sums over both
+    res = {"out": r(r(C @ w["w_o"]) + w["b_o"]), "weights": got["weights"],
+           "d_w_o": r(flat(C).T @ flat(dO)), "d_b_o": r(flat(dO).sum(axis=0))}  # fmt: skip
+    d_x_kv: Any = 0.0
+    for n, x, g in (("q", x_q, got["dq"]), ("k", x_kv, got["dk"]), ("v", x_kv, got["dv"])):
+        dy = merged(g)  # y = x W + b  ->  dx = dy W^T,  dW = x^T dy,  db = sum dy
+        res[f"d_w_{n}"], res[f"d_b_{n}"] = r(flat(x).T @ flat(dy)), r(flat(dy).sum(axis=0))
+        dx = r(dy @ w[f"w_{n}"].T)
+        if n == "q":
+            res["d_x_q"] = dx
+        else:
+            d_x_kv = r(d_x_kv + dx)
+    res["d_x_kv"] = d_x_kv
+    assert res["out"].shape == (B, L, w["w_o"].shape[1])
+    return res
+
+
+_LAYER_WEIGHTS = ("w_q", "w_k", "w_v", "w_o", "b_q", "b_k", "b_v", "b_o")
+
+
+def _emulate_cross_attention(inputs: Mapping[str, Any], dtype: str) -> dict[str, Any]:
+    """Emulate the cross-attention layer case: :func:`_emulate_mha` with its padding mask."""
+    r = rounding(dtype)
+    x_q, x_kv, dO = (r(inputs[n]) for n in ("x_q", "x_kv", "d_out"))
+    w = {n: r(inputs[n]) for n in _LAYER_WEIGHTS}
+    keys = np.arange(x_kv.shape[1])[None, :] < np.asarray(inputs["key_lengths"])[:, None]
+    res = _emulate_mha(x_q, x_kv, w, int(inputs["num_heads"]), keys, dO, dtype)
+    return {n: np.asarray(a, dtype=np.float64) for n, a in res.items()}
+
+
+def _emulate_fusion(inputs: Mapping[str, Any], dtype: str) -> dict[str, Any]:
+    """Emulate the weighted fusion ``out = sum_r alpha_r A_r(x)`` (Eq. (4.1)), each step rounded.
+
+    The branches are :func:`_emulate_mha` self-attention layers, each given ``dA_r = alpha_r
+    dO``; the sum is accumulated in branch order (``alpha_r A_r`` rounded, then each partial
+    sum); ``d_alpha_r = sum(dO * A_r)`` and ``dx`` the rounded sum of the branches' ``dx``.
+    """
+    r = rounding(dtype)
+    x, dO, alpha = (r(inputs[n]) for n in ("x", "d_out", "alpha"))
+    res: dict[str, Any] = {}
+    out: Any = 0.0
+    d_x: Any = 0.0
+    d_alpha = []
+    for i in range(len(alpha)):
+        w = {n: r(inputs[f"branch{i}_{n}"]) for n in _LAYER_WEIGHTS}
+        got = _emulate_mha(x, x, w, int(inputs["num_heads"]), None, r(alpha[i] * dO), dtype)
+        out = r(out + r(alpha[i] * got["out"]))
+        d_alpha.append(r(np.sum(dO * got["out"])))
+        d_x = r(d_x + r(got["d_x_q"] + got["d_x_kv"]))
+        res.update({f"d_branch{i}_{n}": got[f"d_{n}"] for n in _LAYER_WEIGHTS})
+    res.update(out=out, d_x=d_x, d_alpha=np.array(d_alpha))
+    return {n: np.asarray(a, dtype=np.float64) for n, a in res.items()}
+
+
 #: The serving kinds' emulations (each reduces to :func:`emulate_sdpa` or rounds its own steps).
 _SERVING_EMULATIONS: dict[str, Callable[[Mapping[str, Any], str], dict[str, Any]]] = {
     "padded": _emulate_padded, "varlen": _emulate_varlen, "kvcache": _emulate_kvcache,
     "merge": _emulate_merge, "rotary": _emulate_rotary,
+}  # fmt: skip
+#: The layer kinds' emulations (:func:`_emulate_mha` per layer).
+_LAYER_EMULATIONS: dict[str, Callable[[Mapping[str, Any], str], dict[str, Any]]] = {
+    "cross_attention": _emulate_cross_attention, "fusion": _emulate_fusion,
 }  # fmt: skip
 
 
@@ -708,9 +801,9 @@ def baseline_errors(
     inputs, expected : mapping
         A case's inputs and float64 expected results.
     kind : str, optional
-        The case's kind; the SDPA, variant and serving kinds have an emulated
-        baseline (:data:`EMULATED_KINDS`); the layer kinds return ``{}`` and
-        are judged by the absolute policy.
+        The case's kind; the SDPA, variant, serving and layer kinds have an
+        emulated baseline (:data:`EMULATED_KINDS`); any other returns ``{}`` (judged
+        by the absolute policy).
     dtypes : sequence of str, optional
         The dtypes to emulate (default all four; only float16 and bfloat16
         are read by the baseline policy, and each costs as much as the others).
@@ -735,7 +828,7 @@ def baseline_errors(
     if kind not in EMULATED_KINDS:
         return {}
     out = {}
-    emulate = _SERVING_EMULATIONS.get(kind)
+    emulate = _SERVING_EMULATIONS.get(kind) or _LAYER_EMULATIONS.get(kind)
     emulate = emulate or (_emulate_blocked if _blockable(inputs) else emulate_sdpa)
     for dtype in dtypes:
         got = emulate(inputs, dtype)
