@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -844,6 +845,20 @@ def test_any_config_entry_builds_its_case_or_is_a_value_error_naming_it(entry) -
         assert str(e).startswith(("cases[0]", "config.cases")), e
         return
     assert case.name == "c" and case.expected
+
+
+def test_the_example_config_is_valid_and_fits_the_default_limit() -> None:
+    """examples/llama3_8b.json (a layer's prefill, a chunked prefill over a paged cache, a
+    split decode, RoPE at Llama 3 8B's sizes) passes every field check and holds at most the
+    default 256 MiB: the size refusal comes only after every case was validated."""
+    path = ROOT / "examples" / "llama3_8b.json"
+    kinds = [c.get("kind", "kvcache" if "cache_seqlens" in c else "attention")
+             for c in json.loads(path.read_text())["cases"]]  # fmt: skip
+    assert kinds == ["attention", "kvcache", "merge", "rotary"]
+    with pytest.raises(ValueError, match=r"would hold ([\d.]+) MiB") as refused:
+        cases_from_config(path, max_bytes=1)
+    mib = float(re.search(r"would hold ([\d.]+) MiB", str(refused.value)).group(1))
+    assert 200 < mib <= 256, mib
 
 
 def test_config_file_that_is_not_json_is_a_value_error(tmp_path: Path) -> None:
