@@ -182,7 +182,8 @@ def _other_kind_spec(entry: Mapping[str, Any], kind: str, where: str, seed: int)
         raise ValueError(f"{where}.rotary_dim must be even and at most E = {c['E']}, got {R}")
     c.update(S=None, rotary_dim=R, tiled=False)
     il = entry.get("rotary_interleaved", False)
-    c["rotary_interleaved"] = _field(where, "rotary_interleaved", check_bool, il, "interleaved")
+    c["rotary_interleaved"] = _field(where, "rotary_interleaved", check_bool, il,
+                                     "rotary_interleaved")  # fmt: skip
     c["positions_from"] = _field(where, "positions_from", check_int,
                                  entry.get("positions_from", 0), "positions_from")  # fmt: skip
     if c["positions_from"] + c["L"] > 2**31:  # FlashAttention's position offsets are int32

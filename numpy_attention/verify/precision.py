@@ -707,7 +707,7 @@ def _emulate_mha(
     positions). ``w`` holds the rounded ``w_q`` ... ``b_o``; ``keys (B, S)``: True = a real key.
     """
     r = rounding(dtype)
-    B, L, Dm = x_q.shape[0], x_q.shape[1], w["w_q"].shape[1]
+    Dm = w["w_q"].shape[1]  # the model width, H heads of E = Dm / H
 
     def heads(y: NDArray[np.floating]) -> NDArray[np.floating]:  # (B, n, Dm) -> (B, H, n, E)
         return np.swapaxes(y.reshape(y.shape[0], y.shape[1], H, -1), 1, 2)
@@ -725,7 +725,10 @@ def _emulate_mha(
         sdpa["attn_mask"] = keys[:, None, None, :]
     got = emulate_sdpa(sdpa, dtype)
     C = merged(got["out"])
-    flat = lambda y: y.reshape(-1, y.shape[-1])  # noqa: E731  (B n, width): sums over both
+
+    def flat(y: NDArray[np.floating]) -> NDArray[np.floating]:  # (B n, width): sums over both
+        return y.reshape(-1, y.shape[-1])
+
     res = {"out": r(r(C @ w["w_o"]) + w["b_o"]), "weights": got["weights"],
            "d_w_o": r(flat(C).T @ flat(dO)), "d_b_o": r(flat(dO).sum(axis=0))}  # fmt: skip
     d_x_kv: Any = 0.0
@@ -738,7 +741,6 @@ def _emulate_mha(
         else:
             d_x_kv = r(d_x_kv + dx)
     res["d_x_kv"] = d_x_kv
-    assert res["out"].shape == (B, L, w["w_o"].shape[1])
     return res
 
 
