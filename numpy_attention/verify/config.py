@@ -177,13 +177,8 @@ def _other_kind_spec(entry: Mapping[str, Any], kind: str, where: str, seed: int)
                              "E")  # fmt: skip
         c["num_splits"] = n
         return c
-    R = _field(where, "rotary_dim", check_int, entry["rotary_dim"], "rotary_dim", minimum=2)
-    if R % 2 or R > c["E"]:
-        raise ValueError(f"{where}.rotary_dim must be even and at most E = {c['E']}, got {R}")
-    c.update(S=None, rotary_dim=R, tiled=False)
-    il = entry.get("rotary_interleaved", False)
-    c["rotary_interleaved"] = _field(where, "rotary_interleaved", check_bool, il,
-                                     "rotary_interleaved")  # fmt: skip
+    R, il = _rotary_fields(entry, where, c["E"])
+    c.update(S=None, rotary_dim=R, rotary_interleaved=il, tiled=False)
     c["positions_from"] = _field(where, "positions_from", check_int,
                                  entry.get("positions_from", 0), "positions_from")  # fmt: skip
     if c["positions_from"] + c["L"] > 2**31:  # FlashAttention's position offsets are int32
@@ -192,6 +187,23 @@ def _other_kind_spec(entry: Mapping[str, Any], kind: str, where: str, seed: int)
     c["rotary_base"] = _field(where, "rotary_base", check_real, entry.get("rotary_base", 1e4),
                               "rotary_base", low=1.0, low_open=True)  # fmt: skip
     return c
+
+
+def _rotary_fields(entry: Mapping[str, Any], where: str, E: int) -> tuple[int | None, bool]:
+    """``rotary_dim`` (even, 2 to ``E``; None: no rotary) and ``rotary_interleaved``."""
+    R = entry.get("rotary_dim")
+    if R is not None:
+        R = _field(where, "rotary_dim", check_int, R, "rotary_dim", minimum=2)
+        if R % 2 or R > E:
+            raise ValueError(f"{where}.rotary_dim must be even and at most E = {E}, got {R}")
+    il = _field(where, "rotary_interleaved", check_bool, entry.get("rotary_interleaved", False),
+                "rotary_interleaved")  # fmt: skip
+    return R, il
+
+
+def _tiled(path: str, scores: int) -> bool:
+    """Tell whether a case is computed by the tiled functions: asked, or auto from 2**22 scores."""
+    return path == "tiled" or (path == "auto" and scores >= _TILED_FROM)
 
 
 def _packed_spec(entry: Mapping[str, Any], where: str, seed: int) -> dict[str, Any]:
@@ -225,7 +237,7 @@ def _packed_spec(entry: Mapping[str, Any], where: str, seed: int) -> dict[str, A
         seed,
     )
     scores = c["Hq"] * sum(a * b for a, b in zip(lq, lk, strict=True))
-    tiled = c["path"] == "tiled" or (c["path"] == "auto" and scores >= _TILED_FROM)
+    tiled = _tiled(c["path"], scores)
     c.update(lengths_q=lq, lengths_k=lk, B=None, L=None, S=None, tiled=tiled)
     if not tiled and scores > _PACKED_SCORES:
         raise ValueError(f"{where}: the sequences hold {scores} scores (Hq sum L_b S_b), more "
@@ -255,16 +267,10 @@ def _kvcache_spec(entry: Mapping[str, Any], where: str, seed: int) -> dict[str, 
     c = _spec({**rest, "B": 1, "L": L, "S": S, "cache_seqlens": None}, where, seed)
     page = _field(where, "page_size", check_int, entry.get("page_size", 16), "page_size",
                   minimum=1)  # fmt: skip
-    R = entry.get("rotary_dim")
-    if R is not None:
-        R = _field(where, "rotary_dim", check_int, R, "rotary_dim", minimum=2)
-        if R % 2 or R > c["E"]:
-            raise ValueError(f"{where}.rotary_dim must be even and at most E = {c['E']}, got {R}")
-    il = _field(where, "rotary_interleaved", check_bool, entry.get("rotary_interleaved", False),
-                "rotary_interleaved")  # fmt: skip
+    R, il = _rotary_fields(entry, where, c["E"])
     L = c["L"]
     scores = c["Hq"] * L * sum(n + L for n in seqlens)
-    tiled = c["path"] == "tiled" or (c["path"] == "auto" and scores >= _TILED_FROM)
+    tiled = _tiled(c["path"], scores)
     c.update(cache_seqlens=seqlens, page_size=page, rotary_dim=R, rotary_interleaved=il,
              B=None, S=None, tiled=tiled)  # fmt: skip
     if not tiled and scores > _PACKED_SCORES:
@@ -299,7 +305,7 @@ def _spec_options(c: dict[str, Any], where: str) -> dict[str, Any]:
     if c["path"] not in ("auto", "dense", "tiled"):
         raise ValueError(f"{where}.path must be 'auto', 'dense' or 'tiled', got {c['path']!r}")
     B, Hq, L, S = c["B"], c["Hq"], c["L"], c["S"]
-    c["tiled"] = c["path"] == "tiled" or (c["path"] == "auto" and B * Hq * L * S >= _TILED_FROM)
+    c["tiled"] = _tiled(c["path"], B * Hq * L * S)
     return c
 
 
