@@ -43,6 +43,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -518,9 +519,10 @@ def _report(records, args, removed):
     )
     print(f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, {_cpu_name()}; "
           f"Python {platform.python_version()}, numpy {numpy_env.get('numpy')}, "
-          f"torch {env.get('torch', {}).get('torch', 'not installed')}")  # fmt: skip
+          f"torch {env.get('torch', {}).get('torch', 'not run')}")  # fmt: skip
+    command = shlex.join(["python", "benchmarks/bench_attention.py", *sys.argv[1:]])
     print(
-        f"- command: `python benchmarks/bench_attention.py{' --quick' if args.quick else ''}`; "
+        f"- command: `{command}`; "
         f"median of {args.repeat} runs after a warm-up, one process per implementation and shape"
     )
     print(f"- BLAS environment: {removed}")
