@@ -58,6 +58,11 @@ Conventions converted here, never by loosening tolerances:
   gradients summed back;
 - the log-sum-exp: JAX's residual is ``(B, L, H)`` natural-log: transposed.
 
+float16 runs eagerly, not under ``jax.jit``: jax 0.10.2 asks for the dot algorithm
+``F16_F16_F32``, which the CPU rejects when a jitted program is lowered, after the
+``try`` that falls back to the default precision has passed (the eager call falls
+back; docs/verify.md has the two-line reproduction): 5x slower, the same verdict.
+
 float64 needs ``jax_enable_x64``; even then JAX computes the softmax in float32
 (measured in docs/verify.md: errors about 1e-7), so its float64 results fail
 float64 tolerances: a true property of JAX, reported, not hidden.
@@ -176,7 +181,10 @@ def attend(a: dict[str, Any], dtype: Any, allowed: np.ndarray,
         (out, lse), vjp = jax.vjp(run, q, k, v, float_mask)
         return (out, lse), vjp((d_out, jnp.zeros_like(lse)))
 
-    (out, lse), (dq, dk, dv, d_mask) = jax.jit(forward_backward)(q, k, v, float_mask, d_out)
+    # float16 runs eagerly: under jax.jit, jax 0.10.2 fails on CPU ("The precision
+    # 'F16_F16_F32' is not supported by dot_general"; its fallback catches eager errors only)
+    fb = forward_backward if dtype == jnp.float16 else jax.jit(forward_backward)
+    (out, lse), (dq, dk, dv, d_mask) = fb(q, k, v, float_mask, d_out)
     res = {"out": out, "lse": jnp.where(jnp.asarray(alive), lse, -jnp.inf), "dq": dq}
     res["dk"], res["dv"] = dk, dv
     if kv_batch == 1 and B > 1:  # jax.vjp already sums a broadcast: keep the (1, ...) shape
