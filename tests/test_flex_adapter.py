@@ -15,7 +15,7 @@ from types import ModuleType
 import pytest
 from optional import TORCH_MISSING
 
-from numpy_attention.verify import check_path, write_suite
+from numpy_attention.verify import check_path
 
 ROOT = Path(__file__).resolve().parents[1]
 #: One case of each thing the adapter writes: the positions (both alignments, window, chunk,
@@ -35,15 +35,11 @@ def _adapter() -> ModuleType:
     return module
 
 
-@pytest.fixture(scope="module")
-def suite(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("flex") / "suite"
-    write_suite(path)
-    return path
-
-
-def test_flex_attention_passes_check_with_its_gaps_declared(suite: Path, tmp_path: Path) -> None:
+def test_flex_attention_passes_check_with_its_gaps_declared(
+    default_suite: Path, tmp_path: Path
+) -> None:
     """No false alarm: out and lse of every chosen case pass in float32; the rest is N/A."""
+    suite = default_suite  # conftest.py: written once per session
     flex = _adapter()
     assert flex.main([str(suite), str(tmp_path), "--dtype", "float32", "--cases", CASES]) == 0
     rep = check_path(tmp_path, suite, dtype="float32", strict=True)
@@ -60,9 +56,10 @@ def test_flex_attention_passes_check_with_its_gaps_declared(suite: Path, tmp_pat
     ],
 )
 def test_a_wrong_mod_in_the_adapter_fails_check(
-    suite: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, planted: str, failing: set
+    default_suite: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, planted: str, failing: set
 ) -> None:
     """The check can fail: drop the softcap; align an ALiBi case or the varlen cases top-left."""
+    suite = default_suite  # conftest.py: written once per session
     flex = _adapter()
     if planted == "softcap":
         right = flex.score_mod_of

@@ -15,7 +15,7 @@ from types import ModuleType
 import pytest
 from optional import JAX_MISSING
 
-from numpy_attention.verify import check_path, write_suite
+from numpy_attention.verify import check_path
 
 ROOT = Path(__file__).resolve().parents[1]
 #: One case of each new thing: windows (bottom-right; one side unbounded), ALiBi with bottom-right
@@ -62,15 +62,9 @@ def _adapter(plant: tuple[str, str] | None = None) -> ModuleType:
     return module
 
 
-@pytest.fixture(scope="module")
-def suite(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("jax") / "suite"
-    write_suite(path)
-    return path
-
-
-def test_jax_passes_check_with_its_gaps_declared(suite: Path, tmp_path: Path) -> None:
+def test_jax_passes_check_with_its_gaps_declared(default_suite: Path, tmp_path: Path) -> None:
     """No false alarm: every quantity but weights passes in float32; the gaps are N/A."""
+    suite = default_suite  # conftest.py: written once per session
     adapter = _adapter()
     cases = ",".join((*RUN, *GAPPED))
     assert adapter.main([str(suite), str(tmp_path), "--dtype", "float32", "--cases", cases]) == 0
@@ -88,9 +82,10 @@ def test_jax_passes_check_with_its_gaps_declared(suite: Path, tmp_path: Path) ->
 
 @pytest.mark.parametrize("planted", sorted(PLANTS))
 def test_a_bug_planted_in_the_adapter_fails_check(
-    suite: Path, tmp_path: Path, planted: str
+    default_suite: Path, tmp_path: Path, planted: str
 ) -> None:
     """The check can fail: each planted bug fails exactly its cases, and not a control case."""
+    suite = default_suite  # conftest.py: written once per session
     old, new, failing = PLANTS[planted]
     adapter = _adapter((old, new))
     cases = ",".join(sorted(failing | {"gqa"}))
