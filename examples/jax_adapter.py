@@ -31,7 +31,10 @@ function can express is one such call:
   of a padded sequence, ``dk`` at its real keys, ``lse`` and ``dv`` stay finite;
   ``key_value_seq_lengths`` gives the same), so the real keys are packed first,
   as a varlen kernel's caller does (flash_attn's ``unpad_input``), and ``dk``,
-  ``dv`` scattered back, 0 on the padding.
+  ``dv`` scattered back, 0 on the padding;
+- learnable sinks: one more key with a zero key and value and the sink logit as its
+  ``bias``, visible to every row (as gpt-oss's eager attention concatenates it):
+  ``lse`` includes it, ``out`` does not, and the bias's gradient is ``d_sinks``.
 
 What JAX cannot produce is declared in ``results/gaps.json`` (reported ``N/A``
 by ``check``, not failed, and not counted by ``--strict``):
@@ -40,7 +43,6 @@ by ``check``, not failed, and not counted by ``--strict``):
 - the ``dropout`` cases: it has no dropout, let alone a given keep-mask;
 - the softcap cases: it has no softcap (its only score inputs are ``bias`` and
   ``mask``, and ``c tanh(s / c)`` is no bias: it is nonlinear in the score);
-- the sink cases: no learnable sink logit (a term of each row's denominator);
 - cases with ``E != Ev`` (``value_width``, ``mla_widths``,
   ``varlen_causal_top_left``): it requires equal widths;
 - the kinds that are not one attention call: the layers (``jax.nn`` has no
@@ -100,8 +102,6 @@ KIND_GAPS = {
 }
 SOFTCAP = ("jax.nn.dot_product_attention has no softcap (jax 0.10.2: its only score inputs "
            "are bias and mask; no bias gives c tanh(s / c), nonlinear in s)")  # fmt: skip
-SINKS = ("jax.nn.dot_product_attention has no learnable sink logit (a term of every row's "
-         "softmax denominator, not the score of a key)")  # fmt: skip
 
 
 def visible(a: dict[str, Any], i: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -148,7 +148,10 @@ def attend(a: dict[str, Any], dtype: Any, allowed: np.ndarray,
     """One dot_product_attention call on ``a``'s ``(B, H, L, E)`` arrays, gradients by jax.vjp.
 
     ``allowed`` (broadcastable to ``(B, Hq, L, S)``, True = attend) is passed as ``mask``;
-    ``a``'s float ``attn_mask`` plus ``fixed_bias`` (ALiBi: no gradient) as ``bias``.
+    ``a``'s float ``attn_mask`` plus ``fixed_bias`` (ALiBi: no gradient) as ``bias``. Sinks
+    (Eq. (8.9)) are one more key, visible to every row, with a zero key and value and the
+    sink logit ``sinks[h]`` as its bias (gpt-oss's eager code): the sink joins every row's
+    denominator and lse, adds nothing to ``out``, and its bias's gradient is ``d_sinks``.
     """
     B, H, L, _ = a["q"].shape
     S = a["k"].shape[-2]
@@ -160,10 +163,13 @@ def attend(a: dict[str, Any], dtype: Any, allowed: np.ndarray,
     score_dtype = jnp.promote_types(dtype, jnp.float32)
     fixed = None if fixed_bias is None else jnp.asarray(_as_4d(fixed_bias), score_dtype)
     allowed = np.broadcast_to(allowed, (B, H, L, S))
-    alive = allowed.any(axis=-1)  # (B, H, L): rows that see at least one key
+    sinks = None if "sinks" not in a else jnp.asarray(a["sinks"], score_dtype)
+    if sinks is not None:  # the sink's column: every row sees it
+        allowed = np.concatenate([allowed, np.ones((B, H, L, 1), bool)], axis=-1)
+    alive = allowed.any(axis=-1)  # (B, H, L): rows that see at least one key (or their sink)
     keep = jnp.asarray(np.swapaxes(alive, 1, 2)[..., None], dtype=dtype)  # (B, L, H, 1)
 
-    def run(q, k, v, float_mask):
+    def run(q, k, v, float_mask, sinks):
         def t(x):  # (B, H, L, E) <-> (B, L, H, E)
             return jnp.swapaxes(x, 1, 2)
 
@@ -171,26 +177,33 @@ def attend(a: dict[str, Any], dtype: Any, allowed: np.ndarray,
         bias = fixed if float_mask is None else float_mask if fixed is None else float_mask + fixed
         if bias is not None:
             bias = jnp.broadcast_to(bias, (B, H, L, S))
+        if sinks is not None:  # append the sink: key 0, value 0, bias sinks[h]
+            k, v = (jnp.pad(x, ((0, 0), (0, 0), (0, 1), (0, 0))) for x in (k, v))
+            zeros = jnp.zeros((B, H, L, S), score_dtype) if bias is None else bias
+            column = jnp.broadcast_to(sinks[:, None, None], (B, H, L, 1)).astype(zeros.dtype)
+            bias = jnp.concatenate([zeros, column], axis=-1)
         out, lse = jax.nn.dot_product_attention(
             t(q), t(k), t(v), bias=bias, mask=jnp.asarray(allowed), scale=float(a["scale"]),
             return_residual=True,
         )  # fmt: skip
         return t(out * keep), jnp.swapaxes(lse, 1, 2)  # lse (B, L, H) -> (B, H, L)
 
-    def forward_backward(q, k, v, float_mask, d_out):
-        (out, lse), vjp = jax.vjp(run, q, k, v, float_mask)
+    def forward_backward(q, k, v, float_mask, sinks, d_out):
+        (out, lse), vjp = jax.vjp(run, q, k, v, float_mask, sinks)
         return (out, lse), vjp((d_out, jnp.zeros_like(lse)))
 
     # float16 runs eagerly: under jax.jit, jax 0.10.2 fails on CPU ("The precision
     # 'F16_F16_F32' is not supported by dot_general"; its fallback catches eager errors only)
     fb = forward_backward if dtype == jnp.float16 else jax.jit(forward_backward)
-    (out, lse), (dq, dk, dv, d_mask) = fb(q, k, v, float_mask, d_out)
+    (out, lse), (dq, dk, dv, d_mask, d_sinks) = fb(q, k, v, float_mask, sinks, d_out)
     res = {"out": out, "lse": jnp.where(jnp.asarray(alive), lse, -jnp.inf), "dq": dq}
     res["dk"], res["dv"] = dk, dv
     if kv_batch == 1 and B > 1:  # jax.vjp already sums a broadcast: keep the (1, ...) shape
         res["dk"], res["dv"] = dk.reshape(a["k"].shape), dv.reshape(a["v"].shape)
     if float_mask is not None:
         res["d_attn_mask"] = d_mask
+    if sinks is not None:
+        res["d_sinks"] = d_sinks
     return {n: to_numpy(x) for n, x in res.items()}
 
 
@@ -273,8 +286,6 @@ def case_gap(case: dict[str, Any]) -> str | None:
         return "jax.nn.dot_product_attention has no dropout (no given keep-mask)"
     if "softcap" in inputs:
         return SOFTCAP
-    if "sinks" in inputs:
-        return SINKS
     if inputs["v"]["shape"][-1] != inputs["q"]["shape"][-1]:
         return ("jax.nn.dot_product_attention requires the value width to equal the "
                 "query/key width (E = Ev)")  # fmt: skip

@@ -20,14 +20,14 @@ from numpy_attention.verify import check_path
 ROOT = Path(__file__).resolve().parents[1]
 #: One case of each new thing: windows (bottom-right; one side unbounded), ALiBi with bottom-right
 #: causal, a chunk, sink tokens, varlen (GQA, both a bottom-right causal and a window, sequences
-#: with no query or no key), NaN padding with causal; and, as before, a float mask with its
-#: gradient and fully masked rows.
+#: with no query or no key), NaN padding with causal, sinks (one row sees only its sink); and, as
+#: before, a float mask with its gradient and fully masked rows.
 RUN = ("variant_window", "variant_window_left", "variant_alibi_bottom_right",
        "variant_chunk_causal", "variant_sink_tokens_window", "varlen_causal_bottom_right",
        "varlen_window", "nan_padding_causal", "causal_bottom_right_and_float_bias",
-       "fully_masked_rows")  # fmt: skip
-#: What the adapter declares instead: softcap, learnable sinks, E != Ev.
-GAPPED = {"variant_gemma2": "no softcap", "variant_sinks": "no learnable sink",
+       "fully_masked_rows", "variant_sinks", "variant_sinks_fully_masked")  # fmt: skip
+#: What the adapter declares instead: softcap, dropout, E != Ev.
+GAPPED = {"variant_gemma2": "no softcap", "dropout": "no dropout",
           "varlen_causal_top_left": "E = Ev"}  # fmt: skip
 #: A bug planted in the adapter's source (``old`` -> ``new``) and the cases it must fail.
 PLANTS = {
@@ -43,6 +43,11 @@ PLANTS = {
     "varlen_without_its_offset": (
         "i = i + (len_k - len_q)[doc_q]", "i = i  # planted",
         {"varlen_causal_bottom_right", "varlen_window"},
+    ),
+    "sink_logit_scaled_like_a_score": (
+        "jnp.broadcast_to(sinks[:, None, None], (B, H, L, 1))",
+        "jnp.broadcast_to(sinks[:, None, None] * a['scale'], (B, H, L, 1))",
+        {"variant_sinks", "variant_gpt_oss", "variant_sinks_fully_masked"},
     ),
     "padding_masked_not_packed": (
         '"padded": run_padded', '"padded": run_attention', {"nan_padding", "nan_padding_causal"}
