@@ -16,6 +16,9 @@ Every case is expressed the way a flex_attention user writes it (torch 2.13.0, C
 - the scores as a ``score_mod(score, b, h, q_idx, kv_idx)``: ``softcap`` (``c tanh(s / c)``,
   first, as the suite's pipeline), then a float ``attn_mask`` (``+ bias[b, h, q_idx, kv_idx]``)
   and ALiBi (``- slope[h] |q_idx + S - L - kv_idx|`` bottom-right, ``|q_idx - kv_idx|`` top-left);
+- learnable ``sinks`` as one more key ``S`` with a zero key and value, visible to every row,
+  whose score the ``score_mod`` sets to ``sinks[h]`` (gpt-oss's eager code concatenates the sink
+  the same way): it joins each row's denominator and ``lse`` and adds nothing to ``out``;
 - GQA with ``enable_gqa=True`` (query head ``h`` reads key/value head ``h // G``, the suite's
   order); a broadcast key/value batch is passed as it is;
 - ``lse`` from ``return_aux=AuxRequest(lse=True)``: natural log, ``-inf`` for a row that sees
@@ -34,9 +37,8 @@ What flex_attention cannot produce on CPU is declared in ``gaps.json`` (reported
 - the gradients: "FlexAttention does not support backward on CPU" (torch 2.13.0); run the same
   code on a GPU to check them;
 - ``weights``: flex_attention never returns the attention weights;
-- the dropout cases (no dropout), the sink cases (no learnable sink logit: it is a term of
-  the softmax's denominator, which neither mod can add) and the kinds that are not one
-  attention call (KV cache, merge, rotary, the layers);
+- the dropout cases (no dropout) and the kinds that are not one attention call (KV cache,
+  merge, rotary, the layers);
 - ``out`` of the NaN-padded cases: the masked keys' NaN values reach it through ``0 * NaN`` in
   ``P V`` (measured, see ``PADDED_OUT``); their ``lse`` is checked.
 
@@ -163,8 +165,36 @@ def run_attention(a: dict, dtype: torch.dtype, compiled: bool) -> dict:
     """Run an sdpa, variant or padded case: ``(B, Hq, L, E)``, flex_attention's own layout."""
     q, k, v = (tensor(a[n], dtype) for n in ("q", "k", "v"))
     L, S = q.shape[-2], k.shape[-2]
-    res = attend(a, q, k, v, mask_mod_of(a, L, S), score_mod_of(a, L, S, dtype), compiled)
+    mask_mod, score_mod = mask_mod_of(a, L, S), score_mod_of(a, L, S, dtype)
+    if "sinks" in a:
+        k, v, mask_mod, score_mod = with_sink(a, k, v, mask_mod, score_mod, dtype)
+    res = attend(a, q, k, v, mask_mod, score_mod, compiled)
     return {n: to_numpy(t) for n, t in res.items()}
+
+
+def with_sink(a: dict, k: torch.Tensor, v: torch.Tensor, mask_mod: Callable,
+              score_mod: Callable | None, dtype: torch.dtype) -> tuple:  # fmt: skip
+    """Write learnable sinks (Eq. (8.9)) as one more key ``S``, visible to every row.
+
+    Its key and value are zeros and its score is the sink logit ``sinks[h]`` (gpt-oss's eager
+    code concatenates the sink the same way).
+
+    The sink joins every row's denominator and ``lse`` and adds nothing to ``out``. The mods
+    see the real keys' indices only (clamped), so a captured mask is never read past ``S``.
+    """
+    S = k.shape[-2]
+    sinks = tensor(a["sinks"], torch.promote_types(dtype, torch.float32))
+    k, v = (torch.nn.functional.pad(x, (0, 0, 0, 1)) for x in (k, v))  # key S: zeros
+
+    def sink_mask(b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
+        return (kv_idx == S) | mask_mod(b, h, q_idx, kv_idx.clamp(max=S - 1))
+
+    def sink_score(score: Any, b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
+        j = kv_idx.clamp(max=S - 1)
+        real = score if score_mod is None else score_mod(score, b, h, q_idx, j)
+        return torch.where(kv_idx == S, sinks[h].to(score.dtype), real)
+
+    return k, v, sink_mask, sink_score
 
 
 def run_varlen(a: dict, dtype: torch.dtype, compiled: bool) -> dict:
@@ -208,8 +238,6 @@ def case_gap(case: dict) -> str | None:
         return f"kind {kind!r} is not one flex_attention call"
     if flags.get("dropout_p"):
         return "flex_attention has no dropout"
-    if "sinks" in flags.get("variants", {}) or "sinks" in case["inputs"]:
-        return "flex_attention has no learnable sink logit (a term of the softmax's denominator)"
     return None
 
 

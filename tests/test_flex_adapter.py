@@ -19,10 +19,12 @@ from numpy_attention.verify import check_path
 
 ROOT = Path(__file__).resolve().parents[1]
 #: One case of each thing the adapter writes: the positions (both alignments, window, chunk,
-#: sink tokens, a bool mask), the score_mod (softcap, float mask, ALiBi), GQA, varlen, padding.
+#: sink tokens, a bool mask), the score_mod (softcap, float mask, ALiBi), GQA, varlen, padding,
+#: and a sink (an extra key; one row sees only it).
 CASES = ("causal_bottom_right_and_bool_mask,float_bias_per_batch,gqa,variant_gemma2,"
          "variant_alibi_bottom_right,variant_chunk_causal,variant_sink_tokens_window,"
-         "varlen_causal_bottom_right,varlen_window,nan_padding,fully_masked_rows")  # fmt: skip
+         "varlen_causal_bottom_right,varlen_window,nan_padding,fully_masked_rows,"
+         "variant_sinks_fully_masked")  # fmt: skip
 
 
 def _adapter() -> ModuleType:
@@ -53,18 +55,23 @@ def test_flex_attention_passes_check_with_its_gaps_declared(
         ("softcap", {"variant_gemma2"}),
         ("alibi_top_left", {"variant_alibi_bottom_right"}),
         ("varlen_offset", {"varlen_causal_bottom_right", "varlen_window"}),
+        ("sink_scaled", {"variant_sinks", "variant_gpt_oss", "variant_sinks_fully_masked"}),
     ],
 )
 def test_a_wrong_mod_in_the_adapter_fails_check(
     default_suite: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, planted: str, failing: set
 ) -> None:
-    """The check can fail: drop the softcap; align an ALiBi case or the varlen cases top-left."""
+    """The check can fail: drop the softcap; align ALiBi or varlen top-left; scale the sink."""
     suite = default_suite  # conftest.py: written once per session
     flex = _adapter()
     if planted == "softcap":
         right = flex.score_mod_of
         monkeypatch.setattr(flex, "score_mod_of", lambda a, *r: right(
             {n: x for n, x in a.items() if n != "softcap"}, *r))  # fmt: skip
+    elif planted == "sink_scaled":  # the sink logit scaled like a score
+        sink = flex.with_sink
+        monkeypatch.setattr(flex, "with_sink", lambda a, *r: sink(
+            dict(a, sinks=a["sinks"] * a["scale"]), *r))  # fmt: skip
     else:
         key = "alibi_slopes" if planted == "alibi_top_left" else "cu_seqlens_q"
         runner = flex.RUNNERS["variant" if key == "alibi_slopes" else "varlen"]
