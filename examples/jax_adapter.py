@@ -43,8 +43,6 @@ by ``check``, not failed, and not counted by ``--strict``):
 - the ``dropout`` cases: it has no dropout, let alone a given keep-mask;
 - the softcap cases: it has no softcap (its only score inputs are ``bias`` and
   ``mask``, and ``c tanh(s / c)`` is no bias: it is nonlinear in the score);
-- cases with ``E != Ev`` (``value_width``, ``mla_widths``,
-  ``varlen_causal_top_left``): it requires equal widths;
 - the kinds that are not one attention call: the layers (``jax.nn`` has no
   ``nn.MultiheadAttention``), the KV cache, the merge and rotary.
 
@@ -52,6 +50,9 @@ Conventions converted here, never by loosening tolerances:
 
 - layout: JAX is ``(B, L, H, E)``, the suite ``(B, H, L, E)``: transposed in and out;
 - boolean masks: the same polarity (True = attend), passed as ``mask``;
+- ``E != Ev`` (``value_width``, ``mla_widths``, ``varlen_causal_top_left``): the function
+  needs equal widths, so the narrower of ``q, k`` and ``v, d_out`` gets zero columns (no
+  score and no output entry changes) and the results are cut back to their widths;
 - fully masked rows: JAX gives ``mean(V)`` there (softmax of equal scores), the
   suite 0: the output is multiplied by "the row sees a key" (0 or 1), which also
   zeroes the gradients flowing through those rows, and their lse is set to -inf;
@@ -132,6 +133,11 @@ def alibi(a: dict[str, Any], distance: np.ndarray) -> np.ndarray | None:
     return -np.asarray(a["alibi_slopes"])[..., None, None] * np.abs(distance)
 
 
+def _widen(x: Any, width: int) -> Any:
+    """Pad the last axis of ``x`` with zeros to ``width``."""
+    return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, width - x.shape[-1])])
+
+
 def _as_4d(x: np.ndarray) -> np.ndarray:
     """Give an array broadcastable to ``(B, H, L, S)`` exactly four axes (leading 1s)."""
     return x.reshape((1,) * (4 - x.ndim) + x.shape)
@@ -157,6 +163,9 @@ def attend(a: dict[str, Any], dtype: Any, allowed: np.ndarray,
     S = a["k"].shape[-2]
     kv_batch = a["k"].shape[0]
     q, k, v, d_out = (jnp.asarray(a[n], dtype=dtype) for n in ("q", "k", "v", "d_out"))
+    # E != Ev: the function needs equal widths; zero columns change no score and no output
+    E, Ev = q.shape[-1], v.shape[-1]
+    q, k, v, d_out = (_widen(x, max(E, Ev)) for x in (q, k, v, d_out))
     mask = a.get("attn_mask")
     float_mask = jnp.asarray(mask, dtype) if mask is not None and mask.dtype != bool else None
     # ALiBi in JAX's score dtype (float32 for bfloat16 inputs): slope * distance is exact there
@@ -196,6 +205,7 @@ def attend(a: dict[str, Any], dtype: Any, allowed: np.ndarray,
     # 'F16_F16_F32' is not supported by dot_general"; its fallback catches eager errors only)
     fb = forward_backward if dtype == jnp.float16 else jax.jit(forward_backward)
     (out, lse), (dq, dk, dv, d_mask, d_sinks) = fb(q, k, v, float_mask, sinks, d_out)
+    out, dq, dk, dv = out[..., :Ev], dq[..., :E], dk[..., :E], dv[..., :Ev]  # the zeros dropped
     res = {"out": out, "lse": jnp.where(jnp.asarray(alive), lse, -jnp.inf), "dq": dq}
     res["dk"], res["dv"] = dk, dv
     if kv_batch == 1 and B > 1:  # jax.vjp already sums a broadcast: keep the (1, ...) shape
@@ -286,9 +296,6 @@ def case_gap(case: dict[str, Any]) -> str | None:
         return "jax.nn.dot_product_attention has no dropout (no given keep-mask)"
     if "softcap" in inputs:
         return SOFTCAP
-    if inputs["v"]["shape"][-1] != inputs["q"]["shape"][-1]:
-        return ("jax.nn.dot_product_attention requires the value width to equal the "
-                "query/key width (E = Ev)")  # fmt: skip
     return None
 
 

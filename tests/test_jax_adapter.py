@@ -20,15 +20,16 @@ from numpy_attention.verify import check_path
 ROOT = Path(__file__).resolve().parents[1]
 #: One case of each new thing: windows (bottom-right; one side unbounded), ALiBi with bottom-right
 #: causal, a chunk, sink tokens, varlen (GQA, both a bottom-right causal and a window, sequences
-#: with no query or no key), NaN padding with causal, sinks (one row sees only its sink); and, as
-#: before, a float mask with its gradient and fully masked rows.
+#: with no query or no key), NaN padding with causal, sinks (one row sees only its sink), E != Ev
+#: (zero columns); and, as before, a float mask with its gradient and fully masked rows.
 RUN = ("variant_window", "variant_window_left", "variant_alibi_bottom_right",
        "variant_chunk_causal", "variant_sink_tokens_window", "varlen_causal_bottom_right",
        "varlen_window", "nan_padding_causal", "causal_bottom_right_and_float_bias",
-       "fully_masked_rows", "variant_sinks", "variant_sinks_fully_masked")  # fmt: skip
-#: What the adapter declares instead: softcap, dropout, E != Ev.
+       "fully_masked_rows", "variant_sinks", "variant_sinks_fully_masked", "value_width",
+       "varlen_causal_top_left")  # fmt: skip
+#: What the adapter declares instead: softcap, dropout, the kinds that are not one call.
 GAPPED = {"variant_gemma2": "no softcap", "dropout": "no dropout",
-          "varlen_causal_top_left": "E = Ev"}  # fmt: skip
+          "merge_split_kv": "no attention call"}  # fmt: skip
 #: A bug planted in the adapter's source (``old`` -> ``new``) and the cases it must fail.
 PLANTS = {
     "window_right_bound_exclusive": (
