@@ -124,8 +124,13 @@ def _as_4d(mask: np.ndarray) -> np.ndarray:
     return mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
 
 
-def score_mod_of(a: dict, L: int, S: int, dtype: torch.dtype) -> Callable | None:
-    """Softcap, a float ``attn_mask`` and ALiBi as flex's ``score_mod`` (None: none of them)."""
+def score_mod_of(a: dict, L: int, S: int, dtype: torch.dtype,
+                 positions: Callable | None = None) -> Callable | None:  # fmt: skip
+    """Softcap, a float ``attn_mask`` and ALiBi as flex's ``score_mod`` (None: none of them).
+
+    ``positions(q_idx, kv_idx) -> (i, j)`` gives ALiBi's diagonal ``i`` and key ``j``; by
+    default ``(q_idx + d, kv_idx)``, ``d = S - L`` bottom-right (varlen passes its own).
+    """
     cap = float(a["softcap"]) if "softcap" in a else None
     mask = a.get("attn_mask")
     bias = tensor(_as_4d(mask), dtype) if mask is not None and mask.dtype != bool else None
@@ -133,6 +138,10 @@ def score_mod_of(a: dict, L: int, S: int, dtype: torch.dtype) -> Callable | None
     d = S - L if bool(a.get("causal_bottom_right", False)) else 0
     if cap is None and bias is None and slopes is None:
         return None
+    if positions is None:
+
+        def positions(q_idx: Any, kv_idx: Any) -> tuple:
+            return q_idx + d, kv_idx
 
     def score_mod(score: Any, b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
         if cap is not None:
@@ -140,7 +149,8 @@ def score_mod_of(a: dict, L: int, S: int, dtype: torch.dtype) -> Callable | None
         if bias is not None:
             score = score + bias[_at(bias, b, h, q_idx, kv_idx)]  # Eq. (2.2)
         if slopes is not None:
-            score = score - slopes[h] * (q_idx + d - kv_idx).abs()  # Eq. (8.4)
+            i, j = positions(q_idx, kv_idx)
+            score = score - slopes[h] * (i - j).abs()  # Eq. (8.4)
         return score
 
     return score_mod
@@ -212,15 +222,19 @@ def run_varlen(a: dict, dtype: torch.dtype, compiled: bool) -> dict:
     per_seq = mask_mod_of(dict(a, causal_bottom_right=False), 1, 1)  # alignment added below
     bottom_right = bool(a.get("causal_bottom_right", False))
 
-    def mask_mod(b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
+    def positions(q_idx: Any, kv_idx: Any) -> tuple:
+        """Query ``q_idx``'s diagonal and key ``kv_idx``'s position, each in its sequence."""
         dq, dk = doc_q[q_idx], doc_k[kv_idx]
-        i = q_idx - cu_q[dq]  # position within the sequence
-        j = kv_idx - cu_k[dk]
-        if bottom_right:
-            i = i + len_k[dq] - len_q[dq]
-        return (dq == dk) & per_seq(b, h, i, j)
+        i = q_idx - cu_q[dq] + (len_k[dq] - len_q[dq] if bottom_right else 0)
+        return i, kv_idx - cu_k[dk]
 
-    res = attend(a, q, k, v, mask_mod, score_mod_of(a, 1, 1, dtype), compiled)
+    def mask_mod(b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
+        return (doc_q[q_idx] == doc_k[kv_idx]) & per_seq(b, h, *positions(q_idx, kv_idx))
+
+    score_mod = score_mod_of(a, 1, 1, dtype, positions)
+    if "sinks" in a:
+        k, v, mask_mod, score_mod = with_sink(a, k, v, mask_mod, score_mod, dtype)
+    res = attend(a, q, k, v, mask_mod, score_mod, compiled)
     res["out"] = res["out"][0].transpose(0, 1)  # (T, H, Ev)
     if "lse" in res:
         res["lse"] = res["lse"][0]  # (H, T)

@@ -86,3 +86,14 @@ def test_a_wrong_mod_in_the_adapter_fails_check(
     assert not rep.passed
     failed = {r.case for r in rep.rows if r.status == "FAIL"}
     assert failed == failing, rep.table()
+
+
+def test_flex_attention_passes_varlen_with_sinks_alibi_and_softcap(
+    varlen_suite: Path, tmp_path: Path
+) -> None:
+    """Varlen positions reach every mod: ALiBi per sequence, the sink key, softcap."""
+    flex = _adapter()
+    assert flex.main([str(varlen_suite), str(tmp_path), "--dtype", "float32"]) == 0
+    rep = check_path(tmp_path, varlen_suite, dtype="float32", strict=True)
+    assert rep.passed, rep.table()
+    assert rep.counts["PASS"] == 6  # out and lse of the three
