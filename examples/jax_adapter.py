@@ -240,8 +240,9 @@ def run_packed(a: dict[str, Any], dtype: Any, doc_q: np.ndarray, i: np.ndarray,
     allowed = (doc_q[:, None] == doc_k[None, :]) & visible(a, i, j)
     packed = {n: np.swapaxes(a[n], 0, 1)[None] for n in ("q", "k", "v", "d_out")}
     res = attend(dict(a, **packed), dtype, allowed, alibi(a, i - j))
-    unpacked = {n: np.swapaxes(x[0], 0, 1) for n, x in res.items() if n != "lse"}  # (T, H, E)
-    return unpacked | {"lse": res["lse"][0]}  # lse (Hq, Tq)
+    per_token = ("out", "dq", "dk", "dv")
+    unpacked = {n: np.swapaxes(res[n][0], 0, 1) for n in per_token}  # (T, H, E)
+    return res | unpacked | {"lse": res["lse"][0]}  # lse (Hq, Tq); d_sinks (Hq,) as it is
 
 
 def run_varlen(a: dict[str, Any], dtype: Any) -> dict[str, np.ndarray]:
@@ -275,6 +276,8 @@ def run_padded(a: dict[str, Any], dtype: Any) -> dict[str, np.ndarray]:
     res = run_packed(unpadded, dtype, doc_q, i, doc_k, j)
     out = {n: np.swapaxes(res[n].reshape(B, L, *res[n].shape[1:]), 1, 2) for n in ("out", "dq")}
     out["lse"] = np.swapaxes(res["lse"].reshape(H, B, L), 0, 1)
+    if "d_sinks" in res:
+        out["d_sinks"] = res["d_sinks"]
     for n in ("dk", "dv"):
         full = np.zeros(real.shape + res[n].shape[1:], dtype=res[n].dtype)  # (B, S, Hkv, E)
         full[real] = res[n]

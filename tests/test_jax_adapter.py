@@ -100,3 +100,12 @@ def test_a_bug_planted_in_the_adapter_fails_check(
     assert not rep.passed
     failed = {r.case for r in rep.rows if r.status == "FAIL"}
     assert failed == failing, rep.table()
+
+
+def test_jax_passes_varlen_with_sinks_alibi_and_e_ne_ev(varlen_suite: Path, tmp_path: Path) -> None:
+    """Varlen positions reach ALiBi and the sink key, and d_sinks comes back as (Hq,)."""
+    adapter = _adapter()
+    assert adapter.main([str(varlen_suite), str(tmp_path), "--dtype", "float32"]) == 0
+    rep = check_path(tmp_path, varlen_suite, dtype="float32", strict=True)
+    assert rep.passed, rep.table()
+    assert rep.counts["PASS"] == 12  # out, lse, dq, dk, dv, d_sinks of the two; softcap a gap
